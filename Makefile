@@ -1,0 +1,61 @@
+# Two commands matter: `make demo` and `make test`. Everything else is what they need,
+# each step idempotent and quick when already done (stamp files).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LAKEHOUSE := $(VENV)/bin/lakehouse
+UV_VERSION := 0.13.9
+MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
+JARS_STAMP := jvm/target/.resolved
+
+.PHONY: setup venv jars kafka-start kafka-stop test test-unit demo bench lock clean docs
+
+setup: venv jars
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@echo ">> python virtualenv ($(VENV)) from requirements.lock"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+jars: $(JARS_STAMP)
+$(JARS_STAMP): jvm/pom.xml jvm/settings.xml
+	@command -v java >/dev/null || { echo "Java 17 is required (java not found on PATH)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required (mvn not found on PATH)"; exit 1; }
+	@echo ">> JVM jars from Maven Central (Delta, Spark Kafka connector, Kafka broker)"
+	@rm -rf jvm/target/spark-jars jvm/target/kafka-jars
+	@$(MVN) -Pspark package
+	@$(MVN) -Pkafka package
+	@touch $@
+
+kafka-start: setup
+	@$(LAKEHOUSE) kafka start
+
+kafka-stop:
+	@test -x $(LAKEHOUSE) && $(LAKEHOUSE) kafka stop || true
+
+test: setup kafka-start
+	@$(PY) -m pytest -q
+
+test-unit: setup
+	@$(PY) -m pytest -q tests/unit
+
+demo: setup
+	@$(LAKEHOUSE) demo
+
+bench: setup kafka-start
+	@$(PY) bench/bench_ingest.py
+
+# Re-pin requirements.lock from the ranges in pyproject.toml.
+lock: venv
+	@$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11 -q
+
+docs: venv
+	@$(PY) -m pipelines.docs
+
+clean: kafka-stop
+	rm -rf $(VENV) jvm/target .local lakehouse

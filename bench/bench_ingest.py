@@ -1,0 +1,629 @@
+"""Ingestion benchmark: raw Kafka-to-Delta copy vs the bronze -> silver path, plus dedup state.
+
+Run by hand (it is long), from the repository root, with the local broker up:
+
+    .venv/bin/python bench/bench_ingest.py                       # 1,000,000 events
+    .venv/bin/python bench/bench_ingest.py --events 50000 --watermark-delay-seconds 2
+
+One run, one set of events:
+
+1. produce  N synthetic events (the project's generator, its default duplicate / retry /
+            late / bad shares) once into a fresh topic `bench.events.<stamp>`; the produce
+            rate is reported but is not part of the ratio;
+2. raw      Spark readStream Kafka -> writeStream Delta, key/value/coordinates only, no
+            parsing, trigger availableNow: the baseline events/s;
+3. bronze   the project's bronze job over the same topic, capped per trigger
+            (--bronze-batch) so bronze is written as many versions whose ingested_at grows;
+4. silver   the project's silver job over that bronze, with a short watermark delay
+            (--watermark-delay-seconds) and a per-trigger cap (--silver-files-per-trigger)
+            so it runs many micro-batches; silver-path events/s = bronze rows / silver wall
+            time; ratio = silver-path events/s / raw events/s;
+5. state    per silver micro-batch: the dedup state's row count (numRowsTotal), the
+            watermark and the batch's ingested_at range; the run must span >= 10 watermark
+            delays of ingested_at; bounded = the last third's peak <= 1.5 x the first third's.
+
+Outputs go to --out (default bench/out, git-ignored): a CSV of per-batch state rows, a PNG
+plot, the raw silver progress reports (JSON), a summary JSON and results.md, the markdown
+block also printed at the end, ready to paste into bench/RESULTS.md (nothing is appended
+automatically). The lake is a temporary folder under --out and the topic is deleted at the
+end, unless --keep.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from pipelines import kafka_local  # noqa: E402
+from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
+from pipelines.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
+from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
+from pipelines.settings import Settings, spark_jars_dir, kafka_jars_dir  # noqa: E402
+
+TARGET_RATIO = 0.6
+MIN_DELAY_MULTIPLES = 10
+BOUNDED_GROWTH = 1.5  # last third's peak state vs the first third's
+_T0 = time.monotonic()
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def say(msg: str) -> None:
+    """Progress on stderr, with the elapsed time since the bench started."""
+    elapsed = time.monotonic() - _T0
+    print(f"[bench {int(elapsed) // 60:3d}:{int(elapsed) % 60:02d}] {msg}", file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Raw Kafka->Delta copy vs bronze->silver events/s on the same events, and the "
+                    "silver dedup state's size across a run spanning >= 10 watermark delays.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--events", type=positive_int, default=1_000_000, help="events to produce")
+    p.add_argument("--accounts", type=positive_int, default=500, help="merchant accounts in the generator")
+    p.add_argument("--seed", type=int, default=42, help="generator seed")
+    p.add_argument("--partitions", type=positive_int, default=3, help="partitions of the bench topic")
+    p.add_argument("--watermark-delay-seconds", type=positive_int, default=5,
+                   help="silver watermark delay (the run must span >= 10x this in ingested_at)")
+    p.add_argument("--bronze-batch", type=positive_int, default=None,
+                   help="maxOffsetsPerTrigger of the bronze job (default: events/50, i.e. ~50 bronze versions)")
+    p.add_argument("--silver-files-per-trigger", type=positive_int, default=None,
+                   help="maxFilesPerTrigger of the silver job (default: --partitions, i.e. ~one bronze "
+                        "version per silver micro-batch)")
+    p.add_argument("--raw-batch", type=positive_int, default=None,
+                   help="maxOffsetsPerTrigger of the raw copy (default: none, one batch)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out", help="output folder")
+    p.add_argument("--keep", action="store_true", help="keep the bench lake and the bench topic")
+    args = p.parse_args(argv)
+    if args.bronze_batch is None:
+        args.bronze_batch = max(1, math.ceil(args.events / 50))
+    if args.silver_files_per_trigger is None:
+        args.silver_files_per_trigger = args.partitions
+    return args
+
+
+def command_line() -> str:
+    exe = Path(sys.executable)
+    try:
+        exe_text = str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        exe_text = str(exe)
+    return shlex.join([exe_text, *sys.argv])
+
+
+def parse_ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def rate(rows: float, seconds: float) -> float:
+    return rows / seconds if seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info(spark) -> dict:
+    info: dict = {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        info["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        info["cpu_model"] = platform.processor() or "unknown"
+    try:
+        mem = {ln.split(":")[0]: ln.split(":")[1].strip() for ln in Path("/proc/meminfo").read_text().splitlines()}
+        info["mem_total_gib"] = round(int(mem["MemTotal"].split()[0]) / 2**20, 1)
+        info["mem_available_gib_at_start"] = round(int(mem["MemAvailable"].split()[0]) / 2**20, 1)
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    jvm = spark.sparkContext._jvm
+    info["java"] = f"{jvm.System.getProperty('java.vendor')} {jvm.System.getProperty('java.version')}"
+    info["spark"] = spark.version
+    info["spark_master"] = spark.sparkContext.master
+    info["driver_memory"] = spark.conf.get("spark.driver.memory", "default")
+    jars = [p.name for p in Path(spark_jars_dir()).glob("*.jar")]
+    info["delta"] = next((j.removesuffix(".jar").split("-")[-1] for j in jars if j.startswith("delta-spark_")), "?")
+    try:
+        from importlib.metadata import version
+        info["delta_spark_python"] = version("delta-spark")
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    kjars = [p.name for p in Path(kafka_jars_dir()).glob("kafka-server-*.jar")]
+    info["kafka_broker"] = kjars[0].removesuffix(".jar").split("-")[-1] if kjars else "?"
+    return info
+
+
+# --------------------------------------------------------------------------- kafka
+
+
+def produce(settings: Settings, topic: str, args: argparse.Namespace) -> dict:
+    kafka_local.ensure_topics(settings, {topic: args.partitions})
+    options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
+    kinds: Counter = Counter()
+    every = max(10_000, args.events // 10)
+    started = time.monotonic()
+
+    def tallied():
+        for record in generate(options):
+            kinds[record.kind] += 1
+            yield record
+
+    def progress(n: int) -> None:
+        if n % every == 0:
+            say(f"produce: {n:,}/{args.events:,} ({rate(n, time.monotonic() - started):,.0f}/s)")
+
+    sent = send(tallied(), settings, topic=topic, progress=progress)
+    seconds = time.monotonic() - started
+    families = Counter()
+    for kind, n in kinds.items():
+        families[kind_family(kind)] += n
+    return {"records": sent, "seconds": seconds, "events_per_s": rate(sent, seconds),
+            "kinds": dict(sorted(kinds.items())), "families": dict(sorted(families.items())),
+            "generator": {"accounts": options.accounts, "seed": options.seed, **options.shares()}}
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="bench-ingest")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def delete_topic(settings: Settings, topic: str) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="bench-ingest")
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+
+
+# --------------------------------------------------------------------------- spark stages
+
+
+def await_query(query, reporter: ProgressReporter) -> None:
+    while query.isActive:
+        reporter.poll(query)
+        if query.exception():
+            raise query.exception()
+        query.awaitTermination(1.0)
+    reporter.poll(query)
+    if query.exception():
+        raise query.exception()
+
+
+def warm_up(spark, settings: Settings, topic: str, offsets: dict[int, int], lake: Path) -> None:
+    """Load the Kafka and Delta code paths once (JIT, class loading) outside any timing."""
+    ending = json.dumps({topic: {str(p): min(off, 2_000) for p, off in offsets.items()}})
+    (spark.read.format("kafka")
+     .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+     .option("subscribe", topic).option("startingOffsets", "earliest").option("endingOffsets", ending)
+     .load().select("key", "value", "topic", "partition", "offset")
+     .write.format("delta").mode("overwrite").save(str(lake / "_bench" / "warmup")))
+
+
+def raw_copy(spark, settings: Settings, topic: str, lake: Path, args: argparse.Namespace) -> dict:
+    reader = (spark.readStream.format("kafka")
+              .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+              .option("subscribe", topic).option("startingOffsets", "earliest")
+              .option("failOnDataLoss", "true"))
+    if args.raw_batch:
+        reader = reader.option("maxOffsetsPerTrigger", str(args.raw_batch))
+    path = str(lake / "_bench" / "raw_copy")
+    reporter = ProgressReporter()
+    started = time.monotonic()
+    query = (reader.load().select("key", "value", "topic", "partition", "offset")
+             .writeStream.format("delta").outputMode("append").queryName("raw_copy")
+             .option("checkpointLocation", str(lake / "_bench" / "_checkpoints" / "raw_copy"))
+             .trigger(availableNow=True).start(path))
+    await_query(query, reporter)
+    seconds = time.monotonic() - started
+    rows = spark.read.format("delta").load(path).count()
+    return {"rows": rows, "seconds": seconds, "events_per_s": rate(rows, seconds),
+            "batches": reporter.totals["raw_copy"].batches}
+
+
+def run_bronze(spark, settings: Settings, args: argparse.Namespace) -> dict:
+    from pyspark.sql import functions as F
+
+    ctx = JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=args.bronze_batch))
+    reporter = ProgressReporter()
+    started = time.monotonic()
+    run_jobs(spark, ctx, ["bronze"], reporter=reporter, log=say)
+    seconds = time.monotonic() - started
+    row = (ctx.lake.read(spark, "bronze.events")
+           .agg(F.count(F.lit(1)).alias("rows"), F.min("ingested_at").alias("first"),
+                F.max("ingested_at").alias("last"), F.countDistinct("ingested_at").alias("versions"))
+           .first())
+    span = (row["last"] - row["first"]).total_seconds() if row["rows"] else 0.0
+    return {"rows": row["rows"], "seconds": seconds, "events_per_s": rate(row["rows"], seconds),
+            "batches": reporter.totals["bronze"].batches, "ingested_at_versions": row["versions"],
+            "ingested_at_first": row["first"].isoformat() if row["first"] else None,
+            "ingested_at_last": row["last"].isoformat() if row["last"] else None,
+            "ingested_at_span_s": span}
+
+
+def run_silver(spark, settings: Settings, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    base = JobContext.from_settings(settings, RunOptions(max_files_per_trigger=args.silver_files_per_trigger))
+    ctx = replace(base, silver=replace(base.silver, watermark_delay=timedelta(seconds=args.watermark_delay_seconds)))
+    reporter = ProgressReporter()
+    started = time.monotonic()
+    run_jobs(spark, ctx, ["silver"], reporter=reporter, log=say)
+    seconds = time.monotonic() - started
+    totals = reporter.totals["silver"]
+    history = [json.loads(p.json) if hasattr(p, "json") else dict(p)
+               for p in reporter.history if (p.get("name") or "") == "silver"]
+    counts = {name: ctx.lake.read(spark, name).count()
+              for name in ("silver.usage_events", "silver.account_events", "silver.duplicates", "silver.quarantine")}
+    return ({"input_rows": totals.input_rows, "seconds": seconds, "batches": totals.batches,
+             "hot_path_dropped_duplicates": totals.dropped_duplicates, "tables": counts}, history)
+
+
+# --------------------------------------------------------------------------- state analysis
+
+
+@dataclass
+class BatchState:
+    batch_id: int
+    trigger_time: str
+    input_rows: int
+    cumulative_input_rows: int
+    state_rows: int
+    state_rows_updated: int
+    state_rows_removed: int
+    dropped_duplicates: int
+    state_memory_bytes: int
+    watermark: str | None
+    ingested_at_min: str | None
+    ingested_at_max: str | None
+    seconds_since_first_ingest: float | None
+    delay_multiples: float | None
+    trigger_ms: int
+
+
+def state_rows_per_batch(history: list[dict], first_ingest: datetime, delay_s: int) -> list[BatchState]:
+    rows: list[BatchState] = []
+    cumulative = 0
+    last_max: datetime | None = None
+    for p in sorted(history, key=lambda p: p["batchId"]):
+        ops = p.get("stateOperators") or []
+        event_time = p.get("eventTime") or {}
+        n = int(p.get("numInputRows") or 0)
+        cumulative += n
+        hi = parse_ts(event_time.get("max"))
+        last_max = hi or last_max
+        since = (last_max - first_ingest).total_seconds() if last_max else None
+        rows.append(BatchState(
+            batch_id=int(p["batchId"]), trigger_time=p.get("timestamp"), input_rows=n,
+            cumulative_input_rows=cumulative,
+            state_rows=sum(int(op.get("numRowsTotal") or 0) for op in ops),
+            state_rows_updated=sum(int(op.get("numRowsUpdated") or 0) for op in ops),
+            state_rows_removed=sum(int(op.get("numRowsRemoved") or 0) for op in ops),
+            dropped_duplicates=sum(int((op.get("customMetrics") or {}).get("numDroppedDuplicateRows") or 0) for op in ops),
+            state_memory_bytes=sum(int(op.get("memoryUsedBytes") or 0) for op in ops),
+            watermark=event_time.get("watermark"), ingested_at_min=event_time.get("min"),
+            ingested_at_max=event_time.get("max"), seconds_since_first_ingest=since,
+            delay_multiples=since / delay_s if since is not None else None,
+            trigger_ms=int((p.get("durationMs") or {}).get("triggerExecution") or 0),
+        ))
+    return rows
+
+
+def summarise_state(batches: list[BatchState], bronze: dict, delay_s: int) -> dict:
+    states = [b.state_rows for b in batches]
+    if not states:
+        return {"batches": 0}
+    third = max(1, len(states) // 3)
+    first, last = max(states[:third]), max(states[-third:])
+    span = bronze["ingested_at_span_s"]
+    per_delay = bronze["rows"] / span * delay_s if span > 0 else float("nan")
+    return {
+        "batches": len(states),
+        "max_state_rows": max(states),
+        "last_state_rows": states[-1],
+        "first_third_max": first,
+        "last_third_max": last,
+        "growth_last_vs_first_third": last / first if first else float("inf"),
+        "bounded": bool(first) and last <= BOUNDED_GROWTH * first,
+        "ingested_at_span_s": span,
+        "delay_multiples": span / delay_s,
+        "spans_10x_delay": span >= MIN_DELAY_MULTIPLES * delay_s,
+        "bronze_rows_per_delay": per_delay,
+        "max_state_vs_rows_per_delay": max(states) / per_delay if per_delay and per_delay == per_delay else None,
+        "max_state_vs_total_rows": max(states) / bronze["rows"] if bronze["rows"] else None,
+    }
+
+
+def write_csv(batches: list[BatchState], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(BatchState.__dataclass_fields__))
+        writer.writeheader()
+        for b in batches:
+            writer.writerow(asdict(b))
+
+
+def plot_state(batches: list[BatchState], path: Path, delay_s: int, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [b for b in batches if b.seconds_since_first_ingest is not None]
+    x = [b.seconds_since_first_ingest for b in pts]
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    ax.plot(x, [b.state_rows for b in pts], "o-", ms=3, color="tab:blue",
+            label="dedup state rows after the batch (numRowsTotal)")
+    ax.set_xlabel("ingested_at of the batch's newest row, seconds since the first bronze row (s)")
+    ax.set_ylabel("dedup state (rows)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(x, [b.cumulative_input_rows for b in pts], "--", color="tab:gray",
+             label="bronze rows read by silver so far (cumulative)")
+    ax2.set_ylabel("cumulative silver input (rows)")
+    ax2.set_ylim(bottom=0)
+    top = ax.secondary_xaxis("top", functions=(lambda s: s / delay_s, lambda m: m * delay_s))
+    top.set_xlabel(f"watermark delays covered (multiples of {delay_s} s)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_rate(value: float) -> str:
+    return f"{value:,.0f} ev/s" if value == value else "n/a"
+
+
+def summary_table(r: dict) -> str:
+    p, raw, b, s, st = r["produce"], r["raw_copy"], r["bronze"], r["silver"], r["state"]
+    rows = [
+        ("produce (generate + send, not in ratio)", f"{p['records']:,}", f"{p['seconds']:.1f}", fmt_rate(p["events_per_s"]), "-"),
+        (f"raw copy Kafka->Delta ({raw['batches']} batch(es))", f"{raw['rows']:,}", f"{raw['seconds']:.1f}", fmt_rate(raw["events_per_s"]), "-"),
+        (f"bronze job ({b['batches']} batches of <= {r['args']['bronze_batch']:,})", f"{b['rows']:,}", f"{b['seconds']:.1f}", fmt_rate(b["events_per_s"]), "-"),
+        (f"silver job, bronze->silver ({s['batches']} batches)", f"{b['rows']:,}", f"{s['seconds']:.1f}", fmt_rate(r["silver_path_events_per_s"]), "-"),
+        ("Kafka->silver end to end (bronze + silver)", f"{b['rows']:,}", f"{b['seconds'] + s['seconds']:.1f}", fmt_rate(r["end_to_end_events_per_s"]), "-"),
+    ]
+    head = ("stage", "events", "wall s", "rate", "")
+    widths = [max(len(str(row[i])) for row in (head, *rows)) for i in range(4)]
+    out = ["  ".join(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(row[:4]))
+           for row in (head, *rows)]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    verdict = "meets" if r["ratio"] >= TARGET_RATIO else "BELOW"
+    out += [
+        "",
+        f"ratio silver-path / raw copy : {r['ratio']:.3f}  ({verdict} the {TARGET_RATIO} target)",
+        f"ratio end-to-end / raw copy  : {r['end_to_end_ratio']:.3f}",
+        "",
+        f"dedup state (watermark delay {r['args']['watermark_delay_seconds']} s on ingested_at):",
+        f"  silver batches with progress  : {st.get('batches', 0)}",
+        f"  ingested_at span               : {st.get('ingested_at_span_s', 0):.1f} s = "
+        f"{st.get('delay_multiples', 0):.1f} x the delay "
+        f"({'ok' if st.get('spans_10x_delay') else 'LESS than'} {MIN_DELAY_MULTIPLES}x)",
+        f"  state rows max / last          : {st.get('max_state_rows', 0):,} / {st.get('last_state_rows', 0):,}",
+        f"  peak first third / last third  : {st.get('first_third_max', 0):,} / {st.get('last_third_max', 0):,}"
+        f"  (x{st.get('growth_last_vs_first_third', float('nan')):.2f})",
+        f"  bronze rows per delay          : {st.get('bronze_rows_per_delay', float('nan')):,.0f}"
+        f"  (peak state = {st.get('max_state_vs_rows_per_delay') or float('nan'):.2f} x that,"
+        f" {100 * (st.get('max_state_vs_total_rows') or 0):.1f}% of all rows)",
+        f"  bounded                        : {'yes' if st.get('bounded') else 'NO'}"
+        f" (last-third peak <= {BOUNDED_GROWTH} x first-third peak)",
+        f"  hot-path duplicates dropped    : {s['hot_path_dropped_duplicates']:,}",
+    ]
+    return "\n".join(out)
+
+
+def results_markdown(r: dict) -> str:
+    m, p, raw, b, s, st = r["machine"], r["produce"], r["raw_copy"], r["bronze"], r["silver"], r["state"]
+    t = s["tables"]
+    accounted = sum(t.values()) + s["hot_path_dropped_duplicates"]
+    fam = p["families"]
+    return "\n".join([
+        f"## {r['started_at'][:16].replace('T', ' ')} UTC, {r['args']['events']:,} events",
+        "",
+        "Command (from the repository root, broker running):",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {m.get('mem_total_gib', '?')} GiB RAM "
+        f"({m.get('mem_available_gib_at_start', '?')} GiB available at start, load average "
+        f"{' / '.join(str(x) for x in m.get('load_average_at_start', []))}), {m.get('platform')}; "
+        f"Java {m.get('java')}, Spark {m.get('spark')} ({m.get('spark_master')}, driver {m.get('driver_memory')}), "
+        f"Delta {m.get('delta')} (delta-spark {m.get('delta_spark_python', '?')}), Kafka {m.get('kafka_broker')} "
+        f"single broker, Python {m.get('python')}.",
+        "",
+        f"Events: {p['records']:,} from the project generator (seed {r['args']['seed']}, {r['args']['accounts']} accounts; "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(fam.items(), key=lambda kv: -kv[1]))
+        + f") in topic `{r['topic']}` ({r['args']['partitions']} partitions).",
+        "",
+        "| stage | events | wall time (s) | events/s |",
+        "|---|---:|---:|---:|",
+        f"| produce (generate + send; not in the ratio) | {p['records']:,} | {p['seconds']:.1f} | {p['events_per_s']:,.0f} |",
+        f"| raw copy Kafka -> Delta ({raw['batches']} micro-batch(es), availableNow) | {raw['rows']:,} | {raw['seconds']:.1f} | {raw['events_per_s']:,.0f} |",
+        f"| bronze job ({b['batches']} micro-batches, maxOffsetsPerTrigger {r['args']['bronze_batch']:,}) | {b['rows']:,} | {b['seconds']:.1f} | {b['events_per_s']:,.0f} |",
+        f"| **silver job, bronze -> silver** ({s['batches']} micro-batches, maxFilesPerTrigger {r['args']['silver_files_per_trigger']}) | {b['rows']:,} | {s['seconds']:.1f} | **{r['silver_path_events_per_s']:,.0f}** |",
+        f"| Kafka -> silver end to end (bronze + silver) | {b['rows']:,} | {b['seconds'] + s['seconds']:.1f} | {r['end_to_end_events_per_s']:,.0f} |",
+        "",
+        f"- **Ratio silver path / raw copy: {r['ratio']:.3f}** (target >= {TARGET_RATIO}: "
+        f"{'met' if r['ratio'] >= TARGET_RATIO else 'not met'}); end-to-end / raw copy: {r['end_to_end_ratio']:.3f}.",
+        f"- Dedup state (`dropDuplicatesWithinWatermark`, watermark {r['args']['watermark_delay_seconds']} s on ingested_at): "
+        f"ingested_at spans {st.get('ingested_at_span_s', 0):.1f} s = **{st.get('delay_multiples', 0):.1f} x the delay**; "
+        f"state rows max {st.get('max_state_rows', 0):,}, last {st.get('last_state_rows', 0):,}; peak in the first third of "
+        f"the batches {st.get('first_third_max', 0):,}, in the last third {st.get('last_third_max', 0):,} "
+        f"(x{st.get('growth_last_vs_first_third', float('nan')):.2f}) -> **{'bounded' if st.get('bounded') else 'NOT bounded'}**; "
+        f"peak = {100 * (st.get('max_state_vs_total_rows') or 0):.1f}% of all rows, "
+        f"{st.get('max_state_vs_rows_per_delay') or float('nan'):.2f} x the rows ingested per delay.",
+        f"- Silver output: usage_events {t['silver.usage_events']:,}, account_events {t['silver.account_events']:,}, "
+        f"duplicates {t['silver.duplicates']:,}, quarantine {t['silver.quarantine']:,}; hot-path duplicates dropped "
+        f"{s['hot_path_dropped_duplicates']:,}; sum {accounted:,} of {b['rows']:,} bronze rows.",
+        f"- Per-batch state rows: `{r['files']['csv']}`, plot: `{r['files']['png']}`.",
+    ])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started_at = datetime.now(UTC)
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    out = args.out.resolve()
+    run_dir = out / f"run-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lake = Path(tempfile.mkdtemp(prefix=f"lake-{stamp}-", dir=out))
+    topic = f"bench.events.{stamp}"
+    # build_spark puts the warehouse under LAKEHOUSE_ROOT: keep it inside the bench lake.
+    os.environ["LAKEHOUSE_ROOT"] = str(lake)
+    settings = Settings().with_overrides(lake_root=lake, events_topic=topic)
+    say(f"bench: {args.events:,} events, topic {topic}, lake {lake}, outputs {run_dir}")
+
+    status = kafka_local.status(settings)
+    if not status.running:
+        say(f"kafka broker at {settings.bootstrap_servers} not running ({status.detail}); "
+            "start it with `.venv/bin/lakehouse kafka start`")
+        return 2
+
+    spark = None
+    topic_created = False
+    try:
+        say(f"1/5 produce {args.events:,} events into {topic} ({args.partitions} partitions)")
+        topic_created = True
+        produced = produce(settings, topic, args)
+        offsets = end_offsets(settings, topic)
+        in_topic = sum(offsets.values())
+        say(f"produce: {produced['records']:,} records in {produced['seconds']:.1f} s "
+            f"({produced['events_per_s']:,.0f}/s); topic holds {in_topic:,} ({offsets})")
+        if in_topic != args.events:
+            raise RuntimeError(f"topic {topic} holds {in_topic} records, expected {args.events}")
+
+        say("starting Spark (one session for every stage)")
+        from pipelines.session import build_spark
+        spark = build_spark("bench-ingest")
+        machine = machine_info(spark)
+        say("warm-up: a 2,000-record-per-partition Kafka batch read written to Delta (not timed)")
+        warm_up(spark, settings, topic, offsets, lake)
+
+        say("2/5 raw copy: Kafka -> Delta, key/value/coordinates, availableNow")
+        raw = raw_copy(spark, settings, topic, lake, args)
+        say(f"raw copy: {raw['rows']:,} rows in {raw['seconds']:.1f} s ({raw['events_per_s']:,.0f}/s)")
+
+        say(f"3/5 bronze job, maxOffsetsPerTrigger {args.bronze_batch:,}")
+        bronze = run_bronze(spark, settings, args)
+        say(f"bronze: {bronze['rows']:,} rows in {bronze['seconds']:.1f} s ({bronze['events_per_s']:,.0f}/s), "
+            f"{bronze['ingested_at_versions']} ingested_at values over {bronze['ingested_at_span_s']:.1f} s")
+        multiples = bronze["ingested_at_span_s"] / args.watermark_delay_seconds
+        if multiples < MIN_DELAY_MULTIPLES:
+            say(f"WARNING: ingested_at spans only {multiples:.1f} x the {args.watermark_delay_seconds} s watermark delay "
+                f"(< {MIN_DELAY_MULTIPLES}x); use a smaller --watermark-delay-seconds or --bronze-batch")
+
+        say(f"4/5 silver job, watermark delay {args.watermark_delay_seconds} s, "
+            f"maxFilesPerTrigger {args.silver_files_per_trigger}")
+        silver, history = run_silver(spark, settings, args)
+        silver_eps = rate(bronze["rows"], silver["seconds"])
+        say(f"silver: {bronze['rows']:,} bronze rows in {silver['seconds']:.1f} s ({silver_eps:,.0f}/s), "
+            f"{silver['batches']} batches")
+
+        say("5/5 dedup state analysis")
+        first_ingest = datetime.fromisoformat(bronze["ingested_at_first"])
+        if first_ingest.tzinfo is None:  # Spark hands back naive datetimes in the session zone (UTC)
+            first_ingest = first_ingest.replace(tzinfo=UTC)
+        batches = state_rows_per_batch(history, first_ingest, args.watermark_delay_seconds)
+        state = summarise_state(batches, bronze, args.watermark_delay_seconds)
+        csv_path, png_path = run_dir / "state_rows.csv", run_dir / "state_rows.png"
+        write_csv(batches, csv_path)
+        plot_state(batches, png_path, args.watermark_delay_seconds,
+                   f"silver dedup state, {args.events:,} events, watermark delay {args.watermark_delay_seconds} s")
+        (run_dir / "silver_progress.json").write_text(json.dumps(history, indent=1))
+
+        def rel(path: Path) -> str:
+            try:
+                return str(path.relative_to(REPO_ROOT))
+            except ValueError:
+                return str(path)
+
+        result = {
+            "started_at": started_at.isoformat(), "command": command_line(), "topic": topic,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "machine": machine, "produce": produced, "raw_copy": raw, "bronze": bronze, "silver": silver,
+            "silver_path_events_per_s": silver_eps,
+            "end_to_end_events_per_s": rate(bronze["rows"], bronze["seconds"] + silver["seconds"]),
+            "state": state, "files": {"csv": rel(csv_path), "png": rel(png_path)},
+        }
+        result["ratio"] = silver_eps / raw["events_per_s"]
+        result["end_to_end_ratio"] = result["end_to_end_events_per_s"] / raw["events_per_s"]
+        (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+        markdown = results_markdown(result)
+        (run_dir / "results.md").write_text(markdown + "\n")
+        say(f"done in {time.monotonic() - _T0:.0f} s; outputs in {run_dir}")
+
+        print()
+        print(summary_table(result))
+        print()
+        print("---- paste into bench/RESULTS.md " + "-" * 40)
+        print(markdown)
+        print("-" * 73)
+        return 0
+    finally:
+        if spark is not None:
+            for q in spark.streams.active:
+                q.stop()
+            spark.stop()
+        if args.keep:
+            say(f"kept the lake {lake} and the topic {topic}")
+        else:
+            shutil.rmtree(lake, ignore_errors=True)
+            if topic_created:
+                try:
+                    delete_topic(settings, topic)
+                except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error
+                    say(f"could not delete topic {topic}: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

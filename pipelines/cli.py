@@ -1,0 +1,148 @@
+"""`lakehouse`: the one command-line entry point. Thin: parse, build the session, call in."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipelines.settings import Settings
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lake-root", help="lake root folder (default $LAKEHOUSE_ROOT or ./lakehouse)")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
+    p.add_argument("--topic", dest="events_topic", help="events topic (default billing.events)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings().with_overrides(
+        lake_root=getattr(args, "lake_root", None),
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        events_topic=getattr(args, "events_topic", None),
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.jobs.common import JobContext, RunOptions
+    from pipelines.runner import resolve_jobs, run_jobs
+    from pipelines.session import build_spark
+
+    resolve_jobs(args.jobs)
+    settings = _settings(args)
+    run = RunOptions(continuous=args.continuous, processing_time=args.processing_time,
+                     max_offsets_per_trigger=args.max_offsets_per_trigger,
+                     max_files_per_trigger=args.max_files_per_trigger)
+    ctx = JobContext.from_settings(settings, run, dedup_rules_path=args.dedup_rules,
+                                   pipeline_config_path=args.pipeline_config)
+    spark = build_spark("lakehouse-run")
+    run_jobs(spark, ctx, args.jobs)
+    return 0
+
+
+def _cmd_kafka(args: argparse.Namespace) -> int:
+    from pipelines import kafka_local
+
+    settings = _settings(args)
+    if args.action == "start":
+        st = kafka_local.start(settings)
+        print(f"kafka: running on {st.bootstrap} (pid {st.pid}, data {st.data_dir})")
+    elif args.action == "stop":
+        stopped = kafka_local.stop(settings)
+        print("kafka: stopped" if stopped else "kafka: was not running")
+    else:
+        st = kafka_local.status(settings)
+        print(f"kafka: {'running' if st.running else 'not running'} on {st.bootstrap}"
+              + (f" (pid {st.pid})" if st.pid else "") + (f": {st.detail}" if st.detail else ""))
+        return 0 if st.running else 1
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from pipelines import produce
+
+    produce.run(args, _settings(args))
+    return 0
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from pipelines.analyst import run_sql
+    from pipelines.session import build_spark
+
+    settings = _settings(args)
+    spark = build_spark("lakehouse-sql")
+    run_sql(spark, settings, args.query, limit=args.limit, fmt=args.format, out=sys.stdout)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import DemoOptions, run_demo
+
+    options = DemoOptions(events=args.events, accounts=args.accounts, seed=args.seed, fresh=not args.keep)
+    return run_demo(_settings(args), options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse", description="Usage-billing lakehouse")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run jobs in order (default: process everything available, then stop)")
+    run.add_argument("jobs", nargs="+", metavar="JOB", help="bronze, silver, gold")
+    run.add_argument("--continuous", action="store_true", help="keep streaming jobs running")
+    run.add_argument("--processing-time", default="2 seconds", help="micro-batch interval in --continuous mode")
+    run.add_argument("--max-offsets-per-trigger", type=int, help="cap Kafka records per bronze micro-batch")
+    run.add_argument("--max-files-per-trigger", type=int, help="cap Delta files per silver/gold micro-batch")
+    run.add_argument("--dedup-rules", help="dedup rules YAML (default: pipelines/conf/dedup_rules.yaml)")
+    run.add_argument("--pipeline-config", help="pipeline YAML (default: pipelines/conf/pipeline.yaml)")
+    _add_common(run)
+    run.set_defaults(func=_cmd_run)
+
+    kafka = sub.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    _add_common(kafka)
+    kafka.set_defaults(func=_cmd_kafka)
+
+    prod = sub.add_parser("produce", help="send synthetic or recorded events to Kafka")
+    from pipelines import produce
+    produce.add_arguments(prod)
+    if not any(a.dest == "lake_root" for a in prod._actions):
+        prod.add_argument("--lake-root", help=argparse.SUPPRESS)
+    prod.set_defaults(func=_cmd_produce)
+
+    sql = sub.add_parser("sql", help="query the tables by logical name, e.g. SELECT * FROM gold.daily_usage")
+    sql.add_argument("query")
+    sql.add_argument("--limit", type=int, default=50, help="rows to print (table format)")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    _add_common(sql)
+    sql.set_defaults(func=_cmd_sql)
+
+    demo = sub.add_parser("demo", help="the whole local story: Kafka, events, jobs, summary")
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--accounts", type=int, default=40)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--keep", action="store_true", help="keep the existing lake instead of starting fresh")
+    _add_common(demo)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one readable line for known failures; traceback with -v
+        known = {"KafkaLocalError", "ConfigError", "ContractError", "UnknownJobError", "SparkSetupError",
+                 "TableSpecError", "ProduceError", "ReadOnlyQueryError", "RecordFileError"}
+        if type(exc).__name__ in known and not args.verbose:
+            print(f"lakehouse: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Runtime settings: one place that knows where things are.
+
+Values come from (highest first) explicit CLI flags, environment variables, defaults.
+Nothing here touches Spark or Kafka; it only names locations.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# The repository root when running from a checkout (editable install); on Databricks the
+# package is a wheel and the repo-relative folders do not exist.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_EVENTS_TOPIC = "billing.events"
+DEFAULT_NOTIFICATIONS_TOPIC = "billing.notifications"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    lake_root: Path = field(default_factory=lambda: Path(_env("LAKEHOUSE_ROOT", "./lakehouse")))
+    bootstrap_servers: str = field(
+        default_factory=lambda: _env("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
+    )
+    events_topic: str = field(default_factory=lambda: _env("LAKEHOUSE_EVENTS_TOPIC", DEFAULT_EVENTS_TOPIC))
+    notifications_topic: str = field(
+        default_factory=lambda: _env("LAKEHOUSE_NOTIFICATIONS_TOPIC", DEFAULT_NOTIFICATIONS_TOPIC)
+    )
+    # Folder for local-only state that is not lake data: broker logs/data, pid files.
+    local_dir: Path = field(default_factory=lambda: Path(_env("LAKEHOUSE_LOCAL_DIR", str(REPO_ROOT / ".local"))))
+
+    def with_overrides(self, **kwargs) -> "Settings":
+        clean = {k: v for k, v in kwargs.items() if v is not None}
+        if "lake_root" in clean:
+            clean["lake_root"] = Path(clean["lake_root"])
+        return replace(self, **clean)
+
+    @property
+    def lake_root_abs(self) -> Path:
+        return self.lake_root.expanduser().resolve()
+
+    def table_path(self, logical_name: str) -> str:
+        """`silver.usage_events` -> `<lake root>/silver/usage_events`."""
+        layer, table = split_table_name(logical_name)
+        return str(self.lake_root_abs / layer / table)
+
+    def checkpoint_path(self, job: str, query: str) -> str:
+        """Checkpoints live beside the tables, one folder per job and query."""
+        return str(self.lake_root_abs / "_checkpoints" / job / query)
+
+
+def split_table_name(logical_name: str) -> tuple[str, str]:
+    parts = logical_name.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"table names are 'layer.table', got {logical_name!r}")
+    return parts[0], parts[1]
+
+
+def spark_jars_dir() -> Path:
+    return Path(_env("LAKEHOUSE_SPARK_JARS", str(REPO_ROOT / "jvm" / "target" / "spark-jars")))
+
+
+def kafka_jars_dir() -> Path:
+    return Path(_env("LAKEHOUSE_KAFKA_JARS", str(REPO_ROOT / "jvm" / "target" / "kafka-jars")))

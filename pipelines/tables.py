@@ -1,0 +1,148 @@
+"""Table specs from schemas/tables.yaml and the one mapping from logical names to storage.
+
+Locally a table `layer.table` is a Delta folder `<lake root>/<layer>/<table>`; on
+Databricks the same logical name maps to a Unity Catalog table. Jobs only ever say the
+logical name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import yaml
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from pipelines.contract import schemas_dir
+from pipelines.settings import Settings, split_table_name
+
+
+class TableSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    comment: str
+    columns: tuple[ColumnSpec, ...]
+    change_data_feed: bool = False
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def struct_type(self) -> T.StructType:
+        return T.StructType([
+            T.StructField(c.name, T._parse_datatype_string(c.type), True, {"comment": c.comment})
+            for c in self.columns
+        ])
+
+    def ddl(self) -> str:
+        return ", ".join(f"`{c.name}` {c.type}" for c in self.columns)
+
+
+def _columns(raw: list, where: str) -> list[ColumnSpec]:
+    out = []
+    for item in raw or []:
+        if not isinstance(item, dict) or set(item) - {"name", "type", "comment"} or "name" not in item or "type" not in item:
+            raise TableSpecError(f"{where}: each column needs name and type (and a comment), got {item!r}")
+        out.append(ColumnSpec(item["name"], item["type"], item.get("comment", "")))
+    return out
+
+
+def parse_table_specs(doc: dict) -> dict[str, TableSpec]:
+    groups = {name: _columns(cols, f"group {name}") for name, cols in (doc.get("groups") or {}).items()}
+    specs: dict[str, TableSpec] = {}
+    for name, body in (doc.get("tables") or {}).items():
+        split_table_name(name)
+        unknown = set(body) - {"comment", "columns", "groups", "groups_after", "change_data_feed"}
+        if unknown:
+            raise TableSpecError(f"table {name}: unknown keys {sorted(unknown)}")
+        cols: list[ColumnSpec] = []
+        for key in ("groups", "columns", "groups_after"):
+            if key == "columns":
+                cols += _columns(body.get("columns"), f"table {name}")
+                continue
+            for group in body.get(key, []):
+                if group not in groups:
+                    raise TableSpecError(f"table {name}: unknown column group {group!r}")
+                cols += groups[group]
+        names = [c.name for c in cols]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise TableSpecError(f"table {name}: duplicated columns {sorted(dupes)}")
+        if not cols:
+            raise TableSpecError(f"table {name}: no columns")
+        specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), bool(body.get("change_data_feed")))
+    return specs
+
+
+@lru_cache(maxsize=None)
+def table_specs() -> dict[str, TableSpec]:
+    path = schemas_dir() / "tables.yaml"
+    return parse_table_specs(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def spec(name: str) -> TableSpec:
+    try:
+        return table_specs()[name]
+    except KeyError:
+        raise TableSpecError(f"unknown table {name!r}; known: {sorted(table_specs())}") from None
+
+
+class Lake:
+    """Where each logical table lives, and the few IO helpers every job shares."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def path(self, name: str) -> str:
+        return self.settings.table_path(name)
+
+    def checkpoint(self, job: str, query: str) -> str:
+        return self.settings.checkpoint_path(job, query)
+
+    def exists(self, spark: SparkSession, name: str) -> bool:
+        from delta.tables import DeltaTable
+        return DeltaTable.isDeltaTable(spark, self.path(name))
+
+    def ensure(self, spark: SparkSession, name: str) -> None:
+        """Create the table from its spec if it does not exist yet (idempotent)."""
+        from delta.tables import DeltaTable
+        table = spec(name)
+        builder = DeltaTable.createIfNotExists(spark).location(self.path(name)).comment(table.comment)
+        for col in table.columns:
+            builder = builder.addColumn(col.name, col.type, comment=col.comment)
+        if table.change_data_feed:
+            builder = builder.property("delta.enableChangeDataFeed", "true")
+        builder.execute()
+
+    def read(self, spark: SparkSession, name: str) -> DataFrame:
+        return spark.read.format("delta").load(self.path(name))
+
+    def delta(self, spark: SparkSession, name: str):
+        from delta.tables import DeltaTable
+        return DeltaTable.forPath(spark, self.path(name))
+
+    def register_views(self, spark: SparkSession) -> list[str]:
+        """Temp views named layer_table plus the `layer`.`table` form via a database per layer,
+        so analysts can write `SELECT ... FROM silver.usage_events`."""
+        registered = []
+        for name in table_specs():
+            if not self.exists(spark, name):
+                continue
+            layer, table = split_table_name(name)
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{layer}`")
+            spark.sql(
+                f"CREATE TABLE IF NOT EXISTS `{layer}`.`{table}` USING DELTA LOCATION '{self.path(name)}'"
+            )
+            registered.append(name)
+        return registered

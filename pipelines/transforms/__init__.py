@@ -1,0 +1,1 @@
+"""Pure DataFrame -> DataFrame transforms. No IO, no session creation, no collect()."""

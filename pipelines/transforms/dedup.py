@@ -1,0 +1,195 @@
+"""Deduplication transforms (DESIGN section 4), pure DataFrame -> DataFrame.
+
+Identity: (account_id, event_id) is one event forever; the first copy in Kafka order wins.
+Custom rules: per metric, on event time, for usage events that carry a dedup_key.
+
+Every function here is a set function of its input rows: the same rows give the same
+answer however they were cut into micro-batches, which is what makes restarts exact.
+"""
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from pipelines.config import DedupRule
+
+IDENTITY = ["account_id", "event_id"]
+IDENTITY_RULE = "identity"
+KEPT = "kept"
+DROPPED = "dropped"
+
+# Kafka order. The broker stamps LogAppendTime, so within a partition timestamps follow
+# offsets; partition and offset break ties and order copies that landed in different
+# partitions (a producer that keyed a record by something other than account_id).
+ORDER_COLUMNS = ["kafka_timestamp", "kafka_topic", "kafka_partition", "kafka_offset"]
+
+
+def kafka_order(prefix: str = "") -> Column:
+    return F.struct(*[F.col(f"{prefix}{c}").alias(c) for c in ORDER_COLUMNS])
+
+
+def with_kafka_order(df: DataFrame) -> DataFrame:
+    return df.withColumn("_order", kafka_order())
+
+
+def with_copy_rank(df: DataFrame) -> DataFrame:
+    """_copy_rank 1 for the first copy of each identity in these rows, 2.. for the rest;
+    _kept_payload: the payload hash of that first copy."""
+    w = Window.partitionBy(*IDENTITY).orderBy(F.col("_order"))
+    return df.withColumns({
+        "_copy_rank": F.row_number().over(w),
+        "_kept_payload": F.first("payload_sha256").over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow)),
+    })
+
+
+def filter_first_copies(df: DataFrame) -> DataFrame:
+    return df.filter(F.col("_copy_rank") == 1).drop("_copy_rank", "_kept_payload")
+
+
+def filter_repeated_copies(df: DataFrame) -> DataFrame:
+    """Second and later copies, marked as identity duplicates of the first."""
+    return (
+        df.filter(F.col("_copy_rank") > 1).drop("_copy_rank")
+        .withColumns({"rule": F.lit(IDENTITY_RULE), "duplicate_of": F.col("event_id"),
+                      "_decision": F.lit(DROPPED)})
+    )
+
+
+def filter_conflicting_copies(df: DataFrame) -> DataFrame:
+    """Identity duplicates whose bytes differ from the kept copy: worth a row in
+    silver.duplicates. Byte-identical re-sends carry nothing new (and the hot path may or
+    may not have met them first, depending on timing), so they are only counted."""
+    return df.filter(~F.col("_kept_payload").eqNullSafe(F.col("payload_sha256"))).drop("_kept_payload")
+
+
+def history_first_copies(history: DataFrame) -> DataFrame:
+    """Identity keys already in silver with the Kafka order and payload hash of the copy
+    kept there."""
+    return (
+        history.select(*IDENTITY, kafka_order().alias("_seen_order"), "payload_sha256")
+        .groupBy(*IDENTITY).agg(
+            F.min("_seen_order").alias("_seen_order"),
+            F.min_by("payload_sha256", "_seen_order").alias("_seen_payload"),
+        )
+    )
+
+
+def with_history_order(history_keys: DataFrame):
+    """Attach _seen_order: the Kafka order of this identity's copy already in silver, if any."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.join(history_keys, on=IDENTITY, how="left")
+
+    return transform
+
+
+def filter_new_events(df: DataFrame) -> DataFrame:
+    """Not in silver yet, or this very copy (a replayed batch), or an earlier copy than
+    the one silver holds (a backfill of a lost range): all of these are written."""
+    return (
+        df.filter(F.col("_seen_order").isNull() | (F.col("_order") <= F.col("_seen_order")))
+        .drop("_seen_order", "_seen_payload")
+    )
+
+
+def filter_late_copies(df: DataFrame) -> DataFrame:
+    """A later copy of an event silver already holds: an identity duplicate, whatever
+    time separates the two copies."""
+    return (
+        df.filter(F.col("_order") > F.col("_seen_order"))
+        .withColumnRenamed("_seen_payload", "_kept_payload").drop("_seen_order")
+        .withColumns({"rule": F.lit(IDENTITY_RULE), "duplicate_of": F.col("event_id"),
+                      "_decision": F.lit(DROPPED)})
+    )
+
+
+def with_rule_name(rules: tuple[DedupRule, ...]):
+    """_rule: the custom rule governing the row (its metric has one and it has a dedup_key)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        rule = F.lit(None).cast("string")
+        for r in rules:
+            rule = F.when(F.col("metric") == r.metric, F.lit(r.name)).otherwise(rule)
+        return df.withColumn("_rule", F.when(F.col("dedup_key").isNotNull() & (F.col("event_type") == "usage"), rule))
+
+    return transform
+
+
+def _event_time_order() -> list[Column]:
+    return [F.col("occurred_at"), F.col("_order")]
+
+
+def _once_per_period(df: DataFrame, rule: DedupRule) -> DataFrame:
+    bucket = F.date_trunc(rule.period, F.col("occurred_at"))
+    w = Window.partitionBy("_rule", "account_id", "dedup_key", bucket).orderBy(*_event_time_order())
+    first = F.first("event_id").over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    rank = F.row_number().over(w)
+    return df.withColumns({
+        "_decision": F.when(rank == 1, F.lit(KEPT)).otherwise(F.lit(DROPPED)),
+        "duplicate_of": F.when(rank > 1, first),
+    })
+
+
+def _retry_window(df: DataFrame, rule: DedupRule) -> DataFrame:
+    """Anchor chain per key: fold the key's events in event-time order. The chain is
+    sequential (whether an event is kept depends on the previous kept one), so it is a
+    fold over the sorted array with the built-in `aggregate`, not a window frame."""
+    window_seconds = int(rule.window.total_seconds())
+    keys = ["_rule", "account_id", "dedup_key"]
+    events = F.array_sort(F.collect_list(F.struct(
+        F.col("occurred_at").alias("t"), F.col("_order").alias("o"), F.col("event_id").alias("id"))))
+    init = F.struct(
+        F.lit(None).cast("timestamp").alias("anchor"),
+        F.lit(None).cast("string").alias("anchor_id"),
+        F.array().cast("array<struct<id:string,kept:boolean,dup_of:string>>").alias("out"),
+    )
+
+    def step(acc: Column, e: Column) -> Column:
+        keep = acc["anchor"].isNull() | (e["t"] >= acc["anchor"] + F.expr(f"INTERVAL {window_seconds} SECONDS"))
+        return F.struct(
+            F.when(keep, e["t"]).otherwise(acc["anchor"]).alias("anchor"),
+            F.when(keep, e["id"]).otherwise(acc["anchor_id"]).alias("anchor_id"),
+            F.concat(acc["out"], F.array(F.struct(
+                e["id"].alias("id"), keep.alias("kept"),
+                F.when(~keep, acc["anchor_id"]).alias("dup_of")))).alias("out"),
+        )
+
+    decisions = (
+        df.groupBy(*keys).agg(F.aggregate(events, init, step)["out"].alias("_out"))
+        .select(*keys, F.explode("_out").alias("_d"))
+        .select(*keys, F.col("_d.id").alias("event_id"),
+                F.when(F.col("_d.kept"), F.lit(KEPT)).otherwise(F.lit(DROPPED)).alias("_decision"),
+                F.col("_d.dup_of").alias("duplicate_of"))
+    )
+    return df.join(decisions, on=keys + ["event_id"], how="inner")
+
+
+def apply_dedup_rules(rules: tuple[DedupRule, ...]):
+    """Decide kept/dropped for every row under a custom rule.
+
+    Input: rows with `_rule` set, all identity-unique, holding every event known for the
+    keys involved (silver history plus new rows). Output: the same rows with `_decision`
+    and `duplicate_of` (the kept event that made this one redundant).
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        decided = None
+        for rule in rules:
+            part = df.filter(F.col("_rule") == rule.name)
+            part = _once_per_period(part, rule) if rule.kind == "once_per_calendar_period" else _retry_window(part, rule)
+            part = part.withColumn("rule", F.lit(rule.name))
+            decided = part if decided is None else decided.unionByName(part)
+        if decided is None:
+            return df.withColumns({"_decision": F.lit(KEPT), "duplicate_of": F.lit(None).cast("string"),
+                                   "rule": F.lit(None).cast("string")}).limit(0)
+        return decided
+
+    return transform
+
+
+def filter_kept(df: DataFrame) -> DataFrame:
+    return df.filter(F.col("_decision") == KEPT)
+
+
+def filter_dropped(df: DataFrame) -> DataFrame:
+    return df.filter(F.col("_decision") == DROPPED)

@@ -1,0 +1,288 @@
+"""Bronze records -> typed events plus a quarantine reason, driven by the event contract.
+
+The value is parsed once into a VARIANT (Spark's binary JSON), which keeps the JSON type
+of every field: a quoted "5" stays a string and 5 stays a number, so the contract's types
+can be checked exactly without a UDF. The first failed check (in contract order) becomes
+the record's reason; a good record has reason null.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.config import SilverConfig
+from pipelines.contract import EventContract, FieldSpec
+
+# Reason codes, in the order they are checked. Documented in the README.
+NULL_VALUE = "null_value"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+NULL_FIELD = "null_field"
+WRONG_TYPE = "wrong_type"
+UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+INVALID_VALUE = "invalid_value"
+NEGATIVE_QUANTITY = "negative_quantity"
+FUTURE_OCCURRED_AT = "occurred_at_in_future"
+
+REASONS = (
+    NULL_VALUE, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, UNSUPPORTED_SCHEMA_VERSION, MISSING_FIELD,
+    NULL_FIELD, WRONG_TYPE, UNKNOWN_EVENT_TYPE, INVALID_VALUE, NEGATIVE_QUANTITY, FUTURE_OCCURRED_AT,
+)
+
+# RFC 3339 date-time: full date, 'T', full time with optional fraction, 'Z' or a numeric offset.
+RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+RFC3339_PARSE = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XXX"
+
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+MAX_QUANTITY_DIGITS = 32  # decimal(38,6) keeps 32 integer digits
+
+
+def _interval(delta: timedelta) -> Column:
+    return F.expr(f"INTERVAL {int(delta.total_seconds())} SECONDS")
+
+
+def _path(name: str) -> str:
+    return f"$.{name}" if name.isidentifier() else f"$['{name}']"
+
+
+def _raw(v: Column, path: str) -> Column:
+    """The sub-variant at path: SQL NULL when the key is absent, a variant null when it is JSON null."""
+    return F.variant_get(v, path, "variant")
+
+
+def _vtype(v: Column, path: str) -> Column:
+    return F.schema_of_variant(_raw(v, path))
+
+
+def _is_json_type(vtype: Column, json_type: str) -> Column:
+    if json_type == "string":
+        return vtype == "STRING"
+    if json_type == "boolean":
+        return vtype == "BOOLEAN"
+    if json_type == "object":
+        return vtype.startswith("OBJECT")
+    if json_type == "integer":
+        # JSON Schema counts 1.0 as an integer; Spark's JSON reader gives it DECIMAL(2,1).
+        return vtype.isin(*INTEGER_TYPES) | vtype.startswith("DECIMAL")
+    if json_type == "number":
+        return vtype.isin(*INTEGER_TYPES, "FLOAT", "DOUBLE") | vtype.startswith("DECIMAL")
+    raise ValueError(json_type)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One contract check: where `failed` is true the record gets `reason` and `detail`."""
+    failed: Column
+    reason: str
+    detail: Column
+
+
+def _lit_detail(text: str) -> Column:
+    return F.lit(text)
+
+
+def _presence_checks(v: Column, spec: FieldSpec, path: str, applies: Column | None) -> list[_Check]:
+    raw = _raw(v, path)
+    vtype = F.schema_of_variant(raw)
+    scope = applies if applies is not None else F.lit(True)
+    label = path[2:]
+    checks: list[_Check] = []
+    if spec.required or spec.required_for:
+        checks.append(_Check(scope & raw.isNull(), MISSING_FIELD, _lit_detail(f"{label} is required")))
+        checks.append(_Check(scope & raw.isNotNull() & F.is_variant_null(raw), NULL_FIELD,
+                             _lit_detail(f"{label} is null")))
+    # An optional field that is present and not null must still have its declared type:
+    # a numeric dedup_key would silently change what the dedup rules compare.
+    checks.append(_Check(
+        raw.isNotNull() & ~F.is_variant_null(raw) & ~_is_json_type(vtype, spec.json_type),
+        WRONG_TYPE,
+        F.concat(F.lit(f"{label} must be a JSON {spec.json_type}, got "), F.lower(vtype)),
+    ))
+    return checks
+
+
+def _string_value(v: Column, path: str) -> Column:
+    return F.try_variant_get(v, path, "string")
+
+
+def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
+    """Range, length, enum, format checks for a field whose type is already right."""
+    label = path[2:]
+    checks: list[_Check] = []
+    raw = _raw(v, path)
+    present = raw.isNotNull() & ~F.is_variant_null(raw) & _is_json_type(F.schema_of_variant(raw), spec.json_type)
+    if spec.json_type == "string":
+        s = _string_value(v, path)
+        if spec.min_length is not None:
+            checks.append(_Check(F.char_length(s) < spec.min_length, INVALID_VALUE,
+                                 _lit_detail(f"{label} must have at least {spec.min_length} characters")))
+        if spec.max_length is not None:
+            checks.append(_Check(F.char_length(s) > spec.max_length, INVALID_VALUE,
+                                 _lit_detail(f"{label} must have at most {spec.max_length} characters")))
+        if spec.pattern:
+            checks.append(_Check(~s.rlike(spec.pattern), INVALID_VALUE,
+                                 _lit_detail(f"{label} must match {spec.pattern}")))
+        if spec.fmt == "date-time":
+            checks.append(_Check(~s.rlike(RFC3339) | _timestamp(s).isNull(), INVALID_VALUE,
+                                 F.concat(F.lit(f"{label} is not an RFC 3339 timestamp with offset: "),
+                                          F.substring(s, 1, 64))))
+        if spec.enum and spec.name != "event_type":
+            checks.append(_Check(~s.isin(*spec.enum), INVALID_VALUE,
+                                 F.concat(F.lit(f"{label} must be one of {', '.join(spec.enum)}, got "),
+                                          F.substring(s, 1, 64))))
+    if spec.json_type == "number" and spec.decimal_scale is not None:
+        checks.append(_Check(~_exact_decimal(v, path, spec.decimal_scale), INVALID_VALUE,
+                             _lit_detail(f"{label} must have at most {spec.decimal_scale} decimals "
+                                         f"and {MAX_QUANTITY_DIGITS} integer digits")))
+    # Value rules speak only of a field that is there with the right type; absence and
+    # type errors are reported by the presence checks.
+    return [_Check(present & c.failed, c.reason, c.detail) for c in checks]
+
+
+def _timestamp(s: Column) -> Column:
+    return F.try_to_timestamp(F.upper(s), F.lit(RFC3339_PARSE))
+
+
+def _exact_decimal(v: Column, path: str, scale: int) -> Column:
+    """True when the JSON number converts to decimal(38, scale) without rounding.
+
+    Spark's JSON reader keeps plain numbers as exact decimals and numbers with an exponent
+    (or too many digits) as doubles, so both shapes are checked against the rounded value.
+    """
+    vtype = _vtype(v, path)
+    target = F.try_variant_get(v, path, f"decimal(38,{scale})")
+    wide = F.try_variant_get(v, path, "decimal(38,18)")
+    as_double = F.try_variant_get(v, path, "double")
+    decimal_scale = F.regexp_extract(vtype, r"^DECIMAL\(\d+,(\d+)\)$", 1)
+    exact_decimal = F.when(decimal_scale == "", F.lit(None)).otherwise(
+        (decimal_scale.cast("int") <= scale) | (wide.isNotNull() & (target.cast("decimal(38,18)") == wide))
+    )
+    exact = (
+        F.when(vtype.isin(*INTEGER_TYPES), F.lit(True))
+        .when(vtype.startswith("DECIMAL"), exact_decimal)
+        .when(vtype.isin("DOUBLE", "FLOAT"), target.isNotNull() & (target.cast("double") == as_double))
+        .otherwise(F.lit(False))
+    )
+    return target.isNotNull() & F.coalesce(exact, F.lit(False))
+
+
+def _checks(contract: EventContract, v: Column, options: SilverConfig) -> list[_Check]:
+    event_type = _string_value(v, "$.event_type")
+    checks: list[_Check] = [
+        _Check(F.col("value").isNull(), NULL_VALUE, _lit_detail("record has no value")),
+        _Check(~F.is_valid_utf8(F.col("value").cast("string")), INVALID_UTF8,
+               _lit_detail("value is not valid UTF-8")),
+        _Check(v.isNull(), INVALID_JSON,
+               _lit_detail("value is not valid JSON (syntax, NaN/Infinity, duplicated key or over the size limit)")),
+        _Check(~F.schema_of_variant(v).startswith("OBJECT"), NOT_AN_OBJECT,
+               F.concat(F.lit("value must be a JSON object, got "), F.lower(F.schema_of_variant(v)))),
+    ]
+    version_spec = contract.field("schema_version")
+    checks += _presence_checks(v, version_spec, "$.schema_version", None)
+    version = F.try_variant_get(v, "$.schema_version", "decimal(38,6)")
+    checks.append(_Check(version != F.lit(contract.version), UNSUPPORTED_SCHEMA_VERSION,
+                         F.concat(F.lit("schema_version "), F.try_variant_get(v, "$.schema_version", "string"),
+                                  F.lit(f" has no schema here (supported: {contract.version})"))))
+    for spec in contract.fields:
+        if spec.name == "schema_version":
+            continue
+        path = _path(spec.name)
+        applies = event_type.isin(*spec.required_for) if spec.required_for and not spec.required else None
+        checks += _presence_checks(v, spec, path, applies)
+        for child in spec.children:
+            child_path = f"{path}.{child.name}"
+            parent_ok = _is_json_type(_vtype(v, path), "object")
+            checks += [
+                _Check(parent_ok & c.failed, c.reason, c.detail)
+                for c in _presence_checks(v, child, child_path, None)
+            ]
+    checks.append(_Check(~event_type.isin(*contract.event_types), UNKNOWN_EVENT_TYPE,
+                         F.concat(F.lit("event_type "), F.substring(event_type, 1, 64), F.lit(" is not known"))))
+    for spec in contract.fields:
+        path = _path(spec.name)
+        checks += _value_checks(v, spec, path)
+        for child in spec.children:
+            checks += _value_checks(v, child, f"{path}.{child.name}")
+    quantity = F.try_variant_get(v, "$.quantity", "decimal(38,6)")
+    checks.append(_Check(quantity < 0, NEGATIVE_QUANTITY, _lit_detail("quantity must be >= 0")))
+    occurred_at = _timestamp(_string_value(v, "$.occurred_at"))
+    checks.append(_Check(
+        occurred_at > F.col("ingested_at") + _interval(options.future_tolerance), FUTURE_OCCURRED_AT,
+        F.concat(F.lit("occurred_at "), _string_value(v, "$.occurred_at"),
+                 F.lit(f" is more than {options.future_tolerance.total_seconds() / 3600:g} h after ingestion")),
+    ))
+    return checks
+
+
+def _first_failure(checks: list[_Check]) -> Column:
+    """struct(reason, detail) of the first failing check, null when all pass.
+
+    A check whose inputs are null (the field is absent) neither passes nor fails; the
+    presence checks earlier in the list own that case.
+    """
+    expr = F.lit(None).cast("struct<reason:string,detail:string>")
+    for check in reversed(checks):
+        expr = F.when(F.coalesce(check.failed, F.lit(False)),
+                      F.struct(F.lit(check.reason).alias("reason"), check.detail.alias("detail"))
+                      ).otherwise(expr)
+    return expr
+
+
+def parse_events(contract: EventContract, options: SilverConfig = SilverConfig()):
+    """bronze rows (value, ingested_at, Kafka coordinates) -> typed columns + `_problem`.
+
+    Returns a transform for DataFrame.transform. Output keeps the raw key/value so bad
+    records can be quarantined byte for byte.
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        parsed = df.withColumn("_v", F.try_parse_json(F.col("value").cast("string")))
+        v = F.col("_v")
+        checks = _checks(contract, v, options)
+        occurred_at = _timestamp(_string_value(v, "$.occurred_at"))
+        typed = {
+            "event_id": _string_value(v, "$.event_id"),
+            "account_id": _string_value(v, "$.account_id"),
+            "event_type": _string_value(v, "$.event_type"),
+            "occurred_at": occurred_at,
+            "schema_version": F.try_variant_get(v, "$.schema_version", "int"),
+            "source": _string_value(v, "$.source"),
+            "event_date": F.to_date(occurred_at),
+            "product": _string_value(v, "$.product"),
+            "metric": _string_value(v, "$.metric"),
+            "quantity": F.try_variant_get(v, "$.quantity", "decimal(38,6)"),
+            "dedup_key": _string_value(v, "$.dedup_key"),
+            "plan_id": _string_value(v, "$.plan_id"),
+            "amount_value": F.try_variant_get(v, "$.amount.value", "decimal(38,6)"),
+            "amount_currency": _string_value(v, "$.amount.currency"),
+            "properties": F.when(_vtype(v, "$.properties").startswith("OBJECT"),
+                                 F.to_json(_raw(v, "$.properties"))),
+            "is_late": occurred_at < F.col("ingested_at") - _interval(options.late_threshold),
+            "_problem": _first_failure(checks),
+        }
+        return parsed.withColumns(typed).drop("_v")
+
+    return transform
+
+
+def with_kafka_coordinates(df: DataFrame) -> DataFrame:
+    """Bronze column names -> the silver coordinate columns (kept beside the raw ones)."""
+    return df.withColumns({
+        "kafka_topic": F.col("topic"),
+        "kafka_partition": F.col("partition"),
+        "kafka_offset": F.col("offset"),
+    })
+
+
+def filter_bad(df: DataFrame) -> DataFrame:
+    return df.filter(F.col("_problem").isNotNull())
+
+
+def filter_good(df: DataFrame) -> DataFrame:
+    return df.filter(F.col("_problem").isNull())

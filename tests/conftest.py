@@ -1,0 +1,44 @@
+"""Shared fixtures: one local SparkSession for the whole run, the real local broker."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from pipelines.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pipelines.session import build_spark
+
+    os.environ.setdefault("LAKEHOUSE_ROOT", str(tmp_path_factory.mktemp("lake-default")))
+    session = build_spark("lakehouse-tests", shuffle_partitions=2)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_settings() -> Settings:
+    """The shared broker `make test` starts; started here too if it is not running."""
+    from pipelines import kafka_local
+
+    settings = Settings()
+    kafka_local.start(settings)
+    return settings
+
+
+@pytest.fixture
+def topic(kafka_settings) -> str:
+    """A fresh topic per test, so tests never see each other's records."""
+    from pipelines import kafka_local
+
+    name = f"test.events.{uuid.uuid4().hex[:10]}"
+    kafka_local.ensure_topics(kafka_settings, {name: 3})
+    return name
+
+
+@pytest.fixture
+def lake_settings(tmp_path, kafka_settings, topic) -> Settings:
+    return kafka_settings.with_overrides(lake_root=str(tmp_path / "lake"), events_topic=topic)
