@@ -54,7 +54,7 @@ def _load_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    if doc.get("version") != 1:
+    if type(doc.get("version")) is not int or doc.get("version") != 1:
         raise ConfigError(f"{path}: version must be 1, got {doc.get('version')!r}")
     return doc
 
@@ -74,6 +74,8 @@ def parse_dedup_rules(doc: dict, where: str = "dedup rules") -> tuple[DedupRule,
         for key in ("name", "metric", "kind"):
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise ConfigError(f"{at}: '{key}' is required and must be a non-empty string")
+        if raw["name"] == "identity":
+            raise ConfigError(f"{at}: the name 'identity' is reserved for identity deduplication")
         kind = raw["kind"]
         if kind not in RULE_KINDS:
             raise ConfigError(f"{at}: kind must be one of {RULE_KINDS}, got {kind!r}")
@@ -108,7 +110,7 @@ class SilverConfig:
 
 
 def parse_pipeline_config(doc: dict, where: str = "pipeline config") -> SilverConfig:
-    silver = doc.get("silver") or {}
+    silver = doc.get("silver", {})
     if not isinstance(silver, dict):
         raise ConfigError(f"{where}: 'silver' must be a mapping")
     allowed = {"watermark_delay", "late_threshold", "future_tolerance"}

@@ -77,11 +77,13 @@ def schemas_dir() -> Path:
 
 
 def _field(name: str, body: dict, required: bool, required_for: frozenset[str]) -> FieldSpec:
+    if not isinstance(body, dict):
+        raise ContractError(f"field {name!r}: expected a schema object, got {body!r}")
     unknown = set(body) - SUPPORTED_KEYWORDS
     if unknown:
         raise ContractError(f"field {name!r}: unsupported schema keywords {sorted(unknown)}")
     json_type = body.get("type")
-    if json_type not in JSON_TYPES:
+    if not isinstance(json_type, str) or json_type not in JSON_TYPES:
         raise ContractError(f"field {name!r}: type must be one of {sorted(JSON_TYPES)}, got {json_type!r}")
     child_required = set(body.get("required", []))
     children = tuple(

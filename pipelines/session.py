@@ -55,6 +55,9 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int = 4,
         .config("spark.sql.adaptive.enabled", "true")
         # Delta rebuilds table state with this many tasks; the default 50 is for clusters.
         .config("spark.databricks.delta.snapshotPartitions", str(shuffle_partitions))
+        # Every MERGE source in this project is already materialised (local checkpoints),
+        # so Delta's own copy of it would be pure overhead.
+        .config("spark.databricks.delta.merge.materializeSource", "none")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
         .config("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "false")
         .config("spark.sql.warehouse.dir", str(Path(os.environ.get("LAKEHOUSE_ROOT", "./lakehouse")).resolve() / "_warehouse"))

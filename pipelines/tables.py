@@ -63,6 +63,8 @@ def parse_table_specs(doc: dict) -> dict[str, TableSpec]:
     specs: dict[str, TableSpec] = {}
     for name, body in (doc.get("tables") or {}).items():
         split_table_name(name)
+        if not isinstance(body, dict):
+            raise TableSpecError(f"table {name}: expected a mapping with columns, got {body!r}")
         unknown = set(body) - {"comment", "columns", "groups", "groups_after", "change_data_feed"}
         if unknown:
             raise TableSpecError(f"table {name}: unknown keys {sorted(unknown)}")

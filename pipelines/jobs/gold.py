@@ -27,7 +27,7 @@ class DailyUsageWriter:
     def __call__(self, changes: DataFrame, batch_id: int) -> None:
         spark = changes.sparkSession
         lake = self.ctx.lake
-        touched = changes.transform(touched_daily_keys).persist()
+        touched = changes.transform(touched_daily_keys).localCheckpoint()
         try:
             current = (
                 lake.read(spark, SOURCE)
@@ -35,7 +35,7 @@ class DailyUsageWriter:
                       on=["account_id", "product", "metric", "event_date"], how="left_semi")
                 .transform(aggregate_daily_usage)
             )
-            source = touched.transform(with_recomputed_totals(current))
+            source = touched.transform(with_recomputed_totals(current)).localCheckpoint()
             on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
             cols = spec(DAILY).column_names
             (lake.delta(spark, DAILY).alias("t").merge(source.alias("s"), on)
@@ -51,8 +51,6 @@ def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
     ctx.lake.ensure(spark, SOURCE)
     ctx.lake.ensure(spark, DAILY)
     reader = spark.readStream.format("delta").option("readChangeFeed", "true").option("startingVersion", "0")
-    if ctx.run.max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", str(ctx.run.max_files_per_trigger))
     writer = (
         reader.load(ctx.lake.path(SOURCE)).writeStream.queryName(JOB)
         .foreachBatch(DailyUsageWriter(ctx))

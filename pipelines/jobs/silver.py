@@ -134,7 +134,10 @@ class SilverBatchWriter:
     # -- the batch ---------------------------------------------------------------------
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         spark = batch_df.sparkSession
-        batch = batch_df.persist()
+        # Materialise the batch once and cut its lineage: every DataFrame below derives from
+        # it, and without the cut each of them would re-analyse the whole parse plan (a
+        # few hundred expressions) before running.
+        batch = batch_df.localCheckpoint(eager=True)
         try:
             # Stateful streams run empty batches to move the watermark; nothing to write.
             if not batch.isEmpty():
@@ -154,14 +157,16 @@ class SilverBatchWriter:
         in_batch_copies = good.transform(D.filter_repeated_copies)
 
         keys = first.select(*D.IDENTITY).distinct()
-        classified = first.transform(D.with_history_order(self._identity_history(spark, keys))).persist()
+        # Each intermediate result feeds several writes; materialising it once (and cutting
+        # its lineage) keeps every MERGE from recomputing windows and history joins.
+        classified = first.transform(D.with_history_order(self._identity_history(spark, keys))).localCheckpoint()
         new_events = classified.transform(D.filter_new_events)
         late_copies = classified.transform(D.filter_late_copies)
-        identity_duplicates = in_batch_copies.unionByName(late_copies)
+        identity_duplicates = in_batch_copies.unionByName(late_copies).localCheckpoint()
         conflicting_copies = identity_duplicates.transform(D.filter_conflicting_copies)
 
         usage_new = new_events.filter(F.col("event_type") == "usage").transform(D.with_rule_name(rules))
-        account_new = new_events.filter(F.col("event_type") != "usage")
+        account_new = _select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT).localCheckpoint()
 
         rule_input = usage_new.filter(F.col("_rule").isNotNull())
         rule_keys = rule_input.select("_rule", "account_id", "dedup_key").distinct()
@@ -170,32 +175,28 @@ class SilverBatchWriter:
             .unionByName(rule_input.select(*usage_cols, "_rule"))
             .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
         )
-        decided = candidates.transform(D.apply_dedup_rules(rules)).persist()
+        decided = candidates.transform(D.apply_dedup_rules(rules)).localCheckpoint()
 
         usage_source = (
             usage_new.filter(F.col("_rule").isNull()).withColumn("_decision", F.lit(D.KEPT))
             .select(*usage_cols, "_decision")
             .unionByName(decided.select(*usage_cols, "_decision"))
-        )
+        ).localCheckpoint()
         duplicates_source = (
             _select_for(conflicting_copies, DUPLICATES, "_decision")
             .unionByName(_select_for(decided, DUPLICATES, "_decision"))
-        )
+        ).localCheckpoint()
 
-        try:
-            self._merge_quarantine(spark, quarantine)
-            # Order matters for crash safety: a row moving between usage_events and
-            # duplicates is first written to its new table and only then removed from the
-            # old one, so a crash in between leaves it in both (harmless, repaired by the
-            # replay), never in neither.
-            self._upsert_duplicates(spark, duplicates_source)
-            self._merge_usage(spark, usage_source)
-            self._delete_revived_duplicates(spark, duplicates_source)
-            self._merge_account(spark, _select_for(account_new, ACCOUNT))
-            self._record_batch(spark, batch_id, batch, identity_duplicates, decided, usage_new, account_new)
-        finally:
-            classified.unpersist()
-            decided.unpersist()
+        self._merge_quarantine(spark, quarantine)
+        # Order matters for crash safety: a row moving between usage_events and
+        # duplicates is first written to its new table and only then removed from the
+        # old one, so a crash in between leaves it in both (harmless, repaired by the
+        # replay), never in neither.
+        self._upsert_duplicates(spark, duplicates_source)
+        self._merge_usage(spark, usage_source)
+        self._delete_revived_duplicates(spark, duplicates_source)
+        self._merge_account(spark, account_new)
+        self._record_batch(spark, batch_id, batch, identity_duplicates, decided, usage_source, account_new)
 
     # -- writes --------------------------------------------------------------------------
     def _merge_quarantine(self, spark: SparkSession, rows: DataFrame) -> None:
@@ -206,6 +207,8 @@ class SilverBatchWriter:
          .whenNotMatchedInsertAll().execute())
 
     def _upsert_duplicates(self, spark: SparkSession, source: DataFrame) -> None:
+        if source.isEmpty():
+            return
         on = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
         (self.lake.delta(spark, DUPLICATES).alias("t").merge(source.alias("s"), on)
          .whenMatchedUpdate(condition=f"s._decision = '{D.DROPPED}'",
@@ -216,11 +219,15 @@ class SilverBatchWriter:
 
     def _delete_revived_duplicates(self, spark: SparkSession, source: DataFrame) -> None:
         kept = source.filter(F.col("_decision") == D.KEPT).select(*COORDINATES)
+        if kept.isEmpty():
+            return
         on = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
         (self.lake.delta(spark, DUPLICATES).alias("t").merge(kept.alias("s"), on)
          .whenMatchedDelete().execute())
 
     def _merge_usage(self, spark: SparkSession, source: DataFrame) -> None:
+        if source.isEmpty():
+            return
         on = "t.account_id = s.account_id AND t.event_id = s.event_id"
         earlier = f"{_order_sql('s')} < {_order_sql('t')}"
         (self.lake.delta(spark, USAGE).alias("t").merge(source.alias("s"), on)
@@ -231,6 +238,8 @@ class SilverBatchWriter:
          .execute())
 
     def _merge_account(self, spark: SparkSession, source: DataFrame) -> None:
+        if source.isEmpty():
+            return
         on = "t.account_id = s.account_id AND t.event_id = s.event_id"
         earlier = f"{_order_sql('s')} < {_order_sql('t')}"
         (self.lake.delta(spark, ACCOUNT).alias("t").merge(source.alias("s"), on)
@@ -238,7 +247,7 @@ class SilverBatchWriter:
          .whenNotMatchedInsertAll()
          .execute())
 
-    def _record_batch(self, spark, batch_id, batch, identity_duplicates, decided, usage_new, account_new) -> None:
+    def _record_batch(self, spark, batch_id, batch, identity_duplicates, decided, usage_source, account_new) -> None:
         bad = filter_bad(batch)
         reasons = bad.groupBy(F.col("_problem.reason").alias("r")).count().agg(
             F.map_from_entries(F.collect_list(F.struct("r", "count"))).alias("quarantined"))
@@ -251,13 +260,12 @@ class SilverBatchWriter:
         row = (
             totals.crossJoin(reasons).crossJoin(drops)
             .crossJoin(identity_duplicates.agg(F.count(F.lit(1)).alias("identity_duplicates")))
-            .crossJoin(usage_new.filter(F.col("_rule").isNull()).agg(F.count(F.lit(1)).alias("plain_usage")))
-            .crossJoin(decided.agg(F.count(F.when(F.col("_decision") == D.KEPT, 1)).alias("kept_rule_usage")))
+            .crossJoin(usage_source.agg(F.count(F.when(F.col("_decision") == D.KEPT, 1)).alias("kept_usage")))
             .crossJoin(account_new.agg(F.count(F.lit(1)).alias("account_events")))
             .select(
                 F.lit(batch_id).cast("bigint").alias("batch_id"), "rows_in", "quarantined",
                 "identity_duplicates", "rule_drops", "late_events",
-                (F.col("plain_usage") + F.col("kept_rule_usage")).alias("usage_events"),
+                F.col("kept_usage").alias("usage_events"),
                 "account_events", F.current_timestamp().alias("processed_at"),
             )
         )

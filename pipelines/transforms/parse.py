@@ -7,6 +7,7 @@ the record's reason; a good record has reason null.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -68,8 +69,9 @@ def _is_json_type(vtype: Column, json_type: str) -> Column:
     if json_type == "object":
         return vtype.startswith("OBJECT")
     if json_type == "integer":
-        # JSON Schema counts 1.0 as an integer; Spark's JSON reader gives it DECIMAL(2,1).
-        return vtype.isin(*INTEGER_TYPES) | vtype.startswith("DECIMAL")
+        # JSON Schema counts 1.0 and 1e0 as integers (Spark reads them as DECIMAL(2,1) and
+        # DOUBLE); whether the value is whole is checked with the field's values.
+        return vtype.isin(*INTEGER_TYPES, "DOUBLE", "FLOAT") | vtype.startswith("DECIMAL")
     if json_type == "number":
         return vtype.isin(*INTEGER_TYPES, "FLOAT", "DOUBLE") | vtype.startswith("DECIMAL")
     raise ValueError(json_type)
@@ -136,6 +138,18 @@ def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
             checks.append(_Check(~s.isin(*spec.enum), INVALID_VALUE,
                                  F.concat(F.lit(f"{label} must be one of {', '.join(spec.enum)}, got "),
                                           F.substring(s, 1, 64))))
+    if spec.json_type == "string" and spec.spark_type and spec.spark_type.startswith("decimal"):
+        # A decimal carried as a string must fit its column exactly: no silent rounding,
+        # no overflow to null.
+        precision, scale = (int(x) for x in re.findall(r"\d+", spec.spark_type))
+        fits = rf"^-?[0-9]{{1,{precision - scale}}}(\.[0-9]{{1,{scale}}})?$"
+        checks.append(_Check(~_string_value(v, path).rlike(fits), INVALID_VALUE,
+                             _lit_detail(f"{label} must be a decimal with at most {scale} decimals "
+                                         f"and {precision - scale} integer digits")))
+    if spec.json_type == "integer":
+        whole = F.try_variant_get(v, path, "decimal(38,6)")
+        checks.append(_Check(whole.isNull() | (whole != F.floor(whole)), WRONG_TYPE,
+                             _lit_detail(f"{label} must be a JSON integer")))
     if spec.json_type == "number" and spec.decimal_scale is not None:
         checks.append(_Check(~_exact_decimal(v, path, spec.decimal_scale), INVALID_VALUE,
                              _lit_detail(f"{label} must have at most {spec.decimal_scale} decimals "
