@@ -39,7 +39,7 @@ def snapshot(spark, settings) -> dict[str, list[tuple]]:
     for table, skip in COMPARED.items():
         df = lake.read(spark, table)
         cols = [c for c in df.columns if c not in skip]
-        out[table] = sorted(tuple(r) for r in df.select(*cols).collect())
+        out[table] = sorted((tuple(r) for r in df.select(*cols).collect()), key=repr)
     return out
 
 
@@ -50,36 +50,49 @@ class Crash(RuntimeError):
 def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_settings, topic, tmp_path, monkeypatch):
     clock = datetime(2026, 10, 15, tzinfo=timezone.utc)
     records = list(produce.generate(produce.GeneratorOptions(
-        count=1200, accounts=6, seed=11, start=clock - timedelta(days=20), span=timedelta(days=20), now=clock,
+        count=800, accounts=6, seed=11, start=clock - timedelta(days=20), span=timedelta(days=20), now=clock,
         duplicates=0.1, gateway_retries=0.08, reopened_tickets=0.08, late=0.05, bad=0.03)))
-    first, second = records[:700], records[700:]
+    first, second = records[:450], records[450:]
     base = kafka_settings.with_overrides(events_topic=topic)
     produce.send(first, base)
 
     # --- interrupted run --------------------------------------------------------------
     a = base.with_overrides(lake_root=str(tmp_path / "interrupted"))
+    one_file = context(a, watermark_seconds=1, max_offsets_per_trigger=150, max_files_per_trigger=1)
     ctx = context(a, watermark_seconds=1, max_offsets_per_trigger=250, max_files_per_trigger=3)
-    run(spark, ctx, "bronze")
+    run(spark, one_file, "bronze")
 
-    # Stop between micro-batches: let silver commit two batches, then stop the query.
-    query = silver.start(spark, ctx)
+    # 1. Stopped between micro-batches: silver commits its first batch, then is stopped.
+    query = silver.start(spark, one_file)
     deadline = time.monotonic() + 300
-    while (query.lastProgress or {}).get("batchId", -1) < 1 and time.monotonic() < deadline:
+    while (query.lastProgress or {}).get("batchId", -1) < 0 and time.monotonic() < deadline:
         assert query.exception() is None
-        time.sleep(0.2)
+        time.sleep(0.1)
     query.stop()
 
-    # Crash in the middle of a batch: the duplicates upsert commits, the usage MERGE dies.
-    original = silver.SilverBatchWriter._merge_usage
+    # 2. Crashed in the middle of a batch: the duplicates upsert commits, the usage MERGE dies.
+    merge_usage = silver.SilverBatchWriter._merge_usage
 
-    def crash_once(self, spark_, source):
-        monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", original)
+    def crash_in_merge(self, spark_, source):
+        monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", merge_usage)
         raise Crash("injected crash between two MERGEs of one micro-batch")
 
-    monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", crash_once)
-    with pytest.raises(Exception, match="injected crash"):
+    monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", crash_in_merge)
+    with pytest.raises(Exception, match="injected crash between two MERGEs"):
         run(spark, ctx, "silver")
-    monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", original)
+
+    # 3. Crashed after all of a batch's writes, before its checkpoint commit: replayed.
+    call = silver.SilverBatchWriter.__call__
+
+    def crash_after_writes(self, batch_df, batch_id):
+        call(self, batch_df, batch_id)
+        monkeypatch.setattr(silver.SilverBatchWriter, "__call__", call)
+        raise Crash("injected crash after the writes of a micro-batch")
+
+    monkeypatch.setattr(silver.SilverBatchWriter, "__call__", crash_after_writes)
+    with pytest.raises(Exception, match="injected crash after the writes"):
+        run(spark, ctx, "silver", "gold")
+    monkeypatch.setattr(silver.SilverBatchWriter, "__call__", call)
 
     run(spark, ctx, "silver", "gold")       # restart from the checkpoints
     produce.send(second, base)              # more records arrive
