@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=_cmd_sql)
 
     demo = sub.add_parser("demo", help="the whole local story: Kafka, events, jobs, summary")
-    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--events", type=int, default=10_000)
     demo.add_argument("--accounts", type=int, default=40)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--keep", action="store_true", help="keep the existing lake instead of starting fresh")

@@ -17,7 +17,7 @@ from pipelines.settings import Settings
 
 @dataclass(frozen=True)
 class DemoOptions:
-    events: int = 20_000
+    events: int = 10_000
     accounts: int = 40
     seed: int = 7
     fresh: bool = True

@@ -57,7 +57,7 @@ def render_summary(spark: SparkSession, lake: Lake, reporter: ProgressReporter |
            .orderBy(F.desc("events")).limit(10).collect())
     out += ["", "Top accounts by usage (gold.daily_usage)",
             _table(["account", "product", "metric", "quantity", "events"],
-                   [[r["account_id"], r["product"], r["metric"], str(r["quantity"].normalize()), r["events"]] for r in top])]
+                   [[r["account_id"], r["product"], r["metric"], format(r["quantity"].normalize(), 'f'), r["events"]] for r in top])]
     if sent_kinds:
         out += ["", "What the producer sent", _table(["kind", "records"], [[k, v] for k, v in sorted(sent_kinds.items())])]
     return "\n".join(out)

@@ -147,8 +147,17 @@ def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
                              _lit_detail(f"{label} must be a decimal with at most {scale} decimals "
                                          f"and {precision - scale} integer digits")))
     if spec.json_type == "integer":
-        whole = F.try_variant_get(v, path, "decimal(38,6)")
-        checks.append(_Check(whole.isNull() | (whole != F.floor(whole)), WRONG_TYPE,
+        # Whole-ness is read from the number as written, never after a rounding cast:
+        # exact decimals by their text, doubles (exponent forms) by their value.
+        vtype = _vtype(v, path)
+        as_double = F.try_variant_get(v, path, "double")
+        whole = (
+            F.when(vtype.isin(*INTEGER_TYPES), F.lit(True))
+            .when(vtype.startswith("DECIMAL"), _string_value(v, path).rlike(r"^-?[0-9]+(\.0+)?$"))
+            .when(vtype.isin("DOUBLE", "FLOAT"), as_double == F.floor(as_double))
+            .otherwise(F.lit(False))
+        )
+        checks.append(_Check(~F.coalesce(whole, F.lit(False)), WRONG_TYPE,
                              _lit_detail(f"{label} must be a JSON integer")))
     if spec.json_type == "number" and spec.decimal_scale is not None:
         checks.append(_Check(~_exact_decimal(v, path, spec.decimal_scale), INVALID_VALUE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -117,6 +118,11 @@ BAD = [
          "schema_version must be a JSON integer, got string"),
     Case("schema_version_boolean", doc(USAGE, schema_version=True), parse.WRONG_TYPE,
          "schema_version must be a JSON integer, got boolean"),
+    # Rounded to 6 decimals these would be version 1; they are not integers at all.
+    Case("schema_version_1_0000001", doc(USAGE, schema_version=Raw("1.0000001")), parse.WRONG_TYPE,
+         "schema_version must be a JSON integer"),
+    Case("schema_version_0_9999999", doc(USAGE, schema_version=Raw("0.9999999")), parse.WRONG_TYPE,
+         "schema_version must be a JSON integer"),
     Case("event_type_number", doc(USAGE, event_type=5), parse.WRONG_TYPE,
          "event_type must be a JSON string, got bigint"),
     # Optional fields, when present and not null, must still have their type.
@@ -210,12 +216,13 @@ GOOD = [
     Case("purchase_32_digits", doc(PURCHASE, amount=Raw('{"value":"-' + "9" * 32 + '.999999","currency":"USD"}'))),
 ]
 
-# Records the parser gets wrong today (see the xfail tests at the end of the parse section).
+# Records that once slipped through the integer check (regression cases).
 KNOWN_BUGS = [
-    # Not integers, yet accepted as schema_version 1: the version is compared after rounding
-    # to 6 decimals; 0.9999999 is even stored as schema_version 0 (cast truncates).
-    Case("bug_schema_version_1_0000001", doc(USAGE, schema_version=Raw("1.0000001"))),
-    Case("bug_schema_version_0_9999999", doc(USAGE, schema_version=Raw("0.9999999"))),
+    # Accepted as version 1: the whole-number check compares decimal(38,18) with its floor,
+    # decimal(21,0), in decimal(38,17) (precision capped at 38), so an 18th decimal is rounded
+    # away; a 19th already is when the value is read as decimal(38,18).
+    Case("bug_schema_version_18_decimals", doc(USAGE, schema_version=Raw("1.000000000000000001"))),
+    Case("bug_schema_version_19_decimals", doc(USAGE, schema_version=Raw("1.0000000000000000001"))),
 ]
 
 CASES = BAD + GOOD + KNOWN_BUGS
@@ -367,28 +374,6 @@ def test_non_object_properties_are_not_stringified(parsed):
     assert parsed["properties_array"]["properties"] is None
 
 
-def test_options_change_the_thresholds(spark):
-    options = SilverConfig(late_threshold=timedelta(minutes=5), future_tolerance=timedelta(hours=1))
-    rows = [
-        ("late", doc(ACCOUNT, occurred_at="2024-05-01T11:54:59Z"), INGESTED),
-        ("on_time", doc(ACCOUNT, occurred_at="2024-05-01T11:55:00Z"), INGESTED),
-        ("future", doc(ACCOUNT, occurred_at="2024-05-01T13:00:01Z"), INGESTED),
-        ("not_future", doc(ACCOUNT, occurred_at="2024-05-01T13:00:00Z"), INGESTED),
-    ]
-    out = {
-        r["id"]: (r["is_late"], r["reason"], r["detail"])
-        for r in local_frame(spark, rows, INPUT_SCHEMA).transform(parse_events(load_contract(1), options))
-        .select("id", "is_late", "_problem.reason", "_problem.detail").collect()
-    }
-    assert out == {
-        "late": (True, None, None),
-        "on_time": (False, None, None),
-        "future": (False, parse.FUTURE_OCCURRED_AT,
-                   "occurred_at 2024-05-01T13:00:01Z is more than 1 h after ingestion"),
-        "not_future": (False, None, None),
-    }
-
-
 @pytest.mark.parametrize("case_id, expected", [
     ("usage_version_1_0", 1), ("usage_version_1e0", 1), ("usage_version_10e_1", 1),
 ])
@@ -402,35 +387,72 @@ def test_amount_value_at_the_decimal_38_6_limit_is_exact(parsed):
     assert parsed["purchase_32_digits"]["amount_value"].as_tuple().exponent == -6
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a schema_version with more than 6 decimals is compared after rounding "
-                                       "to decimal(38,6): 1.0000001 and 0.9999999 pass as version 1 (and 0.9999999 "
-                                       "is typed as schema_version 0)")
-@pytest.mark.parametrize("case_id", ["bug_schema_version_1_0000001", "bug_schema_version_0_9999999"])
-def test_schema_version_with_more_than_6_decimals_is_quarantined(parsed, case_id):
-    assert parsed[case_id]["_problem"] is not None
+@pytest.mark.parametrize("case_id", ["bug_schema_version_18_decimals", "bug_schema_version_19_decimals"])
+def test_schema_version_with_more_than_17_decimals_is_quarantined(parsed, case_id):
+    assert parsed[case_id]["_problem"] == (parse.WRONG_TYPE, "schema_version must be a JSON integer")
 
 
-def test_integer_fields_must_be_whole_numbers(spark):
-    """For schema_version the version check reports a fraction first, so the integer check is
-    tested on a contract with one more (optional) integer field."""
+# Two checks need a parse_events of their own: other thresholds, and a contract with one more
+# integer field (for schema_version the version check reports a fraction first). Building the
+# check expression is costly, so they share one: the thresholds only act on occurred_at, the
+# extra optional field only on the records that carry it.
+OPTIONS = SilverConfig(late_threshold=timedelta(minutes=5), future_tolerance=timedelta(hours=1))
+OPTION_ROWS = [
+    ("late", doc(ACCOUNT, occurred_at="2024-05-01T11:54:59Z"), INGESTED),
+    ("on_time", doc(ACCOUNT, occurred_at="2024-05-01T11:55:00Z"), INGESTED),
+    ("future", doc(ACCOUNT, occurred_at="2024-05-01T13:00:01Z"), INGESTED),
+    ("not_future", doc(ACCOUNT, occurred_at="2024-05-01T13:00:00Z"), INGESTED),
+]
+ATTEMPTS = {"int": "2", "decimal_whole": "2.0", "exponent_whole": "2e0", "exponent_whole_fraction": "0.2e1",
+            "negative_whole": "-3.000", "fraction": "2.5", "exponent_fraction": "25e-1", "small_fraction": "0.5",
+            "fraction_7_decimals": "2.0000001", "fraction_17_decimals": "2.00000000000000001",
+            "string": '"2"', "null": "null",
+            "bug_fraction_18_decimals": "2.000000000000000001", "bug_fraction_19_decimals": "2.0000000000000000001"}
+
+
+@pytest.fixture(scope="module")
+def custom_parsed(spark) -> dict:
+    """{id: (is_late, reason, detail)} under OPTIONS and the v1 contract plus `attempt` (integer)."""
     from pipelines.contract import parse_contract
 
     schema = copy.deepcopy(load_contract(1).raw)
     schema["properties"]["attempt"] = {"type": "integer"}
     contract = parse_contract(schema, 1)
-    values = {"int": "2", "decimal_whole": "2.0", "exponent_whole": "2e0", "exponent_whole_fraction": "0.2e1",
-              "negative_whole": "-3.000", "fraction": "2.5", "exponent_fraction": "25e-1", "small_fraction": "0.5",
-              "string": '"2"', "null": "null"}
-    rows = [(name, doc(USAGE, attempt=Raw(text)), INGESTED) for name, text in values.items()]
-    out = {r["id"]: (r["reason"], r["detail"]) for r in local_frame(spark, rows, INPUT_SCHEMA)
-           .transform(parse_events(contract)).select("id", "_problem.reason", "_problem.detail").collect()}
+    rows = OPTION_ROWS + [(f"attempt_{name}", doc(USAGE, attempt=Raw(text)), INGESTED)
+                          for name, text in ATTEMPTS.items()]
+    return {
+        r["id"]: (r["is_late"], r["reason"], r["detail"])
+        for r in local_frame(spark, rows, INPUT_SCHEMA).transform(parse_events(contract, OPTIONS))
+        .select("id", "is_late", "_problem.reason", "_problem.detail").collect()
+    }
+
+
+def test_options_change_the_thresholds(custom_parsed):
+    assert {k: v for k, v in custom_parsed.items() if not k.startswith("attempt_")} == {
+        "late": (True, None, None),
+        "on_time": (False, None, None),
+        "future": (False, parse.FUTURE_OCCURRED_AT,
+                   "occurred_at 2024-05-01T13:00:01Z is more than 1 h after ingestion"),
+        "not_future": (False, None, None),
+    }
+
+
+def test_integer_fields_must_be_whole_numbers(custom_parsed):
+    out = {k.removeprefix("attempt_"): v[1:] for k, v in custom_parsed.items()
+           if k.startswith("attempt_") and not k.startswith("attempt_bug_")}
     not_whole = (parse.WRONG_TYPE, "attempt must be a JSON integer")
     assert out == {
         "int": (None, None), "decimal_whole": (None, None), "exponent_whole": (None, None),
         "exponent_whole_fraction": (None, None), "negative_whole": (None, None), "null": (None, None),
         "fraction": not_whole, "exponent_fraction": not_whole, "small_fraction": not_whole,
+        "fraction_7_decimals": not_whole, "fraction_17_decimals": not_whole,
         "string": (parse.WRONG_TYPE, "attempt must be a JSON integer, got string"),
     }
+
+
+@pytest.mark.parametrize("name", ["bug_fraction_18_decimals", "bug_fraction_19_decimals"])
+def test_integer_field_with_a_fraction_finer_than_17_decimals_is_wrong_type(custom_parsed, name):
+    assert custom_parsed[f"attempt_{name}"][1:] == (parse.WRONG_TYPE, "attempt must be a JSON integer")
 
 
 TYPED_COLUMNS = [
@@ -527,6 +549,19 @@ def _bronze_schema():
     return spec("bronze.events").struct_type()
 
 
+def _write_parquet(path, rows: list[tuple], schema: T.StructType, mtime: int) -> None:
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([dict(zip(schema.fieldNames(), r)) for r in rows], schema=to_arrow_schema(schema))
+    pq.write_table(table, str(path))
+    os.utime(path, (mtime, mtime))
+
+
 def _hot_path(df, ctx):
     from pipelines.jobs.silver import drop_hot_duplicates, silver_input
 
@@ -580,8 +615,11 @@ def test_hot_path_dedup_as_a_stream(spark, tmp_path):
     t1 = T0 + timedelta(minutes=1)
     second = [_bronze_row(2, 0, E1, t1), _bronze_row(2, 1, b"{bad", t1), _bronze_row(2, 2, E2A, t1),
               _bronze_row(2, 3, NEG, t1), _bronze_row(2, 4, E2B, t1)]
-    for rows in (FIRST_BATCH, second):
-        local_frame(spark, rows, _bronze_schema()).coalesce(1).write.mode("append").parquet(source)
+    # One file per micro-batch (maxFilesPerTrigger 1), written without a Spark job; the
+    # stream takes files in modification-time order.
+    now = int(time.time())
+    for i, rows in enumerate((FIRST_BATCH, second)):
+        _write_parquet(tmp_path / "bronze" / f"part-{i}.parquet", rows, _bronze_schema(), mtime=now - 120 + 60 * i)
 
     seen: list[tuple[int, object]] = []
 
