@@ -13,6 +13,7 @@ from pyspark.sql import types as T
 
 from pipelines.config import DedupRule, load_dedup_rules
 from pipelines.transforms import dedup as D
+from tests.unit.frames import local_frame
 
 TOPIC = "billing.events"
 EVENT_SCHEMA = (
@@ -53,22 +54,6 @@ class Ev:
         return (self.kafka_timestamp, self.kafka_topic, self.kafka_partition, self.kafka_offset)
 
 
-def local_frame(spark, rows: list[tuple], schema: str | T.StructType):
-    """rows as a DataFrame over a LocalRelation (built through Arrow).
-
-    A DataFrame made from Python rows the default way is an RDD scan that every query
-    re-reads slowly; the rule transforms scan their input once per rule."""
-    import pandas as pd
-
-    struct = schema if isinstance(schema, T.StructType) else T._parse_datatype_string(schema)
-    key = "spark.sql.execution.arrow.pyspark.enabled"
-    previous = spark.conf.get(key)
-    spark.conf.set(key, "true")
-    try:
-        # dtype=object: ints stay exact Python ints (no float64 detour when a column has nulls)
-        return spark.createDataFrame(pd.DataFrame(rows, columns=struct.fieldNames(), dtype=object), struct)
-    finally:
-        spark.conf.set(key, previous)
 
 
 def frame(spark, events: list[Ev], partitions: int | None = None):

@@ -10,6 +10,7 @@ from pyspark.sql import types as T
 
 from pipelines.tables import spec
 from pipelines.transforms.gold import DAILY_KEYS, aggregate_daily_usage, touched_daily_keys, with_recomputed_totals
+from tests.unit.frames import local_frame
 
 D1, D2, D3, D4 = date(2024, 5, 1), date(2024, 5, 2), date(2024, 5, 3), date(2024, 5, 4)
 DAILY_SCHEMA = T.StructType([
@@ -23,20 +24,6 @@ DAILY_SCHEMA = T.StructType([
 ])
 
 
-def local_frame(spark, rows: list[tuple], schema: str | T.StructType):
-    """rows as a DataFrame over a LocalRelation (built through Arrow): cheaper to query than
-    the Python-RDD scan createDataFrame makes from a list of tuples."""
-    import pandas as pd
-
-    struct = schema if isinstance(schema, T.StructType) else T._parse_datatype_string(schema)
-    key = "spark.sql.execution.arrow.pyspark.enabled"
-    previous = spark.conf.get(key)
-    spark.conf.set(key, "true")
-    try:
-        # dtype=object: ints stay exact Python ints (no float64 detour when a column has nulls)
-        return spark.createDataFrame(pd.DataFrame(rows, columns=struct.fieldNames(), dtype=object), struct)
-    finally:
-        spark.conf.set(key, previous)
 
 
 def at(hour: int, minute: int = 0) -> datetime:

@@ -21,6 +21,7 @@ from pipelines.config import SilverConfig
 from pipelines.contract import load_contract
 from pipelines.transforms import parse
 from pipelines.transforms.parse import filter_bad, filter_good, parse_events
+from tests.unit.frames import local_frame
 
 INGESTED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 MISSING = object()
@@ -229,21 +230,6 @@ CASES = BAD + GOOD + KNOWN_BUGS
 INPUT_SCHEMA = "id string, value binary, ingested_at timestamp"
 
 
-def local_frame(spark, rows: list[tuple], schema: str | T.StructType):
-    """rows as a DataFrame over a LocalRelation (built through Arrow): much cheaper to run
-    the large check expression over than the RDD scan createDataFrame makes from Python rows.
-    The stream test below runs the same expression the compiled way."""
-    import pandas as pd
-
-    struct = schema if isinstance(schema, T.StructType) else T._parse_datatype_string(schema)
-    key = "spark.sql.execution.arrow.pyspark.enabled"
-    previous = spark.conf.get(key)
-    spark.conf.set(key, "true")
-    try:
-        # dtype=object: ints stay exact Python ints (no float64 detour when a column has nulls)
-        return spark.createDataFrame(pd.DataFrame(rows, columns=struct.fieldNames(), dtype=object), struct)
-    finally:
-        spark.conf.set(key, previous)
 
 
 def test_case_ids_are_unique():
