@@ -17,7 +17,7 @@ from pipelines.transforms.parse import REASONS
 README = REPO_ROOT / "README.md"
 
 
-def _required(spec, contract: EventContract) -> str:
+def _required(spec) -> str:
     if spec.required:
         return "yes"
     if spec.required_for:
@@ -45,7 +45,7 @@ def _type(spec) -> str:
 def render_contract(contract: EventContract) -> str:
     lines = ["| field | type | required | meaning |", "|---|---|---|---|"]
     for spec in contract.fields:
-        lines.append(f"| `{spec.name}` | {_type(spec)} | {_required(spec, contract)} | {spec.description} |")
+        lines.append(f"| `{spec.name}` | {_type(spec)} | {_required(spec)} | {spec.description} |")
         for child in spec.children:
             lines.append(f"| `{spec.name}.{child.name}` | {_type(child)} | "
                          f"{'yes' if child.required else 'no'} | {child.description} |")

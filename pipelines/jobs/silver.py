@@ -48,6 +48,9 @@ QUARANTINE = "silver.quarantine"
 BATCHES = "ops.silver_batches"
 TABLES = (USAGE, ACCOUNT, DUPLICATES, QUARANTINE, BATCHES)
 COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
+# MERGE conditions: a copy is found by its Kafka coordinates, an event by its identity.
+SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
+SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)
 
 
 def read_bronze(spark: SparkSession, ctx: JobContext) -> DataFrame:
@@ -202,15 +205,13 @@ class SilverBatchWriter:
     def _merge_quarantine(self, spark: SparkSession, rows: DataFrame) -> None:
         if rows.isEmpty():
             return
-        on = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
-        (self.lake.delta(spark, QUARANTINE).alias("t").merge(rows.alias("s"), on)
+        (self.lake.delta(spark, QUARANTINE).alias("t").merge(rows.alias("s"), SAME_COPY)
          .whenNotMatchedInsertAll().execute())
 
     def _upsert_duplicates(self, spark: SparkSession, source: DataFrame) -> None:
         if source.isEmpty():
             return
-        on = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
-        (self.lake.delta(spark, DUPLICATES).alias("t").merge(source.alias("s"), on)
+        (self.lake.delta(spark, DUPLICATES).alias("t").merge(source.alias("s"), SAME_COPY)
          .whenMatchedUpdate(condition=f"s._decision = '{D.DROPPED}'",
                             set={"rule": "s.rule", "duplicate_of": "s.duplicate_of"})
          .whenNotMatchedInsert(condition=f"s._decision = '{D.DROPPED}'",
@@ -221,16 +222,14 @@ class SilverBatchWriter:
         kept = source.filter(F.col("_decision") == D.KEPT).select(*COORDINATES)
         if kept.isEmpty():
             return
-        on = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
-        (self.lake.delta(spark, DUPLICATES).alias("t").merge(kept.alias("s"), on)
+        (self.lake.delta(spark, DUPLICATES).alias("t").merge(kept.alias("s"), SAME_COPY)
          .whenMatchedDelete().execute())
 
     def _merge_usage(self, spark: SparkSession, source: DataFrame) -> None:
         if source.isEmpty():
             return
-        on = "t.account_id = s.account_id AND t.event_id = s.event_id"
         earlier = f"{_order_sql('s')} < {_order_sql('t')}"
-        (self.lake.delta(spark, USAGE).alias("t").merge(source.alias("s"), on)
+        (self.lake.delta(spark, USAGE).alias("t").merge(source.alias("s"), SAME_EVENT)
          .whenMatchedDelete(condition=f"s._decision = '{D.DROPPED}'")
          .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in spec(USAGE).column_names})
          .whenNotMatchedInsert(condition=f"s._decision = '{D.KEPT}'",
@@ -240,9 +239,8 @@ class SilverBatchWriter:
     def _merge_account(self, spark: SparkSession, source: DataFrame) -> None:
         if source.isEmpty():
             return
-        on = "t.account_id = s.account_id AND t.event_id = s.event_id"
         earlier = f"{_order_sql('s')} < {_order_sql('t')}"
-        (self.lake.delta(spark, ACCOUNT).alias("t").merge(source.alias("s"), on)
+        (self.lake.delta(spark, ACCOUNT).alias("t").merge(source.alias("s"), SAME_EVENT)
          .whenMatchedUpdateAll(condition=earlier)
          .whenNotMatchedInsertAll()
          .execute())

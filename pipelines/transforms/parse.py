@@ -147,17 +147,8 @@ def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
                              _lit_detail(f"{label} must be a decimal with at most {scale} decimals "
                                          f"and {precision - scale} integer digits")))
     if spec.json_type == "integer":
-        # Whole-ness is read from the number as written, never after a rounding cast:
-        # exact decimals by their text, doubles (exponent forms) by their value.
-        vtype = _vtype(v, path)
-        as_double = F.try_variant_get(v, path, "double")
-        whole = (
-            F.when(vtype.isin(*INTEGER_TYPES), F.lit(True))
-            .when(vtype.startswith("DECIMAL"), _string_value(v, path).rlike(r"^-?[0-9]+(\.0+)?$"))
-            .when(vtype.isin("DOUBLE", "FLOAT"), as_double == F.floor(as_double))
-            .otherwise(F.lit(False))
-        )
-        checks.append(_Check(~F.coalesce(whole, F.lit(False)), WRONG_TYPE,
+        # A whole number is a decimal with no fraction: the same exactness rule as quantity.
+        checks.append(_Check(~_exact_decimal(v, path, 0), WRONG_TYPE,
                              _lit_detail(f"{label} must be a JSON integer")))
     if spec.json_type == "number" and spec.decimal_scale is not None:
         checks.append(_Check(~_exact_decimal(v, path, spec.decimal_scale), INVALID_VALUE,
@@ -176,19 +167,18 @@ def _exact_decimal(v: Column, path: str, scale: int) -> Column:
     """True when the JSON number converts to decimal(38, scale) without rounding.
 
     Spark's JSON reader keeps plain numbers as exact decimals and numbers with an exponent
-    (or too many digits) as doubles, so both shapes are checked against the rounded value.
+    (or too many digits) as doubles. An exact decimal is judged by its digits as written
+    (no cast can round a far decimal away first); a double by its value.
     """
     vtype = _vtype(v, path)
     target = F.try_variant_get(v, path, f"decimal(38,{scale})")
-    wide = F.try_variant_get(v, path, "decimal(38,18)")
     as_double = F.try_variant_get(v, path, "double")
-    decimal_scale = F.regexp_extract(vtype, r"^DECIMAL\(\d+,(\d+)\)$", 1)
-    exact_decimal = F.when(decimal_scale == "", F.lit(None)).otherwise(
-        (decimal_scale.cast("int") <= scale) | (wide.isNotNull() & (target.cast("decimal(38,18)") == wide))
-    )
+    decimal_scale = F.regexp_extract(vtype, r"^DECIMAL\(\d+,(\d+)\)$", 1).cast("int")
+    digits_fit = _string_value(v, path).rlike(rf"^-?[0-9]+(\.[0-9]{{0,{scale}}}0*)?$")
     exact = (
         F.when(vtype.isin(*INTEGER_TYPES), F.lit(True))
-        .when(vtype.startswith("DECIMAL"), exact_decimal)
+        # Zero with a long scale prints as 0E-8, which the digit pattern does not read.
+        .when(vtype.startswith("DECIMAL"), (decimal_scale <= scale) | digits_fit | (as_double == 0))
         .when(vtype.isin("DOUBLE", "FLOAT"), target.isNotNull() & (target.cast("double") == as_double))
         .otherwise(F.lit(False))
     )
