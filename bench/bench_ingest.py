@@ -313,6 +313,28 @@ def run_silver(spark, settings: Settings, args: argparse.Namespace) -> tuple[dic
              "accounting": accounting}, history)
 
 
+def run_floor(spark, settings: Settings, lake: Path, args: argparse.Namespace) -> dict:
+    """The silver stream without its foreachBatch: parse, validate and the hot-path dedup
+    into a no-op sink, same batches. What is left when every silver write is free; the
+    gap to the silver job is the cost of the writes and history checks."""
+    from pipelines.jobs import silver as silver_job
+
+    base = JobContext.from_settings(settings, RunOptions(max_files_per_trigger=args.silver_files_per_trigger))
+    ctx = replace(base, silver=replace(base.silver, watermark_delay=timedelta(seconds=args.watermark_delay_seconds)))
+    reporter = ProgressReporter()
+    started = time.monotonic()
+    query = (silver_job.read_bronze(spark, ctx)
+             .transform(lambda df: silver_job.silver_input(df, ctx))
+             .transform(silver_job.drop_hot_duplicates(args.watermark_delay_seconds))
+             .writeStream.format("noop").queryName("silver_floor")
+             .option("checkpointLocation", str(lake / "_bench" / "_checkpoints" / "silver_floor"))
+             .trigger(availableNow=True).start())
+    await_query(query, reporter)
+    seconds = time.monotonic() - started
+    totals = reporter.totals["silver_floor"]
+    return {"input_rows": totals.input_rows, "seconds": seconds, "batches": totals.batches}
+
+
 def silver_accounting(spark, ctx: JobContext, counts: dict, hot_dropped: int) -> dict:
     """Where every bronze row went: kept (usage/account), quarantined, dropped by a custom
     rule (silver.duplicates), dropped by identity after the hot path (counted in
@@ -484,6 +506,7 @@ def summary_table(r: dict) -> str:
         (f"raw copy Kafka->Delta ({raw['batches']} batch(es))", f"{raw['rows']:,}", f"{raw['seconds']:.1f}", fmt_rate(raw["events_per_s"]), "-"),
         (f"bronze job ({b['batches']} batches of <= {r['args']['bronze_batch']:,})", f"{b['rows']:,}", f"{b['seconds']:.1f}", fmt_rate(b["events_per_s"]), "-"),
         (f"silver job, bronze->silver ({s['batches']} batches)", f"{b['rows']:,}", f"{s['seconds']:.1f}", fmt_rate(r["silver_path_events_per_s"]), "-"),
+        (f"silver floor: parse + hot path -> noop ({r['floor']['batches']} batches)", f"{b['rows']:,}", f"{r['floor']['seconds']:.1f}", fmt_rate(r["floor_events_per_s"]), "-"),
         ("Kafka->silver end to end (bronze + silver)", f"{b['rows']:,}", f"{b['seconds'] + s['seconds']:.1f}", fmt_rate(r["end_to_end_events_per_s"]), "-"),
     ]
     head = ("stage", "events", "wall s", "rate", "")
@@ -496,6 +519,7 @@ def summary_table(r: dict) -> str:
         "",
         f"ratio silver-path / raw copy : {r['ratio']:.3f}  ({verdict} the {TARGET_RATIO} target)",
         f"ratio end-to-end / raw copy  : {r['end_to_end_ratio']:.3f}",
+        f"ratio silver floor / raw copy: {r['floor_ratio']:.3f}  (parse + hot path only, no silver writes)",
         f"silver micro-batch time      : median {s.get('batch_seconds_median') or 0:.1f} s, "
         f"max {s.get('batch_seconds_max') or 0:.1f} s over {s.get('data_batches', 0)} batches with data",
         "",
@@ -553,9 +577,11 @@ def results_markdown(r: dict) -> str:
         f"| bronze job ({b['batches']} micro-batches, maxOffsetsPerTrigger {r['args']['bronze_batch']:,}) | {b['rows']:,} | {b['seconds']:.1f} | {b['events_per_s']:,.0f} |",
         f"| **silver job, bronze -> silver** ({s['batches']} micro-batches, maxFilesPerTrigger {r['args']['silver_files_per_trigger']}) | {b['rows']:,} | {s['seconds']:.1f} | **{r['silver_path_events_per_s']:,.0f}** |",
         f"| Kafka -> silver end to end (bronze + silver) | {b['rows']:,} | {b['seconds'] + s['seconds']:.1f} | {r['end_to_end_events_per_s']:,.0f} |",
+        f"| silver floor: parse + validate + hot-path dedup -> noop sink, same batches ({r['floor']['batches']} micro-batches) | {b['rows']:,} | {r['floor']['seconds']:.1f} | {r['floor_events_per_s']:,.0f} |",
         "",
         f"- **Ratio silver path / raw copy: {r['ratio']:.3f}** (target >= {TARGET_RATIO}: "
-        f"{'met' if r['ratio'] >= TARGET_RATIO else 'not met'}); end-to-end / raw copy: {r['end_to_end_ratio']:.3f}. "
+        f"{'met' if r['ratio'] >= TARGET_RATIO else 'not met'}); end-to-end / raw copy: {r['end_to_end_ratio']:.3f}; "
+        f"silver floor (no writes) / raw copy: {r['floor_ratio']:.3f}. "
         f"Silver micro-batch time: median {s.get('batch_seconds_median') or 0:.1f} s, max {s.get('batch_seconds_max') or 0:.1f} s.",
         f"- Dedup state (`dropDuplicatesWithinWatermark`, watermark {r['args']['watermark_delay_seconds']} s on ingested_at): "
         f"ingested_at spans {st.get('ingested_at_span_s', 0):.1f} s = **{st.get('delay_multiples', 0):.1f} x the delay**; "
@@ -604,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = None
     topic_created = False
     try:
-        say(f"1/5 produce {args.events:,} events into {topic} ({args.partitions} partitions)")
+        say(f"1/6 produce {args.events:,} events into {topic} ({args.partitions} partitions)")
         topic_created = True
         produced = produce(settings, topic, args)
         offsets = end_offsets(settings, topic)
@@ -621,11 +647,11 @@ def main(argv: list[str] | None = None) -> int:
         say("warm-up: a 2,000-record-per-partition Kafka batch read written to Delta (not timed)")
         warm_up(spark, settings, topic, offsets, lake)
 
-        say("2/5 raw copy: Kafka -> Delta, key/value/coordinates, availableNow")
+        say("2/6 raw copy: Kafka -> Delta, key/value/coordinates, availableNow")
         raw = raw_copy(spark, settings, topic, lake, args)
         say(f"raw copy: {raw['rows']:,} rows in {raw['seconds']:.1f} s ({raw['events_per_s']:,.0f}/s)")
 
-        say(f"3/5 bronze job, maxOffsetsPerTrigger {args.bronze_batch:,}")
+        say(f"3/6 bronze job, maxOffsetsPerTrigger {args.bronze_batch:,}")
         bronze = run_bronze(spark, settings, args)
         say(f"bronze: {bronze['rows']:,} rows in {bronze['seconds']:.1f} s ({bronze['events_per_s']:,.0f}/s), "
             f"{bronze['ingested_at_versions']} ingested_at values over {bronze['ingested_at_span_s']:.1f} s")
@@ -634,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"WARNING: ingested_at spans only {multiples:.1f} x the {args.watermark_delay_seconds} s watermark delay "
                 f"(< {MIN_DELAY_MULTIPLES}x); use a smaller --watermark-delay-seconds or --bronze-batch")
 
-        say(f"4/5 silver job, watermark delay {args.watermark_delay_seconds} s, "
+        say(f"4/6 silver job, watermark delay {args.watermark_delay_seconds} s, "
             f"maxFilesPerTrigger {args.silver_files_per_trigger} "
             f"(~{math.ceil(bronze['files'] / args.silver_files_per_trigger)} micro-batches over {bronze['files']} bronze files)")
         silver, history = run_silver(spark, settings, args)
@@ -642,7 +668,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"silver: {bronze['rows']:,} bronze rows in {silver['seconds']:.1f} s ({silver_eps:,.0f}/s), "
             f"{silver['batches']} batches")
 
-        say("5/5 dedup state analysis")
+        say("5/6 silver floor: the same stream into a no-op sink (parse, validate, hot-path dedup; no writes)")
+        floor = run_floor(spark, settings, lake, args)
+        say(f"silver floor: {floor['input_rows']:,} rows in {floor['seconds']:.1f} s, {floor['batches']} batches")
+
+        say("6/6 dedup state analysis")
         first_ingest = datetime.fromisoformat(bronze["ingested_at_first"])
         if first_ingest.tzinfo is None:  # Spark hands back naive datetimes in the session zone (UTC)
             first_ingest = first_ingest.replace(tzinfo=UTC)
@@ -665,11 +695,13 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started_at.isoformat(), "command": command_line(), "topic": topic,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "machine": machine, "produce": produced, "raw_copy": raw, "bronze": bronze, "silver": silver,
-            "silver_path_events_per_s": silver_eps,
+            "silver_path_events_per_s": silver_eps, "floor": floor,
+            "floor_events_per_s": rate(bronze["rows"], floor["seconds"]),
             "end_to_end_events_per_s": rate(bronze["rows"], bronze["seconds"] + silver["seconds"]),
             "state": state, "files": {"csv": rel(csv_path), "png": rel(png_path)},
         }
         result["ratio"] = silver_eps / raw["events_per_s"]
+        result["floor_ratio"] = result["floor_events_per_s"] / raw["events_per_s"]
         result["end_to_end_ratio"] = result["end_to_end_events_per_s"] / raw["events_per_s"]
         (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
         markdown = results_markdown(result)

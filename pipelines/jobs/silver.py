@@ -126,10 +126,12 @@ class SilverBatchWriter:
         return history.join(F.broadcast(keys), on=D.IDENTITY, how="left_semi").transform(D.history_first_copies)
 
     def _rule_history(self, spark: SparkSession, rule_keys: DataFrame) -> DataFrame:
+        """Known events of the rule keys a batch touches, `_in` naming the table holding each."""
         usage_cols = spec(USAGE).column_names
         known = (
-            self.lake.read(spark, USAGE).select(*usage_cols)
-            .unionByName(self.lake.read(spark, DUPLICATES).filter(F.col("rule") != D.IDENTITY_RULE).select(*usage_cols))
+            self.lake.read(spark, USAGE).select(*usage_cols).withColumn("_in", F.lit(USAGE))
+            .unionByName(self.lake.read(spark, DUPLICATES).filter(F.col("rule") != D.IDENTITY_RULE)
+                         .select(*usage_cols).withColumn("_in", F.lit(DUPLICATES)))
             .transform(D.with_rule_name(self.ctx.rules))
         )
         return known.join(F.broadcast(rule_keys), on=["_rule", "account_id", "dedup_key"], how="left_semi")
@@ -144,11 +146,11 @@ class SilverBatchWriter:
         try:
             # Stateful streams run empty batches to move the watermark; nothing to write.
             if not batch.isEmpty():
-                self._process(spark, batch, batch_id)
+                self._process(spark, batch, batch_id, _query_id(spark))
         finally:
             batch.unpersist()
 
-    def _process(self, spark: SparkSession, batch: DataFrame, batch_id: int) -> None:
+    def _process(self, spark: SparkSession, batch: DataFrame, batch_id: int, query_id: str) -> None:
         rules = self.ctx.rules
         usage_cols = spec(USAGE).column_names
 
@@ -173,12 +175,20 @@ class SilverBatchWriter:
 
         rule_input = usage_new.filter(F.col("_rule").isNotNull())
         rule_keys = rule_input.select("_rule", "account_id", "dedup_key").distinct()
+        rule_history = self._rule_history(spark, rule_keys).localCheckpoint()
         candidates = (
-            self._rule_history(spark, rule_keys)
+            rule_history.drop("_in")
             .unionByName(rule_input.select(*usage_cols, "_rule"))
             .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
         )
         decided = candidates.transform(D.apply_dedup_rules(rules)).localCheckpoint()
+        # Kept now but held in silver.duplicates: an earlier event re-anchored the rule. A
+        # crash between two writes can leave a row in both tables, so this is matched on
+        # coordinates against the duplicates rows, not on which copy the ranking picked.
+        revived = (
+            D.filter_kept(decided).select(*COORDINATES)
+            .join(rule_history.filter(F.col("_in") == DUPLICATES).select(*COORDINATES), on=COORDINATES, how="left_semi")
+        )
 
         usage_source = (
             usage_new.filter(F.col("_rule").isNull()).withColumn("_decision", F.lit(D.KEPT))
@@ -197,9 +207,9 @@ class SilverBatchWriter:
         # replay), never in neither.
         self._upsert_duplicates(spark, duplicates_source)
         self._merge_usage(spark, usage_source)
-        self._delete_revived_duplicates(spark, duplicates_source)
+        self._delete_revived_duplicates(spark, revived)
         self._merge_account(spark, account_new)
-        self._record_batch(spark, batch_id, batch, identity_duplicates, decided, usage_source, account_new)
+        self._record_batch(spark, query_id, batch_id, batch, identity_duplicates, decided, usage_source, account_new)
 
     # -- writes --------------------------------------------------------------------------
     def _merge_quarantine(self, spark: SparkSession, rows: DataFrame) -> None:
@@ -218,11 +228,10 @@ class SilverBatchWriter:
                                values={c: f"s.{c}" for c in spec(DUPLICATES).column_names})
          .execute())
 
-    def _delete_revived_duplicates(self, spark: SparkSession, source: DataFrame) -> None:
-        kept = source.filter(F.col("_decision") == D.KEPT).select(*COORDINATES)
-        if kept.isEmpty():
+    def _delete_revived_duplicates(self, spark: SparkSession, revived: DataFrame) -> None:
+        if revived.isEmpty():
             return
-        (self.lake.delta(spark, DUPLICATES).alias("t").merge(kept.alias("s"), SAME_COPY)
+        (self.lake.delta(spark, DUPLICATES).alias("t").merge(revived.alias("s"), SAME_COPY)
          .whenMatchedDelete().execute())
 
     def _merge_usage(self, spark: SparkSession, source: DataFrame) -> None:
@@ -245,7 +254,8 @@ class SilverBatchWriter:
          .whenNotMatchedInsertAll()
          .execute())
 
-    def _record_batch(self, spark, batch_id, batch, identity_duplicates, decided, usage_source, account_new) -> None:
+    def _record_batch(self, spark, query_id, batch_id, batch, identity_duplicates, decided, usage_source,
+                      account_new) -> None:
         bad = filter_bad(batch)
         reasons = bad.groupBy(F.col("_problem.reason").alias("r")).count().agg(
             F.map_from_entries(F.collect_list(F.struct("r", "count"))).alias("quarantined"))
@@ -261,14 +271,26 @@ class SilverBatchWriter:
             .crossJoin(usage_source.agg(F.count(F.when(F.col("_decision") == D.KEPT, 1)).alias("kept_usage")))
             .crossJoin(account_new.agg(F.count(F.lit(1)).alias("account_events")))
             .select(
-                F.lit(batch_id).cast("bigint").alias("batch_id"), "rows_in", "quarantined",
+                F.lit(query_id).alias("query_id"), F.lit(batch_id).cast("bigint").alias("batch_id"),
+                "rows_in", "quarantined",
                 "identity_duplicates", "rule_drops", "late_events",
                 F.col("kept_usage").alias("usage_events"),
                 "account_events", F.current_timestamp().alias("processed_at"),
             )
         )
-        (self.lake.delta(spark, BATCHES).alias("t").merge(row.alias("s"), "t.batch_id = s.batch_id")
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        # Delta's idempotent-write options: a replayed batch finds its version committed
+        # for this query and appends nothing (cheaper than a MERGE on every batch).
+        (row.write.format("delta").mode("append")
+         .option("txnAppId", query_id).option("txnVersion", batch_id).option("mergeSchema", "true")
+         .save(self.lake.path(BATCHES)))
+
+
+def _query_id(spark: SparkSession) -> str:
+    """The running stream's id, which Spark sets on the thread that calls foreachBatch."""
+    query_id = spark.sparkContext.getLocalProperty("sql.streaming.queryId")
+    if not query_id:
+        raise RuntimeError("SilverBatchWriter runs inside a streaming query's foreachBatch only")
+    return query_id
 
 
 def _order_sql(alias: str) -> str:

@@ -52,13 +52,53 @@ def _path(name: str) -> str:
     return f"$.{name}" if name.isidentifier() else f"$['{name}']"
 
 
-def _raw(v: Column, path: str) -> Column:
-    """The sub-variant at path: SQL NULL when the key is absent, a variant null when it is JSON null."""
-    return F.variant_get(v, path, "variant")
+class _Fields:
+    """Named, once-per-row views of the parsed value `_v`.
 
+    Checks ask for a field's sub-variant, its JSON type, its value as some type or its
+    timestamp; each view is registered once as a hidden column and computed in its own
+    projection, so a field is navigated once per row however many checks read it (Spark
+    does not collapse a projection whose costly columns are read more than once). Without
+    this, a good record re-walked its JSON a few hundred times.
+    """
 
-def _vtype(v: Column, path: str) -> Column:
-    return F.schema_of_variant(_raw(v, path))
+    def __init__(self) -> None:
+        self._stages: list[dict[str, Column]] = [{}, {}, {}]
+        self._names: dict[tuple, str] = {}
+
+    def _view(self, stage: int, key: tuple, expr) -> Column:
+        if key not in self._names:
+            self._names[key] = name = f"_f{len(self._names)}"
+            self._stages[stage][name] = expr()
+        return F.col(self._names[key])
+
+    def raw(self, path: str) -> Column:
+        """The sub-variant at path: SQL NULL when the key is absent, a variant null when it is JSON null."""
+        return self._view(0, ("raw", path), lambda: F.variant_get(F.col("_v"), path, "variant"))
+
+    def value_type(self) -> Column:
+        """The JSON type of the whole value (OBJECT<...>, ARRAY<...>, STRING, ...)."""
+        return self._view(0, ("type",), lambda: F.schema_of_variant(F.col("_v")))
+
+    def vtype(self, path: str) -> Column:
+        return self._view(1, ("vtype", path), lambda: F.schema_of_variant(self.raw(path)))
+
+    def get(self, path: str, spark_type: str) -> Column:
+        return self._view(1, ("get", path, spark_type), lambda: F.try_variant_get(self.raw(path), "$", spark_type))
+
+    def string(self, path: str) -> Column:
+        return self.get(path, "string")
+
+    def timestamp(self, path: str) -> Column:
+        return self._view(2, ("timestamp", path), lambda: _timestamp(self.string(path)))
+
+    def add(self, df: DataFrame) -> DataFrame:
+        for stage in self._stages:
+            df = df.withColumns(stage)
+        return df
+
+    def drop(self, df: DataFrame) -> DataFrame:
+        return df.drop(*self._names.values())
 
 
 def _is_json_type(vtype: Column, json_type: str) -> Column:
@@ -89,9 +129,9 @@ def _lit_detail(text: str) -> Column:
     return F.lit(text)
 
 
-def _presence_checks(v: Column, spec: FieldSpec, path: str, applies: Column | None) -> list[_Check]:
-    raw = _raw(v, path)
-    vtype = F.schema_of_variant(raw)
+def _presence_checks(f: _Fields, spec: FieldSpec, path: str, applies: Column | None) -> list[_Check]:
+    raw = f.raw(path)
+    vtype = f.vtype(path)
     scope = applies if applies is not None else F.lit(True)
     label = path[2:]
     checks: list[_Check] = []
@@ -109,18 +149,14 @@ def _presence_checks(v: Column, spec: FieldSpec, path: str, applies: Column | No
     return checks
 
 
-def _string_value(v: Column, path: str) -> Column:
-    return F.try_variant_get(v, path, "string")
-
-
-def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
+def _value_checks(f: _Fields, spec: FieldSpec, path: str) -> list[_Check]:
     """Range, length, enum, format checks for a field whose type is already right."""
     label = path[2:]
     checks: list[_Check] = []
-    raw = _raw(v, path)
-    present = raw.isNotNull() & ~F.is_variant_null(raw) & _is_json_type(F.schema_of_variant(raw), spec.json_type)
+    raw = f.raw(path)
+    present = raw.isNotNull() & ~F.is_variant_null(raw) & _is_json_type(f.vtype(path), spec.json_type)
     if spec.json_type == "string":
-        s = _string_value(v, path)
+        s = f.string(path)
         if spec.min_length is not None:
             checks.append(_Check(F.char_length(s) < spec.min_length, INVALID_VALUE,
                                  _lit_detail(f"{label} must have at least {spec.min_length} characters")))
@@ -131,7 +167,7 @@ def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
             checks.append(_Check(~s.rlike(spec.pattern), INVALID_VALUE,
                                  _lit_detail(f"{label} must match {spec.pattern}")))
         if spec.fmt == "date-time":
-            checks.append(_Check(~s.rlike(RFC3339) | _timestamp(s).isNull(), INVALID_VALUE,
+            checks.append(_Check(~s.rlike(RFC3339) | f.timestamp(path).isNull(), INVALID_VALUE,
                                  F.concat(F.lit(f"{label} is not an RFC 3339 timestamp with offset: "),
                                           F.substring(s, 1, 64))))
         if spec.enum and spec.name != "event_type":
@@ -143,15 +179,15 @@ def _value_checks(v: Column, spec: FieldSpec, path: str) -> list[_Check]:
         # no overflow to null.
         precision, scale = (int(x) for x in re.findall(r"\d+", spec.spark_type))
         fits = rf"^-?[0-9]{{1,{precision - scale}}}(\.[0-9]{{1,{scale}}})?$"
-        checks.append(_Check(~_string_value(v, path).rlike(fits), INVALID_VALUE,
+        checks.append(_Check(~f.string(path).rlike(fits), INVALID_VALUE,
                              _lit_detail(f"{label} must be a decimal with at most {scale} decimals "
                                          f"and {precision - scale} integer digits")))
     if spec.json_type == "integer":
         # A whole number is a decimal with no fraction: the same exactness rule as quantity.
-        checks.append(_Check(~_exact_decimal(v, path, 0), WRONG_TYPE,
+        checks.append(_Check(~_exact_decimal(f, path, 0), WRONG_TYPE,
                              _lit_detail(f"{label} must be a JSON integer")))
     if spec.json_type == "number" and spec.decimal_scale is not None:
-        checks.append(_Check(~_exact_decimal(v, path, spec.decimal_scale), INVALID_VALUE,
+        checks.append(_Check(~_exact_decimal(f, path, spec.decimal_scale), INVALID_VALUE,
                              _lit_detail(f"{label} must have at most {spec.decimal_scale} decimals "
                                          f"and {MAX_QUANTITY_DIGITS} integer digits")))
     # Value rules speak only of a field that is there with the right type; absence and
@@ -163,18 +199,18 @@ def _timestamp(s: Column) -> Column:
     return F.try_to_timestamp(F.upper(s), F.lit(RFC3339_PARSE))
 
 
-def _exact_decimal(v: Column, path: str, scale: int) -> Column:
+def _exact_decimal(f: _Fields, path: str, scale: int) -> Column:
     """True when the JSON number converts to decimal(38, scale) without rounding.
 
     Spark's JSON reader keeps plain numbers as exact decimals and numbers with an exponent
     (or too many digits) as doubles. An exact decimal is judged by its digits as written
     (no cast can round a far decimal away first); a double by its value.
     """
-    vtype = _vtype(v, path)
-    target = F.try_variant_get(v, path, f"decimal(38,{scale})")
-    as_double = F.try_variant_get(v, path, "double")
+    vtype = f.vtype(path)
+    target = f.get(path, f"decimal(38,{scale})")
+    as_double = f.get(path, "double")
     decimal_scale = F.regexp_extract(vtype, r"^DECIMAL\(\d+,(\d+)\)$", 1).cast("int")
-    digits_fit = _string_value(v, path).rlike(rf"^-?[0-9]+(\.[0-9]{{0,{scale}}}0*)?$")
+    digits_fit = f.string(path).rlike(rf"^-?[0-9]+(\.[0-9]{{0,{scale}}}0*)?$")
     exact = (
         F.when(vtype.isin(*INTEGER_TYPES), F.lit(True))
         # Zero with a long scale prints as 0E-8, which the digit pattern does not read.
@@ -185,49 +221,49 @@ def _exact_decimal(v: Column, path: str, scale: int) -> Column:
     return target.isNotNull() & F.coalesce(exact, F.lit(False))
 
 
-def _checks(contract: EventContract, v: Column, options: SilverConfig) -> list[_Check]:
-    event_type = _string_value(v, "$.event_type")
+def _checks(contract: EventContract, f: _Fields, options: SilverConfig) -> list[_Check]:
+    event_type = f.string("$.event_type")
     checks: list[_Check] = [
         _Check(F.col("value").isNull(), NULL_VALUE, _lit_detail("record has no value")),
         _Check(~F.is_valid_utf8(F.col("value").cast("string")), INVALID_UTF8,
                _lit_detail("value is not valid UTF-8")),
-        _Check(v.isNull(), INVALID_JSON,
+        _Check(F.col("_v").isNull(), INVALID_JSON,
                _lit_detail("value is not valid JSON (syntax, NaN/Infinity, duplicated key or over the size limit)")),
-        _Check(~F.schema_of_variant(v).startswith("OBJECT"), NOT_AN_OBJECT,
-               F.concat(F.lit("value must be a JSON object, got "), F.lower(F.schema_of_variant(v)))),
+        _Check(~f.value_type().startswith("OBJECT"), NOT_AN_OBJECT,
+               F.concat(F.lit("value must be a JSON object, got "), F.lower(f.value_type()))),
     ]
     version_spec = contract.field("schema_version")
-    checks += _presence_checks(v, version_spec, "$.schema_version", None)
-    version = F.try_variant_get(v, "$.schema_version", "decimal(38,6)")
+    checks += _presence_checks(f, version_spec, "$.schema_version", None)
+    version = f.get("$.schema_version", "decimal(38,6)")
     checks.append(_Check(version != F.lit(contract.version), UNSUPPORTED_SCHEMA_VERSION,
-                         F.concat(F.lit("schema_version "), F.try_variant_get(v, "$.schema_version", "string"),
+                         F.concat(F.lit("schema_version "), f.get("$.schema_version", "string"),
                                   F.lit(f" has no schema here (supported: {contract.version})"))))
     for spec in contract.fields:
         if spec.name == "schema_version":
             continue
         path = _path(spec.name)
         applies = event_type.isin(*spec.required_for) if spec.required_for and not spec.required else None
-        checks += _presence_checks(v, spec, path, applies)
+        checks += _presence_checks(f, spec, path, applies)
         for child in spec.children:
             child_path = f"{path}.{child.name}"
-            parent_ok = _is_json_type(_vtype(v, path), "object")
+            parent_ok = _is_json_type(f.vtype(path), "object")
             checks += [
                 _Check(parent_ok & c.failed, c.reason, c.detail)
-                for c in _presence_checks(v, child, child_path, None)
+                for c in _presence_checks(f, child, child_path, None)
             ]
     checks.append(_Check(~event_type.isin(*contract.event_types), UNKNOWN_EVENT_TYPE,
                          F.concat(F.lit("event_type "), F.substring(event_type, 1, 64), F.lit(" is not known"))))
     for spec in contract.fields:
         path = _path(spec.name)
-        checks += _value_checks(v, spec, path)
+        checks += _value_checks(f, spec, path)
         for child in spec.children:
-            checks += _value_checks(v, child, f"{path}.{child.name}")
-    quantity = F.try_variant_get(v, "$.quantity", "decimal(38,6)")
+            checks += _value_checks(f, child, f"{path}.{child.name}")
+    quantity = f.get("$.quantity", "decimal(38,6)")
     checks.append(_Check(quantity < 0, NEGATIVE_QUANTITY, _lit_detail("quantity must be >= 0")))
-    occurred_at = _timestamp(_string_value(v, "$.occurred_at"))
+    occurred_at = f.timestamp("$.occurred_at")
     checks.append(_Check(
         occurred_at > F.col("ingested_at") + _interval(options.future_tolerance), FUTURE_OCCURRED_AT,
-        F.concat(F.lit("occurred_at "), _string_value(v, "$.occurred_at"),
+        F.concat(F.lit("occurred_at "), f.string("$.occurred_at"),
                  F.lit(f" is more than {options.future_tolerance.total_seconds() / 3600:g} h after ingestion")),
     ))
     return checks
@@ -255,31 +291,31 @@ def parse_events(contract: EventContract, options: SilverConfig = SilverConfig()
     """
 
     def transform(df: DataFrame) -> DataFrame:
-        parsed = df.withColumn("_v", F.try_parse_json(F.col("value").cast("string")))
-        v = F.col("_v")
-        checks = _checks(contract, v, options)
-        occurred_at = _timestamp(_string_value(v, "$.occurred_at"))
+        f = _Fields()
+        checks = _checks(contract, f, options)
+        occurred_at = f.timestamp("$.occurred_at")
         typed = {
-            "event_id": _string_value(v, "$.event_id"),
-            "account_id": _string_value(v, "$.account_id"),
-            "event_type": _string_value(v, "$.event_type"),
+            "event_id": f.string("$.event_id"),
+            "account_id": f.string("$.account_id"),
+            "event_type": f.string("$.event_type"),
             "occurred_at": occurred_at,
-            "schema_version": F.try_variant_get(v, "$.schema_version", "int"),
-            "source": _string_value(v, "$.source"),
+            "schema_version": f.get("$.schema_version", "int"),
+            "source": f.string("$.source"),
             "event_date": F.to_date(occurred_at),
-            "product": _string_value(v, "$.product"),
-            "metric": _string_value(v, "$.metric"),
-            "quantity": F.try_variant_get(v, "$.quantity", "decimal(38,6)"),
-            "dedup_key": _string_value(v, "$.dedup_key"),
-            "plan_id": _string_value(v, "$.plan_id"),
-            "amount_value": F.try_variant_get(v, "$.amount.value", "decimal(38,6)"),
-            "amount_currency": _string_value(v, "$.amount.currency"),
-            "properties": F.when(_vtype(v, "$.properties").startswith("OBJECT"),
-                                 F.to_json(_raw(v, "$.properties"))),
+            "product": f.string("$.product"),
+            "metric": f.string("$.metric"),
+            "quantity": f.get("$.quantity", "decimal(38,6)"),
+            "dedup_key": f.string("$.dedup_key"),
+            "plan_id": f.string("$.plan_id"),
+            "amount_value": f.get("$.amount.value", "decimal(38,6)"),
+            "amount_currency": f.string("$.amount.currency"),
+            "properties": F.when(f.vtype("$.properties").startswith("OBJECT"),
+                                 F.to_json(f.raw("$.properties"))),
             "is_late": occurred_at < F.col("ingested_at") - _interval(options.late_threshold),
             "_problem": _first_failure(checks),
         }
-        return parsed.withColumns(typed).drop("_v")
+        parsed = df.withColumn("_v", F.try_parse_json(F.col("value").cast("string")))
+        return parsed.transform(f.add).withColumns(typed).transform(f.drop).drop("_v")
 
     return transform
 
