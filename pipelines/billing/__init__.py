@@ -1,0 +1,1 @@
+"""Billing: the pricing catalog and the pricing engine that turns usage into amounts."""
