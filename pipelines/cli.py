@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pipelines.settings import Settings
 
@@ -23,6 +24,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.jobs.billing import parse_period
     from pipelines.jobs.common import JobContext, RunOptions
     from pipelines.runner import resolve_jobs, run_jobs
     from pipelines.session import build_spark
@@ -31,7 +33,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     run = RunOptions(continuous=args.continuous, processing_time=args.processing_time,
                      max_offsets_per_trigger=args.max_offsets_per_trigger,
-                     max_files_per_trigger=args.max_files_per_trigger)
+                     max_files_per_trigger=args.max_files_per_trigger,
+                     period=parse_period(args.period), catalog=args.catalog, exports_dir=args.exports_dir)
     ctx = JobContext.from_settings(settings, run, dedup_rules_path=args.dedup_rules,
                                    pipeline_config_path=args.pipeline_config)
     spark = build_spark("lakehouse-run")
@@ -87,13 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run jobs in order (default: process everything available, then stop)")
-    run.add_argument("jobs", nargs="+", metavar="JOB", help="bronze, silver, gold")
+    run.add_argument("jobs", nargs="+", metavar="JOB",
+                     help="streams: bronze, silver, gold; batch: billing (invoice lines), export (files + ledger)")
     run.add_argument("--continuous", action="store_true", help="keep streaming jobs running")
     run.add_argument("--processing-time", default="2 seconds", help="micro-batch interval in --continuous mode")
     run.add_argument("--max-offsets-per-trigger", type=int, help="cap Kafka records per bronze micro-batch")
     run.add_argument("--max-files-per-trigger", type=int, help="cap Delta files per silver/gold micro-batch")
     run.add_argument("--dedup-rules", help="dedup rules YAML (default: pipelines/conf/dedup_rules.yaml)")
     run.add_argument("--pipeline-config", help="pipeline YAML (default: pipelines/conf/pipeline.yaml)")
+    run.add_argument("--period", help="billing/export: one billing period YYYY-MM (default: every period)")
+    run.add_argument("--catalog", type=Path, help="billing: pricing catalog YAML (default: pipelines/conf/pricing.yaml)")
+    run.add_argument("--exports-dir", type=Path, help="export: folder for the export files (default: <lake root>/exports)")
     _add_common(run)
     run.set_defaults(func=_cmd_run)
 
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # one readable line for known failures; traceback with -v
         known = {"KafkaLocalError", "ConfigError", "ContractError", "UnknownJobError", "SparkSetupError",
-                 "TableSpecError", "ProduceError", "ReadOnlyQueryError", "RecordFileError"}
+                 "TableSpecError", "ProduceError", "ReadOnlyQueryError", "RecordFileError",
+                 "BillingError", "CatalogError", "ExportRefused"}
         if type(exc).__name__ in known and not args.verbose:
             print(f"lakehouse: {exc}", file=sys.stderr)
             return 2

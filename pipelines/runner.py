@@ -18,6 +18,29 @@ JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = {
     "silver": silver.start,
     "gold": gold.start,
 }
+
+
+def _billing(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
+    from pipelines.jobs.billing import run_billing
+
+    return run_billing(spark, ctx, period=ctx.run.period, catalog_path=ctx.run.catalog, log=say)
+
+
+def _export(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
+    from pipelines.billing.export import run_export
+
+    exports_dir = ctx.run.exports_dir or ctx.settings.lake_root_abs / "exports"
+    result = run_export(spark, ctx.lake, exports_dir=exports_dir, period=ctx.run.period)
+    say(result.render() if hasattr(result, "render") else str(result))
+    return result
+
+
+# Batch jobs run once over the current tables (period close, exports), after any
+# streaming job named before them.
+BATCH_JOBS: dict[str, Callable[[SparkSession, JobContext, Callable[[str], None]], object]] = {
+    "billing": _billing,
+    "export": _export,
+}
 POLL_SECONDS = 1.0
 
 
@@ -44,6 +67,7 @@ class ProgressReporter:
     quiet: bool = False
     totals: dict[str, QueryTotals] = field(default_factory=lambda: defaultdict(QueryTotals))
     history: list[dict] = field(default_factory=list)
+    results: dict[str, object] = field(default_factory=dict)   # batch jobs' results by name
     _seen: set = field(default_factory=set)
 
     def poll(self, query: StreamingQuery) -> None:
@@ -74,9 +98,9 @@ class ProgressReporter:
 
 
 def resolve_jobs(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in JOBS]
+    unknown = [n for n in names if n not in JOBS and n not in BATCH_JOBS]
     if unknown:
-        raise UnknownJobError(f"unknown job(s) {unknown}; known jobs: {', '.join(JOBS)}")
+        raise UnknownJobError(f"unknown job(s) {unknown}; known jobs: {', '.join([*JOBS, *BATCH_JOBS])}")
     return names
 
 
@@ -104,6 +128,9 @@ def run_jobs(spark: SparkSession, ctx: JobContext, names: list[str], *,
     reporter = reporter or ProgressReporter()
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if ctx.run.continuous:
+        if batch := [n for n in names if n in BATCH_JOBS]:
+            raise UnknownJobError(f"{', '.join(batch)}: batch job(s), not streams; run them without --continuous "
+                                  "(e.g. on a schedule)")
         queries = [JOBS[n](spark, ctx) for n in names]
         say(f"streaming continuously: {', '.join(names)} (Ctrl-C to stop)")
         try:
@@ -114,8 +141,11 @@ def run_jobs(spark: SparkSession, ctx: JobContext, names: list[str], *,
         return reporter
     for name in names:
         started = time.monotonic()
-        say(f"{name}: processing everything available")
-        query = JOBS[name](spark, ctx)
-        _await([query], reporter, until_all=True)
+        if name in BATCH_JOBS:
+            reporter.results[name] = BATCH_JOBS[name](spark, ctx, say)
+        else:
+            say(f"{name}: processing everything available")
+            query = JOBS[name](spark, ctx)
+            _await([query], reporter, until_all=True)
         say(f"{name}: done in {time.monotonic() - started:.1f} s")
     return reporter

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.config import DedupRule, SilverConfig, load_dedup_rules, load_pipeline_config
 from pipelines.settings import Settings
@@ -16,6 +17,11 @@ class RunOptions:
     # Caps per micro-batch (None = everything available in one batch).
     max_offsets_per_trigger: int | None = None
     max_files_per_trigger: int | None = None
+    # Batch jobs (billing, export): one period (YYYY-MM) or all; catalog and export folder
+    # overrides (None = the shipped catalog, <lake root>/exports).
+    period: str | None = None
+    catalog: Path | None = None
+    exports_dir: Path | None = None
 
 
 @dataclass(frozen=True)
