@@ -66,8 +66,24 @@ class BillingResult:
         return "\n".join(out)
 
 
-def _scope(period: str | None, alias: str = "t") -> str:
-    return f"{alias}.period = '{period}'" if period else "true"
+def _scope(period: str | None, alias: str | None = "t") -> str:
+    column = f"{alias}.period" if alias else "period"
+    return f"{column} = '{period}'" if period else "true"
+
+
+def _differs(source: DataFrame, stored: DataFrame, keys: list[str], values: list[str],
+             removable: str = "true") -> bool:
+    """Whether a MERGE of source into stored would change anything: a source row new or
+    different, or a stored row the source no longer has. Checked first because a MERGE
+    that changes nothing still commits a table version, and a rerun must leave none.
+    `removable`: which stored rows the MERGE acts on when the source lacks them."""
+    cols = keys + values
+    s, t = source.select(*cols).alias("s"), stored.select(*cols).alias("t")
+    same_row = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in cols]
+    same_key = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in keys]
+    new_or_changed = s.join(t, on=same_row, how="left_anti")
+    gone = t.filter(removable).join(s, on=same_key, how="left_anti")
+    return not (new_or_changed.isEmpty() and gone.isEmpty())
 
 
 def compute(spark: SparkSession, ctx: JobContext, *, now: datetime, period: str | None = None,
@@ -111,27 +127,36 @@ def run_billing(spark: SparkSession, ctx: JobContext, *, period: str | None = No
     period_usage, lines, unpriced = compute(spark, ctx, now=now, period=period, catalog_path=catalog_path)
 
     usage_cols = spec(PERIOD_USAGE).column_names
-    same_usage = " AND ".join(f"t.{k} <=> s.{k}" for k in PERIOD_USAGE_KEYS)
-    (lake.delta(spark, PERIOD_USAGE).alias("t").merge(period_usage.alias("s"), same_usage)
-     .whenMatchedUpdate(condition="NOT (t.quantity <=> s.quantity AND t.event_count <=> s.event_count "
-                                  "AND t.segment_end <=> s.segment_end)",
-                        set={c: f"s.{c}" for c in usage_cols})
-     .whenNotMatchedInsertAll()
-     .whenNotMatchedBySourceDelete(condition=_scope(period))
-     .execute())
-    say("billing: gold.period_usage merged")
+    stored_usage = lake.read(spark, PERIOD_USAGE).filter(_scope(period, alias=None))
+    if _differs(period_usage, stored_usage, PERIOD_USAGE_KEYS, ["quantity", "event_count", "segment_end"]):
+        same_usage = " AND ".join(f"t.{k} <=> s.{k}" for k in PERIOD_USAGE_KEYS)
+        (lake.delta(spark, PERIOD_USAGE).alias("t").merge(period_usage.alias("s"), same_usage)
+         .whenMatchedUpdate(condition="NOT (t.quantity <=> s.quantity AND t.event_count <=> s.event_count "
+                                      "AND t.segment_end <=> s.segment_end)",
+                            set={c: f"s.{c}" for c in usage_cols})
+         .whenNotMatchedInsertAll()
+         .whenNotMatchedBySourceDelete(condition=_scope(period))
+         .execute())
+        say("billing: gold.period_usage merged")
+    else:
+        say("billing: gold.period_usage unchanged")
 
     line_cols = spec(LINES).column_names
-    changed = "NOT (" + " AND ".join(f"t.{c} <=> s.{c}" for c in _LINE_VALUES) + ")"
-    (lake.delta(spark, LINES).alias("t").merge(lines.alias("s"), "t.idempotency_key = s.idempotency_key")
-     .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in line_cols})
-     .whenNotMatchedInsertAll()
-     .whenNotMatchedBySourceUpdate(
-         condition=f"{_scope(period)} AND t.line_type <> '{ADJUSTMENT}' AND t.amount <> 0",
-         set={"units": "0", "billable_units": "CASE WHEN t.billable_units IS NULL THEN NULL ELSE 0 END",
-              "amount": "0", "computed_at": F.lit(now).cast("timestamp")})
-     .execute())
-    say("billing: gold.invoice_lines merged")
+    stored_lines = lake.read(spark, LINES).filter(_scope(period, alias=None)).filter(F.col("line_type") != ADJUSTMENT)
+    # Lines a recomputation no longer produces are zeroed, once.
+    if _differs(lines, stored_lines, ["idempotency_key"], _LINE_VALUES, removable="amount <> 0"):
+        changed = "NOT (" + " AND ".join(f"t.{c} <=> s.{c}" for c in _LINE_VALUES) + ")"
+        (lake.delta(spark, LINES).alias("t").merge(lines.alias("s"), "t.idempotency_key = s.idempotency_key")
+         .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in line_cols})
+         .whenNotMatchedInsertAll()
+         .whenNotMatchedBySourceUpdate(
+             condition=f"{_scope(period)} AND t.line_type <> '{ADJUSTMENT}' AND t.amount <> 0",
+             set={"units": "0", "billable_units": "CASE WHEN t.billable_units IS NULL THEN NULL ELSE 0 END",
+                  "amount": "0", "computed_at": F.lit(now).cast("timestamp")})
+         .execute())
+        say("billing: gold.invoice_lines merged")
+    else:
+        say("billing: gold.invoice_lines unchanged")
 
     # Reporting at the job's edge: a handful of aggregate rows.
     current = lake.read(spark, LINES)
