@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pipelines.settings import Settings
 
@@ -63,7 +64,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         _reset_topic(settings)
 
     _say(f"2/4 produce: {options.events:,} synthetic records for {options.accounts} accounts (seed {options.seed})")
-    gen = produce.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed)
+    # Forty days of event time: the previous month closes, so billing has final lines to
+    # export as well as this month's running estimate.
+    gen = produce.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
+                                   span=timedelta(days=40))
     kinds: Counter[str] = Counter()
 
     def tagged():
@@ -78,14 +82,14 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     sent = produce.send(tagged(), settings, progress=progress)
     _say(f"    sent {sent:,} records: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
-    _say("3/4 jobs: bronze -> silver -> gold (availableNow: process everything, then stop)")
+    _say("3/4 jobs: bronze -> silver -> gold (availableNow: process everything, then stop), billing, export")
     from pipelines.jobs.common import JobContext
     from pipelines.runner import run_jobs
     from pipelines.session import build_spark
 
     spark = build_spark("lakehouse-demo")
     ctx = JobContext.from_settings(settings)
-    reporter = run_jobs(spark, ctx, ["bronze", "silver", "gold"])
+    reporter = run_jobs(spark, ctx, ["bronze", "silver", "gold", "billing", "export"])
 
     _say("4/4 summary")
     from pipelines.summary import render_summary

@@ -31,7 +31,7 @@ def _export(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
 
     exports_dir = ctx.run.exports_dir or ctx.settings.lake_root_abs / "exports"
     result = run_export(spark, ctx.lake, exports_dir=exports_dir, period=ctx.run.period)
-    say(result.render() if hasattr(result, "render") else str(result))
+    say(result.render())
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -227,3 +228,47 @@ def test_gate_refuses_on_mismatch_and_writes_nothing(spark, tmp_path):
     assert not exports_dir.exists()
     assert ledger(spark, lake) == []
     assert lake.delta(spark, "gold.invoice_lines").history(1).first()["version"] == lines_version
+
+
+def test_crash_inside_the_staging_write_leaves_nothing_and_the_rerun_is_the_same_export(
+        spark, tmp_path, monkeypatch, reference):
+    lake = seeded_lake(spark, tmp_path)
+    exports_dir = tmp_path / "exports"
+
+    def crash(*_args, **_kwargs):
+        # A Delta commit is atomic: a writer killed inside the staging MERGE leaves no ledger row.
+        raise RuntimeError("crash inside the ledger write")
+
+    monkeypatch.setattr(export, "_stage", crash)
+    with pytest.raises(RuntimeError, match="inside the ledger write"):
+        run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    assert ledger(spark, lake) == [] and not exports_dir.exists()
+
+    monkeypatch.undo()
+    rerun = run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    assert rerun.export_id == reference["first"].export_id
+    assert ledger(spark, lake) == reference["ledger"]
+    assert files(rerun) == reference["files"]
+
+
+def test_crash_between_the_two_file_renames_is_repaired_by_the_rerun(spark, tmp_path, monkeypatch, reference):
+    lake = seeded_lake(spark, tmp_path)
+    exports_dir = tmp_path / "exports"
+    real_replace, calls = os.replace, []
+
+    def replace_then_crash(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("crash between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", replace_then_crash)
+    with pytest.raises(OSError, match="between the renames"):
+        run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    monkeypatch.undo()
+    export_id = reference["first"].export_id
+    rerun = run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    assert rerun.resumed == (export_id,)
+    assert ledger(spark, lake) == reference["ledger"]
+    assert export_files(exports_dir, export_id) == reference["files"]
+    assert sorted(p.name for p in (exports_dir / export_id).iterdir()) == ["finance.csv", "provider.jsonl"]
