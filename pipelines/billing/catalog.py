@@ -19,6 +19,7 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from pipelines.billing.gate import minor_unit_digits
 from pipelines.config import CONF_DIR
 
 DEFAULT_CATALOG = CONF_DIR / "pricing.yaml"
@@ -235,6 +236,11 @@ def _currencies(raw: object, at: str) -> dict[str, int]:
         if type(digits) is not int or not 0 <= digits <= MAX_MINOR_UNITS:
             raise CatalogError(f"{at}.{code}: minor-unit digits must be an integer from 0 to "
                                f"{MAX_MINOR_UNITS}, got {digits!r}")
+        if digits != minor_unit_digits(code):
+            # The export writes amounts in minor units by ISO 4217; a catalog that rounds to
+            # other digits would bill one amount and export another.
+            raise CatalogError(f"{at}.{code}: ISO 4217 gives {code} {minor_unit_digits(code)} minor-unit digits "
+                               f"(what exports use), got {digits}")
         out[code] = digits
     return out
 

@@ -527,3 +527,8 @@ def test_prices_frame(spark):
             "model": "per_unit", "unit_amount": D("0.40"), "tiers": None, "package_size": None,
             "package_amount": None, "free_units": D(0), "currency": "JPY", "minor_units": 0},
     }
+
+
+def test_currency_digits_must_agree_with_iso_4217():
+    with raises(f"{WHERE}: currencies.JPY: ISO 4217 gives JPY 0 minor-unit digits (what exports use), got 2"):
+        parse(catalog_doc(currencies={"USD": 2, "JPY": 2}))
