@@ -95,6 +95,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     from pipelines.summary import render_summary
 
     print(render_summary(spark, ctx.lake, reporter, sent_kinds=kinds))
+    print("(The demo sends forty days of event time at once, so most events count as late: their\n"
+          " occurred_at lies more than the late threshold behind ingestion.)")
     print(f"done in {time.monotonic() - started:.0f} s. Query the tables with e.g.\n"
           f"  .venv/bin/lakehouse sql \"SELECT * FROM gold.daily_usage ORDER BY quantity DESC\"")
     return 0

@@ -58,6 +58,17 @@ def render_summary(spark: SparkSession, lake: Lake, reporter: ProgressReporter |
     out += ["", "Top accounts by usage (gold.daily_usage)",
             _table(["account", "product", "metric", "quantity", "events"],
                    [[r["account_id"], r["product"], r["metric"], format(r["quantity"].normalize(), 'f'), r["events"]] for r in top])]
+    if lake.exists(spark, "gold.invoice_lines"):
+        billed = (lake.read(spark, "gold.invoice_lines").groupBy("period", "status", "currency")
+                  .agg(F.count(F.lit(1)).alias("lines"), F.sum("amount").cast("decimal(38,2)").alias("amount"))
+                  .orderBy("period", "status", "currency").collect())
+        exported = ({r["period"]: r["n"] for r in lake.read(spark, "gold.billing_exports")
+                     .filter(F.col("state") == "delivered").groupBy("period").agg(F.count(F.lit(1)).alias("n")).collect()}
+                    if lake.exists(spark, "gold.billing_exports") else {})
+        out += ["", "Invoice lines (gold.invoice_lines) and exported lines (gold.billing_exports)",
+                _table(["period", "status", "lines", "amount", "currency", "exported"],
+                       [[r["period"], r["status"], r["lines"], str(r["amount"]), r["currency"],
+                         exported.get(r["period"], 0) if r["status"] == "final" else "-"] for r in billed])]
     if sent_kinds:
         out += ["", "What the producer sent", _table(["kind", "records"], [[k, v] for k, v in sorted(sent_kinds.items())])]
     return "\n".join(out)
