@@ -35,11 +35,9 @@ import csv
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +54,8 @@ from pipelines import kafka_local  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
-from pipelines.settings import Settings, spark_jars_dir, kafka_jars_dir  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+from bench_machine import machine_info  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
 
 TARGET_RATIO = 0.6
 MIN_DELAY_MULTIPLES = 10
@@ -128,46 +127,6 @@ def rate(rows: float, seconds: float) -> float:
 
 
 # --------------------------------------------------------------------------- machine
-
-
-def machine_info(spark) -> dict:
-    info: dict = {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    try:
-        info["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        info["cpu_model"] = platform.processor() or "unknown"
-    try:
-        mem = {ln.split(":")[0]: ln.split(":")[1].strip() for ln in Path("/proc/meminfo").read_text().splitlines()}
-        info["mem_total_gib"] = round(int(mem["MemTotal"].split()[0]) / 2**20, 1)
-        info["mem_available_gib_at_start"] = round(int(mem["MemAvailable"].split()[0]) / 2**20, 1)
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    jvm = spark.sparkContext._jvm
-    info["java"] = f"{jvm.System.getProperty('java.vendor')} {jvm.System.getProperty('java.version')}"
-    info["spark"] = spark.version
-    info["spark_master"] = spark.sparkContext.master
-    info["driver_memory"] = spark.conf.get("spark.driver.memory", "default")
-    jars = [p.name for p in Path(spark_jars_dir()).glob("*.jar")]
-    info["delta"] = next((j.removesuffix(".jar").split("-")[-1] for j in jars if j.startswith("delta-spark_")), "?")
-    try:
-        from importlib.metadata import version
-        info["delta_spark_python"] = version("delta-spark")
-    except Exception:  # noqa: BLE001 - informative only
-        pass
-    kjars = [p.name for p in Path(kafka_jars_dir()).glob("kafka-server-*.jar")]
-    info["kafka_broker"] = kjars[0].removesuffix(".jar").split("-")[-1] if kjars else "?"
-    return info
 
 
 # --------------------------------------------------------------------------- kafka
@@ -643,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         say("starting Spark (one session for every stage)")
         from pipelines.session import build_spark
         spark = build_spark("bench-ingest")
-        machine = machine_info(spark)
+        machine = machine_info(spark, kafka=True)
         say("warm-up: a 2,000-record-per-partition Kafka batch read written to Delta (not timed)")
         warm_up(spark, settings, topic, offsets, lake)
 

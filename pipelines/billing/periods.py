@@ -103,11 +103,12 @@ def plan_changes(events: DataFrame) -> DataFrame:
         F.lit(None).cast("int").alias("pend_rank"), F.lit(None).cast("timestamp").alias("pend_at"),
         F.array().cast(f"array<{_CHANGE}>").alias("out"),
     )
-    # A downgrade still pending after the last event takes effect on its date all the same.
-    finish = lambda acc: F.when(  # noqa: E731
-        acc["pend"].isNotNull(),
-        F.concat(acc["out"], F.array(F.struct(acc["pend_at"].alias("at"), acc["pend"].alias("plan_id"))))
-    ).otherwise(acc["out"])
+
+    def finish(acc: Column) -> Column:
+        # A downgrade still pending after the last event takes effect on its date all the same.
+        pending = F.array(F.struct(acc["pend_at"].alias("at"), acc["pend"].alias("plan_id")))
+        return F.when(acc["pend"].isNotNull(), F.concat(acc["out"], pending)).otherwise(acc["out"])
+
     changes = (
         events.groupBy("account_id").agg(F.aggregate(ordered, init, _fold_step, finish).alias("_changes"))
         .select("account_id", F.posexplode("_changes").alias("_pos", "_c"))
