@@ -24,7 +24,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.jobs.billing import parse_period
+    from pipelines.billing.periods import parse_period
     from pipelines.jobs.common import JobContext, RunOptions
     from pipelines.runner import resolve_jobs, run_jobs
     from pipelines.session import build_spark

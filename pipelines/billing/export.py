@@ -30,7 +30,6 @@ import csv
 import itertools
 import json
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from pyspark.sql import functions as F
 
 from pipelines.billing.gate import (ExportRefused, check_export_gate, minor_unit_digits, money_string,
                                     period_bounds)
+from pipelines.billing.periods import parse_period
 from pipelines.tables import Lake, spec
 
 __all__ = ["ExportRefused", "ExportResult", "adjustment_lines", "pending_lines", "run_export",
@@ -55,7 +55,6 @@ FINAL = "final"
 ADJUSTMENT = "adjustment"
 PROVIDER_FILE = "provider.jsonl"
 FINANCE_FILE = "finance.csv"
-_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 @dataclass(frozen=True)
@@ -316,8 +315,7 @@ def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: st
     """Export the final lines not exported yet (all periods, or `period` only). Returns
     export_id None when there was nothing new; `resumed` names crashed exports finished first.
     Raises ExportRefused (writing nothing) when the gate fails."""
-    if period is not None and not _PERIOD.match(period):
-        raise ValueError(f"period must be YYYY-MM, got {period!r}")
+    period = parse_period(period)
     now = now or datetime.now(UTC)
     exports_dir = Path(exports_dir).expanduser().resolve()
     for name in (LINES, LEDGER):

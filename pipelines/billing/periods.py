@@ -19,6 +19,7 @@ at once, and its lines come out unpriced.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window
@@ -32,6 +33,18 @@ LIFECYCLE = (STARTED, CHANGED, CANCELLED)
 _ORDER = ["kafka_timestamp", "kafka_topic", "kafka_partition", "kafka_offset"]
 
 _CHANGE = "struct<at:timestamp,plan_id:string>"
+_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class BillingError(ValueError):
+    pass
+
+
+def parse_period(text: str | None) -> str | None:
+    """A billing period as given on the command line (YYYY-MM), or None for every period."""
+    if text is not None and not _PERIOD.match(text):
+        raise BillingError(f"--period must look like YYYY-MM (a UTC calendar month), got {text!r}")
+    return text
 
 
 def period_of(ts: Column) -> Column:

@@ -9,7 +9,6 @@ Closed periods come out `final`; the open period is a running `estimate`.
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,8 @@ from pipelines.billing.invoice import (
     ADJUSTMENT, PERIOD_USAGE_KEYS, aggregate_period_usage, base_lines, finish_lines, unpriced_usage, usage_lines,
 )
 from pipelines.billing.periods import (
-    filter_plan_events, next_period_start, period_segments, plan_changes, plan_segments, with_plan_rank, with_segment,
+    filter_plan_events, next_period_start, parse_period, period_segments, plan_changes, plan_segments, with_plan_rank,
+    with_segment,
 )
 from pipelines.jobs.common import JobContext
 from pipelines.tables import spec
@@ -33,19 +33,8 @@ ACCOUNT = "silver.account_events"
 USAGE = "silver.usage_events"
 PERIOD_USAGE = "gold.period_usage"
 LINES = "gold.invoice_lines"
-_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 # What makes a recomputed line different from the stored one.
 _LINE_VALUES = ["segment_end", "units", "included", "billable_units", "amount", "currency", "status"]
-
-
-class BillingError(ValueError):
-    pass
-
-
-def parse_period(text: str | None) -> str | None:
-    if text is not None and not _PERIOD.match(text):
-        raise BillingError(f"--period must look like YYYY-MM (a UTC calendar month), got {text!r}")
-    return text
 
 
 @dataclass
