@@ -19,7 +19,7 @@ One run, one SparkSession (`pipelines.session.build_spark`):
            it must change nothing; the Delta versions of gold.invoice_lines and
            gold.period_usage before and after, and the content fingerprint, tell);
 3. export  `pipelines.billing.export.run_export` of the final lines, then again (it must
-           export nothing new); skipped with a message when the module is not there;
+           export nothing new);
 4. memory  every 0.5 s, in a background thread: RSS of this Python driver and of the JVM
            (the Spark gateway's java child process, from /proc), and the JVM heap used
            (Runtime totalMemory - freeMemory); the peak of each per stage.
@@ -32,10 +32,7 @@ unless --keep.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -53,10 +50,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from pipelines.billing import export as export_module  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
-from bench_machine import machine_info  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
+from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
+    command_line, elapsed, machine_info, positive_int, say, write_outputs,
+)
 
-_T0 = time.monotonic()
 # The shipped catalog's plans (pipelines/conf/pricing.yaml), in rank order.
 PLANS = ["starter", "basic", "pro", "advanced", "enterprise"]
 # Share of accounts starting on each plan (same order).
@@ -82,19 +81,6 @@ SAMPLE_SECONDS = 0.5
 # --------------------------------------------------------------------------- small helpers
 
 
-def say(msg: str) -> None:
-    """Progress on stderr, with the elapsed time since the bench started."""
-    elapsed = time.monotonic() - _T0
-    print(f"[bench {int(elapsed) // 60:3d}:{int(elapsed) % 60:02d}] {msg}", file=sys.stderr, flush=True)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def months_arg(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 12:
@@ -116,15 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out", help="output folder (default: bench/out)")
     p.add_argument("--keep", action="store_true", help="keep the bench lake (default: delete it)")
     return p.parse_args(argv)
-
-
-def command_line() -> str:
-    exe = Path(sys.executable)
-    try:
-        exe_text = str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        exe_text = str(exe)
-    return shlex.join([exe_text, *sys.argv])
 
 
 def month_start(year: int, month: int, plus: int = 0) -> datetime:
@@ -600,23 +577,7 @@ def run_billing_stage(spark, ctx, now: datetime, timer: PhaseTimer, label: str) 
             "tables": diffs}
 
 
-def export_available() -> tuple[object | None, str]:
-    try:
-        module = importlib.import_module("pipelines.billing.export")
-    except ImportError as exc:
-        return None, f"pipelines/billing/export.py not importable ({exc})"
-    fn = getattr(module, "run_export", None)
-    if fn is None:
-        return None, "pipelines/billing/export.py has no run_export"
-    import inspect
-    params = inspect.signature(fn).parameters
-    missing = [p for p in ("spark", "lake", "exports_dir", "period", "now") if p not in params]
-    if missing:
-        return None, f"run_export lacks the parameters {missing}"
-    return module, ""
-
-
-def run_export_stage(spark, ctx, module, exports_dir: Path, now: datetime, timer: PhaseTimer) -> dict:
+def run_export_stage(spark, ctx, exports_dir: Path, now: datetime, timer: PhaseTimer) -> dict:
     from pyspark.sql import functions as F
 
     tables = ("gold.billing_exports", "gold.invoice_lines")
@@ -626,7 +587,7 @@ def run_export_stage(spark, ctx, module, exports_dir: Path, now: datetime, timer
     error = None
     result = None
     try:
-        result = module.run_export(spark, ctx.lake, exports_dir=exports_dir, now=now)
+        result = export_module.run_export(spark, ctx.lake, exports_dir=exports_dir, now=now)
     except Exception as exc:  # noqa: BLE001 - reported, the bench goes on
         error = f"{exc.__class__.__name__}: {exc}"
         say(f"export FAILED: {error}")
@@ -715,12 +676,9 @@ def summary_table(r: dict) -> str:
         f"rerun: {rerun_verdict(b['rerun']['tables'])}",
     ]
     e = r.get("export")
-    if e and not e.get("skipped"):
-        out.append(f"export: {e['first'].get('lines', 0):,} lines, export_id {e['first'].get('export_id')}, "
-                   f"error {e['first'].get('error')}; rerun export_id {e['second'].get('export_id')} "
-                   f"({e['second'].get('lines', 0)} lines), error {e['second'].get('error')}")
-    elif e:
-        out.append(f"export: skipped ({e['reason']})")
+    out.append(f"export: {e['first'].get('lines', 0):,} lines, export_id {e['first'].get('export_id')}, "
+               f"error {e['first'].get('error')}; rerun export_id {e['second'].get('export_id')} "
+               f"({e['second'].get('lines', 0)} lines), error {e['second'].get('error')}")
     out.append(f"driver memory {r['machine'].get('driver_memory')}, JVM max heap "
                f"{r['machine'].get('jvm_max_heap_mib')} MiB; memory samples every {SAMPLE_SECONDS} s "
                f"({r['memory_overall']['samples']} samples, JVM pid {r['jvm_pid']})")
@@ -747,9 +705,7 @@ def results_markdown(r: dict) -> str:
     first = b["first"]
     periods = ", ".join(f"{k} {v['status']}" for k, v in b["period_status"].items())
     export_text = []
-    if e.get("skipped"):
-        export_text.append(f"- Export: skipped ({e['reason']}).")
-    elif e:
+    if e:
         f1, f2 = e["first"], e["second"]
         if f1.get("error"):
             export_text.append(f"- Export: **failed**: `{f1['error'].splitlines()[0][:300]}`.")
@@ -898,35 +854,28 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         say("4/5 export of the final lines")
-        module, why = export_available()
-        export: dict
-        if module is None:
-            say(f"export skipped: {why} (another engineer is finishing it)")
-            export = {"skipped": True, "reason": why}
-            stages.append(Stage("export", "-", None, note=f"skipped: {why}"))
-        else:
-            timer.wrap(module, "check_export_gate", "gate (reconcile + critical checks)")
-            timer.wrap(module, "_insert_adjustments", "insert adjustments")
-            timer.wrap(module, "_stage", "stage (MERGE into the ledger)")
-            timer.wrap(module, "_deliver", "deliver (write files, mark delivered)")
-            exports_dir = lake_dir / "exports"
-            sampler.set_stage("export")
-            e1 = run_export_stage(spark, ctx, module, exports_dir, now, timer)
-            sampler.set_stage("checks")
-            stages.append(Stage("export (run_export, final lines)",
-                                f"{e1.get('lines', 0):,} lines" if not e1["error"] else "failed",
-                                e1["seconds"], e1["phases"]))
-            say(f"export: {e1['seconds']:.1f} s, {e1.get('lines', 0):,} lines, export_id {e1.get('export_id')}")
-            say("5/5 export rerun (must export nothing new)")
-            sampler.set_stage("export rerun")
-            e2 = run_export_stage(spark, ctx, module, exports_dir, now, timer)
-            sampler.set_stage("checks")
-            stages.append(Stage("export rerun", f"{e2.get('lines', 0):,} lines" if not e2["error"] else "failed",
-                                e2["seconds"], e2["phases"],
-                                note=("nothing new" if e2.get("export_id") is None and not e2["error"]
-                                      else f"export_id {e2.get('export_id')}, error {e2['error']}")))
-            say(f"export rerun: {e2['seconds']:.1f} s, export_id {e2.get('export_id')}")
-            export = {"skipped": False, "first": e1, "second": e2}
+        timer.wrap(export_module, "check_export_gate", "gate (reconcile + critical checks)")
+        timer.wrap(export_module, "_insert_adjustments", "insert adjustments")
+        timer.wrap(export_module, "_stage", "stage (MERGE into the ledger)")
+        timer.wrap(export_module, "_deliver", "deliver (write files, mark delivered)")
+        exports_dir = lake_dir / "exports"
+        sampler.set_stage("export")
+        e1 = run_export_stage(spark, ctx, exports_dir, now, timer)
+        sampler.set_stage("checks")
+        stages.append(Stage("export (run_export, final lines)",
+                            f"{e1.get('lines', 0):,} lines" if not e1["error"] else "failed",
+                            e1["seconds"], e1["phases"]))
+        say(f"export: {e1['seconds']:.1f} s, {e1.get('lines', 0):,} lines, export_id {e1.get('export_id')}")
+        say("5/5 export rerun (must export nothing new)")
+        sampler.set_stage("export rerun")
+        e2 = run_export_stage(spark, ctx, exports_dir, now, timer)
+        sampler.set_stage("checks")
+        stages.append(Stage("export rerun", f"{e2.get('lines', 0):,} lines" if not e2["error"] else "failed",
+                            e2["seconds"], e2["phases"],
+                            note=("nothing new" if e2.get("export_id") is None and not e2["error"]
+                                  else f"export_id {e2.get('export_id')}, error {e2['error']}")))
+        say(f"export rerun: {e2['seconds']:.1f} s, export_id {e2.get('export_id')}")
+        export = {"first": e1, "second": e2}
 
         sampler.stop()
         memory = {}
@@ -947,19 +896,9 @@ def main(argv: list[str] | None = None) -> int:
             "lake": lake, "billing": billing, "export": export,
             "stages": [s.__dict__ for s in stages], "memory": memory,
             "memory_by_sampler_stage": {k: v.__dict__ for k, v in sampler.peaks.items()},
-            "memory_overall": o.__dict__, "total_seconds": time.monotonic() - _T0,
+            "memory_overall": o.__dict__, "total_seconds": elapsed(),
         }
-        (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-        markdown = results_markdown(result)
-        (run_dir / "results.md").write_text(markdown + "\n")
-        say(f"done in {time.monotonic() - _T0:.0f} s; outputs in {run_dir}")
-
-        print()
-        print(summary_table(result))
-        print()
-        print("---- paste into bench/RESULTS.md " + "-" * 40)
-        print(markdown)
-        print("-" * 73)
+        write_outputs(run_dir, result, results_markdown(result), summary_table(result))
         return 0
     finally:
         timer.restore()

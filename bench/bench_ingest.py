@@ -35,7 +35,6 @@ import csv
 import json
 import math
 import os
-import shlex
 import shutil
 import socket
 import sys
@@ -55,28 +54,16 @@ from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
-from bench_machine import machine_info  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
+from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
+    command_line, machine_info, positive_int, say, write_outputs,
+)
 
 TARGET_RATIO = 0.6
 MIN_DELAY_MULTIPLES = 10
 BOUNDED_GROWTH = 1.5  # last third's peak state vs the first third's
-_T0 = time.monotonic()
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def say(msg: str) -> None:
-    """Progress on stderr, with the elapsed time since the bench started."""
-    elapsed = time.monotonic() - _T0
-    print(f"[bench {int(elapsed) // 60:3d}:{int(elapsed) % 60:02d}] {msg}", file=sys.stderr, flush=True)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,15 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.silver_files_per_trigger is None:
         args.silver_files_per_trigger = 5 * args.partitions
     return args
-
-
-def command_line() -> str:
-    exe = Path(sys.executable)
-    try:
-        exe_text = str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        exe_text = str(exe)
-    return shlex.join([exe_text, *sys.argv])
 
 
 def parse_ts(text: str | None) -> datetime | None:
@@ -662,17 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         result["ratio"] = silver_eps / raw["events_per_s"]
         result["floor_ratio"] = result["floor_events_per_s"] / raw["events_per_s"]
         result["end_to_end_ratio"] = result["end_to_end_events_per_s"] / raw["events_per_s"]
-        (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-        markdown = results_markdown(result)
-        (run_dir / "results.md").write_text(markdown + "\n")
-        say(f"done in {time.monotonic() - _T0:.0f} s; outputs in {run_dir}")
-
-        print()
-        print(summary_table(result))
-        print()
-        print("---- paste into bench/RESULTS.md " + "-" * 40)
-        print(markdown)
-        print("-" * 73)
+        write_outputs(run_dir, result, results_markdown(result), summary_table(result))
         return 0
     finally:
         if spark is not None:

@@ -1,12 +1,60 @@
-"""What every benchmark records about the machine it ran on (the RESULTS.md "Machine:" line)."""
+"""What the benchmarks share: progress lines, argument types, the command line and machine
+they record, and how a run's outputs are written and printed."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from pipelines.settings import kafka_jars_dir, spark_jars_dir
+
+_T0 = time.monotonic()
+
+
+def elapsed() -> float:
+    """Seconds since the bench started (this module is imported at its start)."""
+    return time.monotonic() - _T0
+
+
+def say(msg: str) -> None:
+    """Progress on stderr, with the elapsed time since the bench started."""
+    seconds = int(elapsed())
+    print(f"[bench {seconds // 60:3d}:{seconds % 60:02d}] {msg}", file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def command_line() -> str:
+    exe = Path(sys.executable)
+    try:
+        exe_text = str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        exe_text = str(exe)
+    return shlex.join([exe_text, *sys.argv])
+
+
+def write_outputs(run_dir: Path, result: dict, markdown: str, table: str) -> None:
+    """summary.json and results.md in run_dir, then the table and the block for RESULTS.md on stdout."""
+    (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    (run_dir / "results.md").write_text(markdown + "\n")
+    say(f"done in {elapsed():.0f} s; outputs in {run_dir}")
+    print()
+    print(table)
+    print()
+    print("---- paste into bench/RESULTS.md " + "-" * 40)
+    print(markdown)
+    print("-" * 73)
 
 
 def machine_info(spark, *, kafka: bool = False) -> dict:
