@@ -9,6 +9,7 @@ from collections import Counter
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.billing.invoice import line_totals
 from pipelines.runner import ProgressReporter
 from pipelines.tables import Lake, table_specs
 
@@ -59,9 +60,7 @@ def render_summary(spark: SparkSession, lake: Lake, reporter: ProgressReporter |
             _table(["account", "product", "metric", "quantity", "events"],
                    [[r["account_id"], r["product"], r["metric"], format(r["quantity"].normalize(), 'f'), r["events"]] for r in top])]
     if lake.exists(spark, "gold.invoice_lines"):
-        billed = (lake.read(spark, "gold.invoice_lines").groupBy("period", "status", "currency")
-                  .agg(F.count(F.lit(1)).alias("lines"), F.sum("amount").cast("decimal(38,2)").alias("amount"))
-                  .orderBy("period", "status", "currency").collect())
+        billed = lake.read(spark, "gold.invoice_lines").transform(line_totals).collect()
         exported = ({r["period"]: r["n"] for r in lake.read(spark, "gold.billing_exports")
                      .filter(F.col("state") == "delivered").groupBy("period").agg(F.count(F.lit(1)).alias("n")).collect()}
                     if lake.exists(spark, "gold.billing_exports") else {})

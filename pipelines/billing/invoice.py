@@ -123,6 +123,15 @@ def unpriced_usage(prices: DataFrame):
     return transform
 
 
+def line_totals(lines: DataFrame) -> DataFrame:
+    """Invoice lines -> lines and amount per period, status and currency (what a run reports)."""
+    return (
+        lines.groupBy("period", "status", "currency")
+        .agg(F.count(F.lit(1)).alias("lines"), F.sum("amount").cast("decimal(38,2)").alias("amount"))
+        .orderBy("period", "status", "currency")
+    )
+
+
 def finish_lines(columns: list[str], now: datetime):
     """Any line rows -> the gold.invoice_lines columns, with status, key and computed_at."""
 

@@ -20,7 +20,8 @@ from pyspark.sql import functions as F
 
 from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
 from pipelines.billing.invoice import (
-    ADJUSTMENT, PERIOD_USAGE_KEYS, aggregate_period_usage, base_lines, finish_lines, unpriced_usage, usage_lines,
+    ADJUSTMENT, PERIOD_USAGE_KEYS, aggregate_period_usage, base_lines, finish_lines, line_totals, unpriced_usage,
+    usage_lines,
 )
 from pipelines.billing.periods import (
     filter_plan_events, next_period_start, parse_period, period_segments, plan_changes, plan_segments, with_plan_rank,
@@ -151,9 +152,7 @@ def run_billing(spark: SparkSession, ctx: JobContext, *, period: str | None = No
     current = lake.read(spark, LINES)
     if period:
         current = current.filter(F.col("period") == period)
-    summary = (current.groupBy("period", "status", "currency")
-               .agg(F.count(F.lit(1)).alias("lines"), F.sum("amount").cast("decimal(38,2)").alias("amount"))
-               .orderBy("period", "status", "currency").collect())
+    summary = current.transform(line_totals).collect()
     missing = (unpriced.groupBy("period", "reason")
                .agg(F.count(F.lit(1)).alias("rows"), F.sum("quantity").alias("quantity"))
                .orderBy("period", "reason").collect())
