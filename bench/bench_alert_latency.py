@@ -1,0 +1,238 @@
+"""Usage-alert latency in continuous mode: from producing a usage event that crosses a quota
+threshold to the notification being readable on the notifications topic.
+
+Run by hand, from the repository root, with the broker running:
+
+    .venv/bin/python bench/bench_alert_latency.py                     # 200 crossings
+    .venv/bin/python bench/bench_alert_latency.py --crossings 20      # quick check
+
+One process, one SparkSession:
+
+1. setup    fresh topics and a lake under --out; the bronze, silver and notify streams start
+            in continuous mode (processingTime --processing-time) exactly as
+            `lakehouse run bronze silver notify --continuous` starts them; each of the
+            --crossings accounts gets a subscription.started (basic: 300 tickets included);
+            the bench waits for every welcome notification, so the pipeline is warm and
+            every account's plan is in silver before anything is timed;
+2. measure  one usage event per account, --interval seconds apart: billable_tickets, 240,
+            which reaches exactly the 80 % threshold; the send time is taken when the broker
+            acknowledged the record. A read_committed consumer in a background thread
+            stamps each usage.quota_threshold notification on arrival; latency = arrival -
+            acknowledgement of its trigger event (notification trigger_event_ids);
+3. report   median, p95, max, and a count check: every crossing alerted exactly once.
+
+Outputs: --out/alerts-<stamp>/summary.json, results.md (also printed, ready to paste into
+bench/RESULTS.md; nothing is appended automatically). The lake is deleted unless --keep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench_common import (  # noqa: E402 - the sibling module
+    command_line, elapsed, machine_info, positive_int, say, write_outputs,
+)
+
+from pipelines.settings import Settings  # noqa: E402
+
+QUOTA_SHARE_USAGE = 240   # 80 % of basic's 300 included tickets: exactly at the threshold
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--crossings", type=positive_int, default=200, help="threshold crossings to time (default 200)")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between crossing events (default 0.5)")
+    p.add_argument("--processing-time", default="1 second", help="micro-batch interval of the streams (default 1 second)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up waiting for notifications after this (s)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out", help="output folder")
+    p.add_argument("--keep", action="store_true", help="keep the lake")
+    return p.parse_args(argv)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+class Arrivals(threading.Thread):
+    """Stamps every notification on arrival (read_committed: what consumers see)."""
+
+    def __init__(self, settings: Settings, topic: str):
+        super().__init__(daemon=True)
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                      auto_offset_reset="earliest", enable_auto_commit=False,
+                                      isolation_level="read_committed", fetch_max_wait_ms=50)
+        self.seen: list[tuple[float, dict]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for records in self.consumer.poll(timeout_ms=100).values():
+                now = time.time()
+                with self.lock:
+                    self.seen.extend((now, json.loads(r.value)) for r in records)
+        self.consumer.close()
+
+    def of_type(self, type_: str) -> list[tuple[float, dict]]:
+        with self.lock:
+            return [(t, v) for t, v in self.seen if v["type"] == type_]
+
+
+def wait_for(arrivals: Arrivals, type_: str, count: int, timeout: float, queries) -> None:
+    deadline = time.monotonic() + timeout
+    while len(arrivals.of_type(type_)) < count:
+        for q in queries:
+            if q.exception():
+                raise RuntimeError(f"stream {q.name} failed: {q.exception()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(arrivals.of_type(type_))} of {count} {type_} notifications "
+                               f"after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from kafka import KafkaProducer
+
+    from pipelines import kafka_local
+    from pipelines.jobs.common import JobContext, RunOptions
+    from pipelines.produce import dumps, format_ts, to_ms
+    from pipelines.runner import JOBS
+    from pipelines.session import build_spark
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = args.out / f"alerts-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lake_root = run_dir / "lake"
+    settings = Settings().with_overrides(lake_root=str(lake_root), events_topic=f"bench.events.{stamp}",
+                                         notifications_topic=f"bench.notifications.{stamp}")
+    kafka_local.start(settings)
+    kafka_local.ensure_topics(settings, {settings.events_topic: 3, settings.notifications_topic: 3})
+    spark = build_spark("bench-alert-latency")
+    machine = machine_info(spark, kafka=True)
+    ctx = JobContext.from_settings(settings, RunOptions(continuous=True, processing_time=args.processing_time))
+    arrivals = Arrivals(settings, settings.notifications_topic)
+    arrivals.start()
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0)
+    queries = []
+    run_tag = uuid.uuid4().hex[:6]
+    accounts = [f"bench-{run_tag}-{i:04d}" for i in range(args.crossings)]
+    now = datetime.now(UTC)
+    month_start = datetime(now.year, now.month, 1, tzinfo=UTC)
+
+    def send(event: dict) -> float:
+        producer.send(settings.events_topic, key=event["account_id"].encode(), value=dumps(event).encode()).get(30)
+        return time.time()
+
+    try:
+        queries = [JOBS[name](spark, ctx) for name in ("bronze", "silver", "notify")]
+        say(f"streams started (processingTime {args.processing_time}); subscribing {len(accounts)} accounts")
+        for account in accounts:
+            send({"event_id": f"start-{account}", "event_type": "subscription.started", "account_id": account,
+                  "occurred_at": format_ts(to_ms(month_start)), "schema_version": 1, "plan_id": "basic"})
+        producer.flush()
+        warm_started = time.monotonic()
+        wait_for(arrivals, "account.welcome", len(accounts), args.timeout, queries)
+        say(f"all {len(accounts)} welcome notifications arrived in {time.monotonic() - warm_started:.1f} s; timing")
+
+        sent_at: dict[str, float] = {}
+        for account in accounts:
+            event_id = f"cross-{account}"
+            sent_at[event_id] = send({
+                "event_id": event_id, "event_type": "usage", "account_id": account,
+                "occurred_at": format_ts(to_ms(datetime.now(UTC))), "schema_version": 1,
+                "product": "helpdesk", "metric": "billable_tickets", "quantity": QUOTA_SHARE_USAGE})
+            time.sleep(args.interval)
+        wait_for(arrivals, "usage.quota_threshold", len(accounts), args.timeout, queries)
+        time.sleep(max(3.0, 2 * args.interval))   # let any duplicate show up before counting
+        alerts = arrivals.of_type("usage.quota_threshold")
+        # Where the time goes: each stream's micro-batch durations (Spark keeps the last 100).
+        batches = {q.name: sorted(p["durationMs"]["triggerExecution"] / 1000 for p in q.recentProgress
+                                  if p.get("numInputRows")) for q in queries}
+    finally:
+        for q in queries:
+            q.stop()
+        arrivals.stopping.set()
+        producer.close()
+
+    latencies = []
+    per_trigger: dict[str, int] = {}
+    for arrived, value in alerts:
+        trigger = value["trigger_event_ids"][0]
+        per_trigger[trigger] = per_trigger.get(trigger, 0) + 1
+        if per_trigger[trigger] == 1 and trigger in sent_at:
+            latencies.append(arrived - sent_at[trigger])
+    duplicates = sum(n - 1 for n in per_trigger.values())
+    result = {
+        "command": command_line(), "machine": machine, "started_utc": stamp,
+        "crossings": len(accounts), "interval_s": args.interval, "processing_time": args.processing_time,
+        "alerts": len(alerts), "duplicates": duplicates, "missing": len(set(sent_at) - set(per_trigger)),
+        "latency_s": {"median": statistics.median(latencies), "p95": percentile(latencies, 95),
+                      "min": min(latencies), "max": max(latencies), "mean": statistics.fmean(latencies)},
+        "batch_seconds": {name: {"batches": len(d), "median": statistics.median(d) if d else None,
+                                 "max": max(d) if d else None} for name, d in batches.items()},
+        "load_average_at_end": list(__import__("os").getloadavg()), "wall_s": elapsed(),
+        "topics": [settings.events_topic, settings.notifications_topic],
+    }
+    lat = result["latency_s"]
+    table = (f"crossings {len(accounts)}, alerts {len(alerts)}, duplicates {duplicates}, missing {result['missing']}\n"
+             f"latency s: median {lat['median']:.2f}, p95 {lat['p95']:.2f}, min {lat['min']:.2f}, max {lat['max']:.2f}")
+    write_outputs(run_dir, result, results_markdown(result), table)
+    if not args.keep:
+        shutil.rmtree(lake_root, ignore_errors=True)
+    spark.stop()
+    return 0 if duplicates == 0 and result["missing"] == 0 else 1
+
+
+def results_markdown(r: dict) -> str:
+    m, lat = r["machine"], r["latency_s"]
+    load = m.get("load_average_at_start", [])
+    return "\n".join([
+        f"### {r['started_utc'][:4]}-{r['started_utc'][4:6]}-{r['started_utc'][6:8]} "
+        f"{r['started_utc'][9:11]}:{r['started_utc'][11:13]} UTC, {r['crossings']} crossings",
+        "",
+        "Command (from the repository root, broker running):",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {m.get('mem_total_gib')} GiB RAM, "
+        f"load average at start {' / '.join(str(x) for x in load)}, at end "
+        f"{' / '.join(f'{x:.2f}' for x in r['load_average_at_end'])} (shared machine: other sessions' Spark jobs "
+        f"ran meanwhile); Java {m.get('java')}, Spark {m.get('spark')} ({m.get('spark_master')}, driver "
+        f"{m.get('driver_memory')}), Delta {m.get('delta')}, Kafka {m.get('kafka_broker')} single broker.",
+        "",
+        f"Streams bronze -> silver -> notify in continuous mode, processingTime {r['processing_time']}; one "
+        f"usage event every {r['interval_s']} s, each reaching 80 % of an included quota.",
+        "",
+        "| crossings | alerts on the topic | duplicates | missing | median (s) | p95 (s) | min (s) | max (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['crossings']} | {r['alerts']} | {r['duplicates']} | {r['missing']} | **{lat['median']:.2f}** | "
+        f"**{lat['p95']:.2f}** | {lat['min']:.2f} | {lat['max']:.2f} |",
+        "",
+        "Micro-batches with input, last 100 per stream (median / max seconds): " + ", ".join(
+            f"{name} {b['batches']} ({b['median']:.1f} / {b['max']:.1f})" if b["batches"] else f"{name} 0"
+            for name, b in r["batch_seconds"].items()) + ".",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

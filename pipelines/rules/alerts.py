@@ -1,0 +1,183 @@
+"""Usage alerts and reactive notifications, pure DataFrame -> DataFrame.
+
+Each function returns rows for notify.stage_notifications (notification_id, type,
+account_id, occurred_at, trigger_event_ids, payload). Ids are deterministic, so computing
+a notification again (a replayed micro-batch, a restart, a late event that moves which
+event crossed a threshold) stages nothing new:
+
+- usage.quota_threshold: key `period|metric|threshold`, once per account, metric, period and
+  threshold; the trigger is the first event (by occurred_at, then event_id) at which the
+  period's running usage reaches the threshold share of the included quota.
+- account.welcome (subscription.started), plan.upgraded / plan.downgraded / plan.changed
+  plus quota.reset (plan.changed), invoice.final_requested (subscription.cancelled),
+  purchase.receipt (purchase.completed): key = the triggering event_id.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from pipelines.billing.periods import next_period_start, period_of
+from pipelines.notify import notification_id_col
+
+THRESHOLD = "usage.quota_threshold"
+WELCOME = "account.welcome"
+UPGRADED = "plan.upgraded"
+DOWNGRADED = "plan.downgraded"
+CHANGED = "plan.changed"
+QUOTA_RESET = "quota.reset"
+FINAL_INVOICE = "invoice.final_requested"
+RECEIPT = "purchase.receipt"
+PLAN_EVENTS = ("subscription.started", "plan.changed")
+REACTIVE_EVENTS = ("subscription.started", "plan.changed", "subscription.cancelled", "purchase.completed")
+DEC = "decimal(38,6)"
+_RFC3339 = "yyyy-MM-dd'T'HH:mm:ss'Z'"
+_ORDER = ["occurred_at", "kafka_timestamp", "kafka_partition", "kafka_offset"]
+
+
+def _text(col: Column) -> Column:
+    """A decimal as plain text (exact; trailing zeros trimmed)."""
+    return F.regexp_replace(F.regexp_replace(col.cast(DEC).cast("string"), r"(\.\d*?)0+$", "$1"), r"\.$", "")
+
+
+def _stage(type_: Column, key: Column, occurred_at: Column, triggers: Column, payload: Column) -> list[Column]:
+    return [notification_id_col(type_, F.col("account_id"), key).alias("notification_id"), type_.alias("type"),
+            F.col("account_id"), occurred_at.alias("occurred_at"), triggers.alias("trigger_event_ids"),
+            F.to_json(payload).alias("payload")]
+
+
+# --------------------------------------------------------------------------- usage alerts
+
+
+def touched_usage_keys(changes: DataFrame) -> DataFrame:
+    """silver.usage_events changes -> account_id, metric, period whose totals may have moved."""
+    return changes.select("account_id", "metric", period_of(F.col("occurred_at")).alias("period")).distinct()
+
+
+def with_plan_at_last_event(segments: DataFrame):
+    """period usage rows (account_id, metric, period, last_at) -> + plan_id: the plan in
+    force at the period's latest usage event (null: no subscription then)."""
+
+    def transform(keys: DataFrame) -> DataFrame:
+        s = segments.alias("s")
+        k = keys.alias("k")
+        joined = k.join(s, (F.col("k.account_id") == F.col("s.account_id")) & (F.col("s.start") <= F.col("k.last_at"))
+                        & (F.col("s.end").isNull() | (F.col("s.end") > F.col("k.last_at"))), how="left")
+        return joined.select("k.*", "s.plan_id")
+
+    return transform
+
+
+def quota_threshold_alerts(thresholds: tuple[Decimal, ...], segments: DataFrame, prices: DataFrame):
+    """Usage events of the touched (account, metric, period) keys -> one alert per threshold
+    the period's usage has reached (included quota > 0 only)."""
+
+    def transform(usage: DataFrame) -> DataFrame:
+        if not thresholds:
+            return usage.limit(0).select(*_stage(F.lit(THRESHOLD), F.lit(""), F.col("occurred_at"),
+                                                 F.array().cast("array<string>"), F.struct()))
+        key = ["account_id", "metric", "period"]
+        running = Window.partitionBy(*key).orderBy("occurred_at", "event_id").rowsBetween(
+            Window.unboundedPreceding, Window.currentRow)
+        events = (
+            usage.withColumn("period", period_of(F.col("occurred_at")))
+            .withColumn("_cum", F.sum("quantity").over(running).cast(DEC))
+        )
+        totals = (
+            events.groupBy(*key).agg(F.max("occurred_at").alias("last_at"), F.sum("quantity").cast(DEC).alias("_total"),
+                                     F.first("product").alias("product"))
+            .transform(with_plan_at_last_event(segments))
+            .join(prices.select("plan_id", "metric", "included").filter(F.col("included") > 0),
+                  on=["plan_id", "metric"], how="inner")
+            .withColumn("_share", F.explode(F.array(*[F.lit(str(t)) for t in thresholds])))
+            .withColumn("_limit", (F.col("included") * F.col("_share").cast(DEC)).cast(DEC))
+            .filter(F.col("_total") >= F.col("_limit"))
+        )
+        first = Window.partitionBy(*key, "_share").orderBy("occurred_at", "event_id")
+        crossed = (
+            events.join(totals.select(*key, "plan_id", "included", "_share", "_limit", "_total"), on=key, how="inner")
+            .filter(F.col("_cum") >= F.col("_limit"))
+            .withColumn("_n", F.row_number().over(first)).filter(F.col("_n") == 1)
+        )
+        share_text = _text(F.col("_share").cast(DEC))
+        payload = F.struct(
+            "period", "product", "metric", "plan_id", share_text.alias("threshold"),
+            _text(F.col("_share").cast(DEC) * 100).alias("percent"), _text(F.col("included")).alias("included"),
+            _text(F.col("_cum")).alias("usage_at_crossing"), _text(F.col("_total")).alias("usage_in_period"))
+        return crossed.select(*_stage(
+            F.lit(THRESHOLD), F.concat_ws("|", "period", "metric", share_text), F.col("occurred_at"),
+            F.array("event_id"), payload))
+
+    return transform
+
+
+# --------------------------------------------------------------------------- reactive flows
+
+
+def with_previous_plan(history: DataFrame):
+    """lifecycle events -> + previous_plan_id: the plan of the account's latest
+    subscription.started or plan.changed before the event (event time, then Kafka order)."""
+
+    def transform(events: DataFrame) -> DataFrame:
+        plans = history.filter(F.col("event_type").isin(*PLAN_EVENTS)).select(
+            F.col("account_id").alias("_h_account"), *[F.col(c).alias(f"_h_{c}") for c in _ORDER],
+            F.col("plan_id").alias("_h_plan"))
+        before = F.struct(*[F.col(f"_h_{c}") for c in _ORDER]) < F.struct(*[F.col(c) for c in _ORDER])
+        joined = events.join(plans, (F.col("account_id") == F.col("_h_account")) & before, how="left")
+        latest = Window.partitionBy("account_id", "event_id").orderBy(
+            *[F.col(f"_h_{c}").desc_nulls_last() for c in _ORDER])
+        return (joined.withColumn("_n", F.row_number().over(latest)).filter(F.col("_n") == 1)
+                .withColumnRenamed("_h_plan", "previous_plan_id")
+                .drop("_n", "_h_account", *[f"_h_{c}" for c in _ORDER]))
+
+    return transform
+
+
+def reactive_notifications(plans: DataFrame, prices: DataFrame):
+    """New lifecycle events (with previous_plan_id) -> their follow-up notifications.
+    plans: plan_id, plan_rank; prices: plan_id, metric, included."""
+
+    def transform(events: DataFrame) -> DataFrame:
+        ranks = plans.select("plan_id", "plan_rank")
+        quotas = prices.groupBy("plan_id").agg(F.map_from_entries(F.array_sort(F.collect_list(
+            F.struct("metric", _text(F.col("included")).alias("included"))))).alias("quotas"))
+        e = (
+            events.filter(F.col("event_type").isin(*REACTIVE_EVENTS))
+            .join(ranks, on="plan_id", how="left")
+            .join(ranks.withColumnRenamed("plan_id", "previous_plan_id").withColumnRenamed("plan_rank", "_prev_rank"),
+                  on="previous_plan_id", how="left")
+            .join(quotas, on="plan_id", how="left")
+        )
+        at = F.col("occurred_at")
+        trig = F.array("event_id")
+        upgrade = F.col("plan_rank") > F.col("_prev_rank")
+        downgrade = F.col("plan_rank") < F.col("_prev_rank")
+        # Billing's plan timeline: an upgrade applies at once, a downgrade at the next period start.
+        effective = F.when(downgrade, next_period_start(at)).otherwise(at)
+        change_type = F.when(upgrade, F.lit(UPGRADED)).when(downgrade, F.lit(DOWNGRADED)).otherwise(F.lit(CHANGED))
+        started = e.filter(F.col("event_type") == "subscription.started").select(*_stage(
+            F.lit(WELCOME), F.col("event_id"), at, trig,
+            F.struct("plan_id", F.coalesce("quotas", F.create_map().cast("map<string,string>")).alias("quotas"))))
+        changed = e.filter(F.col("event_type") == "plan.changed")
+        notice = changed.select(*_stage(
+            change_type, F.col("event_id"), at, trig,
+            F.struct("plan_id", "previous_plan_id", F.date_format(effective, _RFC3339).alias("effective_at"),
+                     F.col("source"))))
+        reset = changed.select(*_stage(
+            F.lit(QUOTA_RESET), F.col("event_id"), at, trig,
+            F.struct("plan_id", F.date_format(effective, _RFC3339).alias("effective_at"),
+                     F.coalesce("quotas", F.create_map().cast("map<string,string>")).alias("quotas"))))
+        cancelled = e.filter(F.col("event_type") == "subscription.cancelled").select(*_stage(
+            F.lit(FINAL_INVOICE), F.col("event_id"), at, trig,
+            F.struct(period_of(at).alias("period"), F.col("previous_plan_id").alias("plan_id"),
+                     F.date_format(at, _RFC3339).alias("cancelled_at"))))
+        purchased = e.filter(F.col("event_type") == "purchase.completed").select(*_stage(
+            F.lit(RECEIPT), F.col("event_id"), at, trig,
+            F.struct(F.struct(_text(F.col("amount_value")).alias("value"), F.col("amount_currency").alias("currency")
+                              ).alias("amount"),
+                     F.get_json_object("properties", "$.sku").alias("sku"))))
+        return started.unionByName(notice).unionByName(reset).unionByName(cancelled).unionByName(purchased)
+
+    return transform
