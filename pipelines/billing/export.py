@@ -9,8 +9,9 @@ One run (`run_export`):
    from what was accounted for it (its ledger row, the adjustments of it in the ledger and
    the adjustments of it already written to gold.invoice_lines) gets one line for the
    difference, never the full amount again;
-3. pending = final lines (adjustments included) whose key is not in the ledger; nothing
-   pending -> nothing to do;
+3. pending = final lines (adjustments included) whose key is not in the ledger, minus the
+   lines of accounts with an open fraud flag (held, reported, exported once cleared);
+   nothing pending -> nothing to do;
 4. the gate (pipelines.billing.gate) over the pending lines' periods: refuses with
    ExportRefused before anything is written;
 5. write the new adjustment lines to gold.invoice_lines (insert if absent, by key);
@@ -67,15 +68,18 @@ class ExportResult:
     adjustments: int = 0
     # Staged exports of an earlier, crashed run that this run finished first.
     resumed: tuple[str, ...] = ()
+    # Lines not exported because their account has an open fraud flag, one text per account.
+    held: tuple[str, ...] = ()
 
     def render(self) -> str:
         """One line for the run summary."""
         done = f"export: finished crashed export(s) {', '.join(self.resumed)}; " if self.resumed else "export: "
+        held = f"; held: {'; '.join(self.held)}" if self.held else ""
         if self.export_id is None:
-            return done + "nothing new to export"
+            return done + "nothing new to export" + held
         money = ", ".join(f"{amount} {currency}" for currency, amount in sorted(self.amounts.items()))
         return (done + f"{self.export_id}: {self.lines} line(s), {self.adjustments} adjustment(s), {money} "
-                f"-> {self.provider_file}, {self.finance_file}")
+                f"-> {self.provider_file}, {self.finance_file}" + held)
 
 
 # ---------------------------------------------------------------- pure transforms
@@ -136,6 +140,14 @@ def pending_lines(lines: DataFrame, ledger: DataFrame) -> DataFrame:
     """Final lines (base, usage, adjustment) whose idempotency key is not in the ledger."""
     return (lines.filter(F.col("status") == FINAL)
             .join(ledger.select("idempotency_key"), on="idempotency_key", how="left_anti"))
+
+
+def split_held_lines(pending: DataFrame, holds: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Pending lines -> (lines to export, lines held): an account in `holds` (account_id,
+    hold_reason: an open fraud flag) keeps its lines back until the hold is lifted."""
+    released = pending.join(holds.select("account_id"), on="account_id", how="left_anti")
+    held = pending.join(holds, on="account_id", how="inner")
+    return released, held
 
 
 def export_summary(pending: DataFrame) -> DataFrame:
@@ -330,10 +342,18 @@ def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: st
         lines = lines.filter(F.col("period") == period)
     ledger = lake.read(spark, LEDGER)
     adjustments = adjustment_lines(lines, ledger, computed_at=now).localCheckpoint()
-    pending = pending_lines(lines.unionByName(adjustments), ledger).localCheckpoint()
+    from pipelines.fraud.flags import open_flag_holds
+
+    pending, held_lines = split_held_lines(pending_lines(lines.unionByName(adjustments), ledger),
+                                           open_flag_holds(spark, lake))
+    pending = pending.localCheckpoint()
+    # Bounded: one row per held account (flagged accounts are few).
+    held = tuple(f"{r['account_id']}: {r['n']} line(s) ({r['hold_reason']})" for r in
+                 held_lines.groupBy("account_id", "hold_reason").agg(F.count(F.lit(1)).alias("n"))
+                 .orderBy("account_id").collect())
     summary = pending.transform(export_summary).first()
     if not summary["lines"]:
-        return ExportResult(None, resumed=resumed)
+        return ExportResult(None, resumed=resumed, held=held)
 
     check_export_gate(spark, lake, list(summary["periods"]), now=now, extra_lines=adjustments)
 
@@ -345,5 +365,5 @@ def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: st
                                     finance_file=str(folder / FINANCE_FILE), staged_at=now))
     result = _deliver(spark, lake, export_id, now)
     return ExportResult(result.export_id, result.lines, result.provider_file, result.finance_file,
-                        result.amounts, result.adjustments, resumed)
+                        result.amounts, result.adjustments, resumed, held)
 

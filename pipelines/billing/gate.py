@@ -9,8 +9,11 @@ Two kinds of checks, each a pure function returning a DataFrame of failures (emp
   `CRITICAL_CHECKS` (name, description, the SQL predicate a failing line matches), so the
   quality suite can take them over without rewriting them.
 
-`check_export_gate` runs both over the periods an export would carry and raises
-`ExportRefused` (listing the first failures of each check) before anything is written.
+`check_export_gate` runs, through the quality suites' GX adapter, every critical check of
+quality/*.yaml gated on `export` (these two among them, as the derived datasets
+`period_usage_mismatches` and `invoice_line_failures`, plus silver's checks on the periods'
+events) over the periods an export would carry, and raises `ExportRefused` (listing the
+first failures of each check) before anything is written.
 """
 from __future__ import annotations
 
@@ -182,52 +185,67 @@ class ExportRefused(RuntimeError):
         super().__init__("\n".join(lines))
 
 
-def gate_failures(spark: SparkSession, lake: Lake, periods: list[str], *, now: datetime | None = None,
-                  extra_lines: DataFrame | None = None) -> DataFrame:
-    """Every failure of the gate for `periods`, as (check, detail) text rows."""
-    for name in (INVOICE_LINES, PERIOD_USAGE, USAGE_EVENTS):
-        lake.ensure(spark, name)
-    bounds = period_bounds(periods)
-    bounds_df = bounds_frame(spark, periods)
-    lo, hi = bounds[0][1], bounds[-1][2]
-    usage_events = (lake.read(spark, USAGE_EVENTS)
-                    .filter((F.col("occurred_at") >= F.lit(lo)) & (F.col("occurred_at") < F.lit(hi))))
-    period_usage = lake.read(spark, PERIOD_USAGE).filter(F.col("period").isin(*periods))
-    mismatches = reconcile_period_usage(period_usage, usage_events, bounds_df).select(
+def mismatch_details(mismatches: DataFrame) -> DataFrame:
+    """reconcile_period_usage rows -> (check, detail) text rows for reports."""
+    return mismatches.select(
         F.lit("reconcile_period_usage").alias("check"),
         F.concat(F.lit("account "), F.coalesce("account_id", F.lit("null")), F.lit(", period "), F.col("period"),
                  F.lit(", metric "), F.coalesce("metric", F.lit("null")),
                  F.lit(": gold.period_usage "), F.col("gold_quantity").cast("string"),
                  F.lit(", silver.usage_events "), F.col("silver_quantity").cast("string"),
                  F.lit(" (difference "), F.col("difference").cast("string"), F.lit(")")).alias("detail"))
-    lines = lake.read(spark, INVOICE_LINES).filter(F.col("period").isin(*periods))
-    if extra_lines is not None:
-        lines = lines.unionByName(extra_lines.select(*lines.columns))
-    critical = critical_line_failures(lines, now=now).select(
+
+
+def line_failure_details(failures: DataFrame) -> DataFrame:
+    """critical_line_failures rows -> (check, detail) text rows for reports."""
+    return failures.select(
         "check",
         F.concat(F.col("description"), F.lit(": line "), F.coalesce("idempotency_key", F.lit("null")),
                  F.lit(" (account "), F.coalesce("account_id", F.lit("null")), F.lit(", period "),
                  F.coalesce("period", F.lit("null")), F.lit(") "), F.col("detail")).alias("detail"))
-    return mismatches.unionByName(critical)
+
+
+def gate_inputs(spark: SparkSession, lake: Lake, periods: list[str], *,
+                extra_lines: DataFrame | None = None) -> dict[str, DataFrame]:
+    """The tables the gate looks at, cut to `periods`: silver events by occurred_at, gold by
+    period, and the invoice lines plus `extra_lines` (adjustments about to be written)."""
+    for name in (INVOICE_LINES, PERIOD_USAGE, USAGE_EVENTS):
+        lake.ensure(spark, name)
+    bounds = period_bounds(periods)
+    lo, hi = bounds[0][1], bounds[-1][2]
+    lines = lake.read(spark, INVOICE_LINES).filter(F.col("period").isin(*periods))
+    if extra_lines is not None:
+        lines = lines.unionByName(extra_lines.select(*lines.columns))
+    return {
+        USAGE_EVENTS: lake.read(spark, USAGE_EVENTS)
+        .filter((F.col("occurred_at") >= F.lit(lo)) & (F.col("occurred_at") < F.lit(hi))),
+        PERIOD_USAGE: lake.read(spark, PERIOD_USAGE).filter(F.col("period").isin(*periods)),
+        INVOICE_LINES: lines,
+    }
+
+
+def gate_failures(spark: SparkSession, lake: Lake, periods: list[str], *, now: datetime | None = None,
+                  extra_lines: DataFrame | None = None) -> DataFrame:
+    """Every failure of the reconciliation and the critical line checks for `periods`, as
+    (check, detail) text rows."""
+    inputs = gate_inputs(spark, lake, periods, extra_lines=extra_lines)
+    mismatches = reconcile_period_usage(inputs[PERIOD_USAGE], inputs[USAGE_EVENTS], bounds_frame(spark, periods))
+    critical = critical_line_failures(inputs[INVOICE_LINES], now=now)
+    return mismatch_details(mismatches).unionByName(line_failure_details(critical))
 
 
 def check_export_gate(spark: SparkSession, lake: Lake, periods: list[str], *, now: datetime | None = None,
                       extra_lines: DataFrame | None = None, max_shown: int = 5) -> None:
-    """Raise ExportRefused when gold does not reconcile with silver for `periods` or a
-    critical line check fails. `extra_lines` are lines about to be written (adjustments)."""
+    """Raise ExportRefused when a critical check of the quality suites gated on `export`
+    fails for `periods`: gold reconciles with silver, the critical line checks, and the
+    silver checks over the periods' events (quality/*.yaml, run through the GX adapter).
+    `extra_lines` are lines about to be written (adjustments)."""
     if not periods:
         return
-    # One small row per failed check reaches the driver: its count and first few failures.
-    found = (
-        gate_failures(spark, lake, periods, now=now, extra_lines=extra_lines)
-        .groupBy("check")
-        .agg(F.count(F.lit(1)).alias("n"), F.slice(F.array_sort(F.collect_list("detail")), 1, max_shown).alias("shown"))
-        .collect()
-    )
-    if not found:
-        return
-    failures: dict[str, list[str]] = {}
-    for row in sorted(found, key=lambda r: r["check"]):
-        more = [f"... and {row['n'] - len(row['shown'])} more"] if row["n"] > len(row["shown"]) else []
-        failures[row["check"]] = list(row["shown"]) + more
-    raise ExportRefused(sorted(set(periods)), failures)
+    from pipelines.quality.run import Inputs, gate_refusals
+
+    inputs = Inputs.of(spark, lake, tables=gate_inputs(spark, lake, periods, extra_lines=extra_lines),
+                       periods=bounds_frame(spark, periods), now=now)
+    failures = gate_refusals(inputs, gate="export", max_shown=max_shown)
+    if failures:
+        raise ExportRefused(sorted(set(periods)), failures)

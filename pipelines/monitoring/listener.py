@@ -1,0 +1,251 @@
+"""Every micro-batch of every stream -> one row of ops.stream_metrics.
+
+The listener's callbacks run on Spark's listener bus; they only parse the progress JSON
+and queue it. The runner's driver loop calls `StreamMonitor.flush()` between polls: that is
+where the rows get enriched (silver's per-batch dedup and quarantine counts from
+ops.silver_batches, freshness of each stream's output tables) and written, one MERGE per
+flush, keyed on (query_id, run_id, batch_id) so a replayed flush writes nothing twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+from pipelines.tables import Lake, spec
+
+log = logging.getLogger(__name__)
+
+METRICS = "ops.stream_metrics"
+SILVER_BATCHES = "ops.silver_batches"
+KEYS = ("query_id", "run_id", "batch_id")
+# Between flushes the rows wait in memory: one MERGE per interval, not per micro-batch,
+# keeps the monitor's Delta commits off the streams' back at high batch rates.
+FLUSH_SECONDS = 5.0
+
+# Where each stream writes, and which columns say how far in event and ingestion time it got.
+OUTPUTS: dict[str, list[tuple[str, str, str]]] = {
+    "bronze": [("bronze.events", "kafka_timestamp", "ingested_at")],
+    "silver": [("silver.usage_events", "occurred_at", "ingested_at"),
+               ("silver.account_events", "occurred_at", "ingested_at")],
+    "gold": [("gold.daily_usage", "CAST(usage_date AS timestamp)", "last_ingested_at")],
+}
+
+
+def _ts(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _offsets(value) -> dict | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def kafka_lag(sources: list[dict]) -> int | None:
+    """Records between each Kafka source's end offsets and the latest offsets the source
+    saw, summed over topics and partitions; None when no source is Kafka."""
+    total, found = 0, False
+    for source in sources or []:
+        if "Kafka" not in str(source.get("description", "")):
+            continue
+        end, latest = _offsets(source.get("endOffset")), _offsets(source.get("latestOffset"))
+        if end is None or latest is None:
+            continue
+        found = True
+        for topic, partitions in latest.items():
+            for partition, offset in partitions.items():
+                total += max(int(offset) - int(end.get(topic, {}).get(partition, 0)), 0)
+    return total if found else None
+
+
+def progress_row(p: dict, *, mode: str) -> dict:
+    """One StreamingQueryProgress (as parsed JSON) -> the listener's part of a metrics row."""
+    ops = p.get("stateOperators") or []
+    watermark = (p.get("eventTime") or {}).get("watermark")
+    return {
+        "query_name": p.get("name") or p["id"],
+        "query_id": p["id"],
+        "run_id": p["runId"],
+        "batch_id": int(p["batchId"]),
+        "mode": mode,
+        "batch_started_at": _ts(p.get("timestamp")),
+        "input_rows": int(p.get("numInputRows") or 0),
+        "input_rows_per_second": _seconds_or_rate(p.get("inputRowsPerSecond") or 0),
+        "processed_rows_per_second": _seconds_or_rate(p.get("processedRowsPerSecond") or 0),
+        "batch_duration_ms": int((p.get("durationMs") or {}).get("triggerExecution") or 0),
+        # Spark reports epoch 0 when no row has set a watermark yet.
+        "watermark": None if not watermark or watermark.startswith("1970-01-01") else _ts(watermark),
+        "state_rows": sum(int(op.get("numRowsTotal") or 0) for op in ops) if ops else None,
+        "state_memory_bytes": sum(int(op.get("memoryUsedBytes") or 0) for op in ops) if ops else None,
+        "hot_path_duplicates": sum(int((op.get("customMetrics") or {}).get("numDroppedDuplicateRows") or 0)
+                                   for op in ops) if ops else None,
+        "kafka_lag": kafka_lag(p.get("sources") or []),
+    }
+
+
+class _Listener(StreamingQueryListener):
+    def __init__(self, sink: "queue.Queue[dict]"):
+        self.sink = sink
+
+    def onQueryStarted(self, event) -> None:
+        pass
+
+    def onQueryProgress(self, event) -> None:
+        try:
+            self.sink.put(json.loads(event.progress.json))
+        except Exception:  # noqa: BLE001 - a monitoring hiccup must never fail the stream
+            log.exception("stream monitor: could not read a progress event")
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        pass
+
+
+def with_silver_counts(rows: DataFrame, batches: DataFrame) -> DataFrame:
+    """Silver rows get their batch's drops per rule (identity included) and quarantine
+    counts from ops.silver_batches; other streams' rows keep nulls."""
+    counts = batches.select(
+        "query_id", "batch_id",
+        F.map_concat(F.map_from_arrays(F.array(F.lit("identity")), F.array(F.col("identity_duplicates"))),
+                     F.coalesce("rule_drops", F.create_map().cast("map<string,bigint>"))).alias("rule_drops"),
+        F.coalesce("quarantined", F.create_map().cast("map<string,bigint>")).alias("quarantined"),
+    )
+    return rows.join(counts, on=["query_id", "batch_id"], how="left")
+
+
+class StreamMonitor:
+    """Installs the listener; `flush()` (driver main thread) writes what it queued."""
+
+    def __init__(self, spark: SparkSession, lake: Lake, *, continuous: bool):
+        self.spark, self.lake = spark, lake
+        self.mode = "continuous" if continuous else "available_now"
+        self._queue: queue.Queue[dict] = queue.Queue()
+        self._listener = _Listener(self._queue)
+        self.recorded: set[tuple[str, str, int]] = set()
+        self._last_flush = 0.0
+
+    def __enter__(self) -> "StreamMonitor":
+        self.lake.ensure(self.spark, METRICS)
+        self.spark.streams.addListener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.flush(force=True)
+        finally:
+            self.spark.streams.removeListener(self._listener)
+
+    def _drain(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def settle(self, query: StreamingQuery, timeout: float = 10.0) -> None:
+        """After a query stopped: wait for the listener bus to deliver its last progress
+        events, then write them. Batches the bus has still not delivered after `timeout`
+        are taken from the query's own recent progress, so none goes unrecorded."""
+        expected = {(p["id"], p["runId"], int(p["batchId"])) for p in query.recentProgress}
+        deadline = time.monotonic() + timeout
+        pending: list[dict] = []
+        while True:
+            pending += self._drain()
+            seen = self.recorded | {(p["id"], p["runId"], int(p["batchId"])) for p in pending}
+            if expected <= seen or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        missing = expected - seen
+        if missing:
+            log.warning("stream monitor: %d progress event(s) not delivered by the listener bus; "
+                        "recording them from recentProgress", len(missing))
+            pending += [p for p in query.recentProgress if (p["id"], p["runId"], int(p["batchId"])) in missing]
+        self._write(pending)
+
+    def flush(self, *, force: bool = False) -> int:
+        """Write what the listener queued, at most once per FLUSH_SECONDS unless forced."""
+        if not force and time.monotonic() - self._last_flush < FLUSH_SECONDS:
+            return 0
+        self._last_flush = time.monotonic()
+        return self._write(self._drain())
+
+    def _freshness(self, names: set[str]) -> dict[str, tuple]:
+        # One aggregate per output table: a single small row reaches the driver.
+        out: dict[str, tuple] = {}
+        for name in names:
+            newest_event, newest_ingest = None, None
+            for table, event_col, ingest_col in OUTPUTS.get(name, []):
+                if not self.lake.exists(self.spark, table):
+                    continue
+                row = self.lake.read(self.spark, table).agg(F.max(F.expr(event_col)).alias("e"),
+                                                            F.max(ingest_col).alias("i")).first()
+                newest_event = max(filter(None, [newest_event, row["e"]]), default=None)
+                newest_ingest = max(filter(None, [newest_ingest, row["i"]]), default=None)
+            out[name] = (newest_event, newest_ingest)
+        return out
+
+    def _write(self, progress: list[dict]) -> int:
+        rows = {}
+        for p in progress:
+            row = progress_row(p, mode=self.mode)
+            key = (row["query_id"], row["run_id"], row["batch_id"])
+            if key not in self.recorded:
+                rows[key] = row
+        if not rows:
+            return 0
+        now = datetime.now(UTC)
+        fresh = self._freshness({r["query_name"] for r in rows.values()})
+        for row in rows.values():
+            event, ingest = fresh.get(row["query_name"], (None, None))
+            row.update(recorded_at=now, newest_event_time=event, newest_ingested_at=ingest,
+                       event_freshness_seconds=_age(now, event), ingestion_freshness_seconds=_age(now, ingest))
+        schema = spec(METRICS).struct_type()
+        listener_cols = [f for f in schema if f.name not in ("rule_drops", "quarantined")]
+        frame = self.spark.createDataFrame([tuple(r.get(f.name) for f in listener_cols) for r in rows.values()],
+                                           type(schema)(listener_cols))
+        batches = (self.lake.read(self.spark, SILVER_BATCHES) if self.lake.exists(self.spark, SILVER_BATCHES)
+                   else self.spark.createDataFrame([], spec(SILVER_BATCHES).struct_type()))
+        silver = frame.filter(F.col("query_name") == "silver").transform(lambda df: with_silver_counts(df, batches))
+        others = frame.filter(F.col("query_name") != "silver").withColumns({
+            "rule_drops": F.lit(None).cast("map<string,bigint>"), "quarantined": F.lit(None).cast("map<string,bigint>")})
+        source = silver.unionByName(others).select(*[F.col(f.name).cast(f.dataType) for f in schema])
+        on = " AND ".join(f"t.{k} = s.{k}" for k in KEYS)
+        (self.lake.delta(self.spark, METRICS).alias("t").merge(source.alias("s"), on)
+         .whenNotMatchedInsertAll().execute())
+        self.recorded |= set(rows)
+        return len(rows)
+
+
+_MILLIS = Decimal("0.001")
+
+
+def _seconds_or_rate(value) -> Decimal:
+    # Stored as decimal(18,3): the lakehouse keeps no floats, and a millisecond (or a
+    # thousandth of a row per second) is finer than anything the SLOs look at.
+    return Decimal(str(value)).quantize(_MILLIS)
+
+
+def _age(now: datetime, then: datetime | None) -> Decimal | None:
+    if then is None:
+        return None
+    if then.tzinfo is None:  # Spark hands back naive local-time datetimes
+        then = then.astimezone(UTC)
+    return _seconds_or_rate((now - then).total_seconds())
