@@ -1,0 +1,57 @@
+"""One console script per deployable job, for Databricks python_wheel_task (and local use).
+
+Each is `lakehouse run <jobs>` with the caller's extra arguments appended, so a job
+behaves the same under its own name, under `lakehouse run`, locally and on Databricks.
+The table in ENTRY_POINTS is what pyproject.toml's [project.scripts] and the bundle's
+tasks name; tests check the three agree.
+"""
+from __future__ import annotations
+
+import sys
+
+from pipelines import cli
+
+# console script -> the `lakehouse run` jobs it runs, in order.
+ENTRY_POINTS: dict[str, tuple[str, ...]] = {
+    "lakehouse-ingest": ("bronze", "silver", "gold"),
+    "lakehouse-notify": ("notify",),
+    "lakehouse-billing": ("billing",),
+    "lakehouse-export": ("export",),
+    "lakehouse-plan-rules": ("plan-rules",),
+    "lakehouse-quality": ("quality",),
+    "lakehouse-fraud": ("fraud",),
+}
+
+
+def _run(script: str, argv: list[str] | None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    return cli.main(["run", *ENTRY_POINTS[script], *args])
+
+
+def ingest(argv: list[str] | None = None) -> int:
+    """bronze -> silver -> gold; pass --continuous to keep streaming (the bundle does)."""
+    return _run("lakehouse-ingest", argv)
+
+
+def notify(argv: list[str] | None = None) -> int:
+    return _run("lakehouse-notify", argv)
+
+
+def billing(argv: list[str] | None = None) -> int:
+    return _run("lakehouse-billing", argv)
+
+
+def export(argv: list[str] | None = None) -> int:
+    return _run("lakehouse-export", argv)
+
+
+def plan_rules(argv: list[str] | None = None) -> int:
+    return _run("lakehouse-plan-rules", argv)
+
+
+def quality(argv: list[str] | None = None) -> int:
+    return _run("lakehouse-quality", argv)
+
+
+def fraud(argv: list[str] | None = None) -> int:
+    return _run("lakehouse-fraud", argv)

@@ -1,0 +1,140 @@
+"""Analyst views: the config is validated with clear errors, and each view answers its question."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+from chispa import assert_df_equality
+
+from pipelines.settings import Settings
+from pipelines.tables import Lake, spec
+from pipelines.views import ViewConfigError, create_statement, load_views, parse_views, register_views
+
+GOOD_SQL = "SELECT account_id FROM gold.daily_usage"
+
+
+def doc(**view) -> dict:
+    body = {"comment": "one row per account", "columns": {"account_id": "Merchant account"}, "sql": GOOD_SQL}
+    body.update(view)
+    return {"version": 1, "views": {"analyst.accounts": body}}
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"version": 2, "views": {}}, "views.yaml: version: only 1 is known"),
+    ({"version": 1}, "expected exactly the keys version and views"),
+    ({"version": 1, "views": {"gold.accounts": doc()["views"]["analyst.accounts"]}},
+     "views.gold.accounts: view names are analyst.<lower_snake_case>"),
+    (doc(comment=" "), "views.analyst.accounts.comment: say what one row is"),
+    (doc(columns={"Account": "x"}), "views.analyst.accounts.columns.Account"),
+    (doc(sql="DELETE FROM gold.daily_usage"), "views.analyst.accounts.sql: only read queries"),
+    (doc(sql="SELECT 1; SELECT 2"), "views.analyst.accounts.sql: one statement"),
+    (doc(sql="SELECT * FROM gold.daily_usages"), r"views.analyst.accounts.sql: unknown tables \['gold.daily_usages'\]"),
+    (doc(sql="SELECT 1 AS account_id"), "reads no table"),
+])
+def test_config_mistakes_name_the_file_and_the_entry(broken, message):
+    with pytest.raises(ViewConfigError, match=message):
+        parse_views(broken, "views.yaml")
+
+
+def test_the_shipped_views_load_and_name_their_tables():
+    views = load_views()
+    assert set(views) == {"analyst.usage_by_product_month", "analyst.top_growing_accounts", "analyst.billed_vs_used"}
+    assert views["analyst.billed_vs_used"].tables == ("gold.invoice_lines", "silver.usage_events")
+
+
+def test_in_a_catalog_views_and_tables_get_catalog_names():
+    lake = Lake(Settings(catalog="main", schema="billing"))
+    sql = create_statement(load_views()["analyst.usage_by_product_month"], lake)
+    assert sql.startswith("CREATE OR REPLACE VIEW `main`.`billing`.`analyst_usage_by_product_month` (`month` COMMENT")
+    assert "FROM `main`.`billing`.`gold_daily_usage`" in sql and "gold.daily_usage" not in sql
+
+
+@pytest.fixture
+def lake(spark, tmp_path):
+    lake = Lake(Settings(lake_root=tmp_path / "lake"))
+    for name in ("silver.usage_events", "gold.daily_usage", "gold.invoice_lines"):
+        layer, table = name.split(".")
+        # The session's catalog may still name an earlier test's lake; point it at this one.
+        spark.sql(f"DROP TABLE IF EXISTS `{layer}`.`{table}`")
+        lake.ensure(spark, name)
+    return lake
+
+
+def _daily(spark, lake, rows):
+    cols = spec("gold.daily_usage").column_names
+    spark.createDataFrame(rows, ", ".join(f"{c} {t}" for c, t in zip(cols, [
+        "string", "string", "string", "date", "decimal(38,6)", "bigint", "timestamp"]))) \
+        .write.format("delta").mode("append").save(lake.path("gold.daily_usage"))
+
+
+def test_usage_by_month_and_growth(spark, lake):
+    t = datetime(2026, 10, 1)
+    _daily(spark, lake, [
+        ("a", "sms", "sms_segments", date(2026, 9, 3), Decimal("10"), 2, t),
+        ("a", "sms", "sms_segments", date(2026, 10, 1), Decimal("15"), 3, t),
+        ("a", "sms", "sms_segments", date(2026, 10, 20), Decimal("5.5"), 1, t),
+        ("b", "sms", "sms_segments", date(2026, 10, 2), Decimal("4"), 4, t),
+        ("b", None, "sms_segments", date(2026, 8, 2), Decimal("1"), 1, None),   # a null product stays its own row
+    ])
+    lake.register_views(spark)
+    assert len(register_views(spark, lake)) == 3
+    month = spark.sql("SELECT * FROM analyst.usage_by_product_month")
+    expected = spark.createDataFrame([
+        ("2026-08", None, "sms_segments", Decimal("1"), 1, 1),
+        ("2026-09", "sms", "sms_segments", Decimal("10"), 2, 1),
+        ("2026-10", "sms", "sms_segments", Decimal("24.5"), 8, 2),
+    ], "month string, product string, metric string, quantity decimal(38,6), events bigint, accounts bigint")
+    assert_df_equality(month, expected, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
+
+    growth = spark.sql("SELECT month, account_id, quantity, previous_quantity, growth, growth_ratio, growth_rank "
+                       "FROM analyst.top_growing_accounts WHERE month = '2026-10'")
+    expected = spark.createDataFrame([
+        ("2026-10", "a", Decimal("20.5"), Decimal("10"), Decimal("10.5"), Decimal("1.05"), 1),
+        ("2026-10", "b", Decimal("4"), Decimal("0"), Decimal("4"), None, 2),
+    ], "month string, account_id string, quantity decimal(38,6), previous_quantity decimal(38,6), "
+       "growth decimal(38,6), growth_ratio decimal(20,4), growth_rank int")
+    assert_df_equality(growth, expected, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
+
+
+def test_billed_vs_used_shows_what_was_not_billed(spark, lake):
+    usage_cols = spec("silver.usage_events").column_names
+    rows = [
+        {"event_id": "e1", "account_id": "a", "occurred_at": datetime(2026, 9, 3), "product": "sms",
+         "metric": "sms_segments", "quantity": Decimal("700")},
+        {"event_id": "e2", "account_id": "a", "occurred_at": datetime(2026, 9, 30, 23), "product": "sms",
+         "metric": "sms_segments", "quantity": Decimal("300.5")},
+        {"event_id": "e3", "account_id": "b", "occurred_at": datetime(2026, 9, 4), "product": "voice",
+         "metric": "voice_minutes", "quantity": Decimal("7")},
+    ]
+    spark.createDataFrame([tuple(r.get(c) for c in usage_cols) for r in rows],
+                          spec("silver.usage_events").struct_type()) \
+        .write.format("delta").mode("append").save(lake.path("silver.usage_events"))
+    line_cols = spec("gold.invoice_lines").column_names
+    line = {"idempotency_key": "k1", "account_id": "a", "period": "2026-09", "line_type": "usage", "plan_id": "pro",
+            "charge": "sms_segments", "product": "sms", "units": Decimal("1000"), "included": Decimal("500"),
+            "billable_units": Decimal("500"), "amount": Decimal("5.00"), "currency": "USD", "status": "final"}
+    base = {**line, "idempotency_key": "k2", "line_type": "base", "charge": "base_fee", "product": None}
+    spark.createDataFrame([tuple(r.get(c) for c in line_cols) for r in (line, base)],
+                          spec("gold.invoice_lines").struct_type()) \
+        .write.format("delta").mode("append").save(lake.path("gold.invoice_lines"))
+    lake.register_views(spark)
+    register_views(spark, lake)
+    out = spark.sql("SELECT account_id, period, metric, used, billed_units, amount, status, unbilled_units "
+                    "FROM analyst.billed_vs_used")
+    expected = spark.createDataFrame([
+        ("a", "2026-09", "sms_segments", Decimal("1000.5"), Decimal("1000"), Decimal("5"), "final", Decimal("0.5")),
+        ("b", "2026-09", "voice_minutes", Decimal("7"), Decimal("0"), None, None, Decimal("7")),
+    ], "account_id string, period string, metric string, used decimal(38,6), billed_units decimal(38,6), "
+       "amount decimal(38,6), status string, unbilled_units decimal(38,6)")
+    assert_df_equality(out, expected, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
+
+
+def test_every_view_column_is_documented_on_the_view(spark, lake):
+    lake.register_views(spark)
+    created = register_views(spark, lake)
+    for name in created:
+        view = load_views()[name]
+        described = {r.col_name: r.comment for r in spark.sql(f"DESCRIBE TABLE {name}").collect()}
+        assert list(described) == [c for c, _ in view.columns], name
+        assert described == dict(view.columns), name
