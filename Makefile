@@ -52,10 +52,30 @@ bench: setup kafka-start
 
 # Re-pin requirements.lock from the ranges in pyproject.toml.
 lock: venv
-	@$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11 -q
+	@$(VENV)/bin/uv pip compile pyproject.toml --extra local --extra dev -o requirements.lock --python-version 3.11 -q
 
 docs: venv
 	@$(PY) -m pipelines.docs
+
+# The Databricks CLI (a Go module, pinned), to deploy the bundle and to regenerate the bundle
+# schema the tests validate against (tests/fixtures/databricks_bundle_schema.json, committed
+# so `make test` needs neither the CLI nor a workspace). `go install ...@version` asks the
+# proxy for the module's version list, which it refuses for this module, so the pinned
+# version is downloaded and built from the module cache instead.
+DATABRICKS_CLI_VERSION := v0.298.0
+DATABRICKS := .local/bin/databricks
+.PHONY: databricks-cli bundle-schema
+databricks-cli: $(DATABRICKS)
+$(DATABRICKS):
+	@command -v go >/dev/null || { echo "Go is required to build the Databricks CLI"; exit 1; }
+	@mkdir -p .local/bin
+	@echo ">> Databricks CLI $(DATABRICKS_CLI_VERSION) (go build, a few minutes the first time)"
+	@dir=$$(go mod download -json github.com/databricks/cli@$(DATABRICKS_CLI_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+	  cd "$$dir" && go build -trimpath -o "$(CURDIR)/$(DATABRICKS)" .
+
+bundle-schema: $(DATABRICKS)
+	@$(DATABRICKS) bundle schema > tests/fixtures/databricks_bundle_schema.json
+	@echo ">> tests/fixtures/databricks_bundle_schema.json regenerated"
 
 clean: kafka-stop
 	rm -rf $(VENV) jvm/target .local lakehouse

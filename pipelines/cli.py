@@ -34,7 +34,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run = RunOptions(continuous=args.continuous, processing_time=args.processing_time,
                      max_offsets_per_trigger=args.max_offsets_per_trigger,
                      max_files_per_trigger=args.max_files_per_trigger,
-                     period=parse_period(args.period), catalog=args.catalog, exports_dir=args.exports_dir)
+                     period=parse_period(args.period), catalog=args.catalog, exports_dir=args.exports_dir,
+                     plan_rules=args.plan_rules, dry_run=args.dry_run)
     ctx = JobContext.from_settings(settings, run, dedup_rules_path=args.dedup_rules,
                                    pipeline_config_path=args.pipeline_config)
     spark = build_spark("lakehouse-run")
@@ -84,6 +85,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), options)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.monitoring.slo import load_slos
+    from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
+    from pipelines.session import build_spark
+    from pipelines.tables import Lake
+
+    spark = build_spark("lakehouse-status")
+    metrics = read_metrics(spark, Lake(_settings(args)))
+    statuses = stream_statuses(metrics, load_slos(args.slo))
+    print(render_status(statuses))
+    if args.plot:
+        print(f"plot: {plot_metrics(metrics, args.plot)}")
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _cmd_fraud(args: argparse.Namespace) -> int:
+    from pipelines.fraud.flags import clear_flags, render_flags
+    from pipelines.session import build_spark
+    from pipelines.tables import Lake
+
+    spark = build_spark("lakehouse-fraud")
+    lake = Lake(_settings(args))
+    if args.action == "clear":
+        cleared = clear_flags(spark, lake, args.account, rule=args.rule, by=args.by, reason=args.reason)
+        print(f"fraud: cleared {cleared} open flag(s) of account {args.account}"
+              + (f" (rule {args.rule})" if args.rule else ""))
+    else:
+        print(render_flags(spark, lake, include_cleared=args.all))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakehouse", description="Usage-billing lakehouse")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -91,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run jobs in order (default: process everything available, then stop)")
     run.add_argument("jobs", nargs="+", metavar="JOB",
-                     help="streams: bronze, silver, gold; batch: billing (invoice lines), export (files + ledger)")
+                     help="streams: bronze, silver, gold; batch: billing (invoice lines), export (files + ledger)"
+                          "; stream notify (usage alerts, reactive notifications); batch plan-rules "
+                          "(auto-upgrade/downgrade decisions, plan.changed events)"
+                          "; batch quality (quality/*.yaml suites), fraud (gold.fraud_flags)")
     run.add_argument("--continuous", action="store_true", help="keep streaming jobs running")
     run.add_argument("--processing-time", default="2 seconds", help="micro-batch interval in --continuous mode")
     run.add_argument("--max-offsets-per-trigger", type=int, help="cap Kafka records per bronze micro-batch")
@@ -101,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--period", help="billing/export: one billing period YYYY-MM (default: every period)")
     run.add_argument("--catalog", type=Path, help="billing: pricing catalog YAML (default: pipelines/conf/pricing.yaml)")
     run.add_argument("--exports-dir", type=Path, help="export: folder for the export files (default: <lake root>/exports)")
+    run.add_argument("--plan-rules", type=Path,
+                     help="plan-rules, notify: plan rules YAML (default: pipelines/conf/plan_rules.yaml)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan-rules: record decisions as proposed, send no plan.changed event or notification")
     _add_common(run)
     run.set_defaults(func=_cmd_run)
 
@@ -130,6 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the existing lake instead of starting fresh")
     _add_common(demo)
     demo.set_defaults(func=_cmd_demo)
+    status = sub.add_parser("status", help="each stream against its SLOs, from ops.stream_metrics "
+                                           "(exit 1 on a breach)")
+    status.add_argument("--plot", type=Path, metavar="PATH", help="also write a PNG of throughput, lag and freshness")
+    status.add_argument("--slo", type=Path, help="SLO YAML (default: pipelines/conf/slo.yaml)")
+    _add_common(status)
+    status.set_defaults(func=_cmd_status)
+
+    fraud = sub.add_parser("fraud", help="fraud flags (gold.fraud_flags): list them, clear one")
+    fraud_sub = fraud.add_subparsers(dest="action", required=True)
+    fraud_list = fraud_sub.add_parser("list", help="open flags (--all: cleared ones too)")
+    fraud_list.add_argument("--all", action="store_true")
+    _add_common(fraud_list)
+    fraud_clear = fraud_sub.add_parser("clear", help="clear an account's open flag(s): its export lines are released")
+    fraud_clear.add_argument("account")
+    fraud_clear.add_argument("--rule", help="only this rule's flags (default: every open flag of the account)")
+    fraud_clear.add_argument("--by", required=True, help="who clears it")
+    fraud_clear.add_argument("--reason", required=True, help="why it is cleared")
+    _add_common(fraud_clear)
+    fraud.set_defaults(func=_cmd_fraud)
     return parser
 
 
@@ -145,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one readable line for known failures; traceback with -v
         known = {"KafkaLocalError", "ConfigError", "ContractError", "UnknownJobError", "SparkSetupError",
                  "TableSpecError", "ProduceError", "ReadOnlyQueryError", "RecordFileError",
-                 "BillingError", "CatalogError", "ExportRefused"}
+                 "BillingError", "CatalogError", "ExportRefused",
+                 "QualityGateFailed", "FraudError",
+                 "KafkaAuthError", "PiiConfigError",
+                 "BackfillError", "ViewConfigError", "AuditError",
+                 "NotificationError", "PublishError"}
         if type(exc).__name__ in known and not args.verbose:
             print(f"lakehouse: {exc}", file=sys.stderr)
             return 2

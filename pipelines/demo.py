@@ -97,6 +97,13 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     print(render_summary(spark, ctx.lake, reporter, sent_kinds=kinds))
     print("(The demo sends forty days of event time at once, so most events count as late: their\n"
           " occurred_at lies more than the late threshold behind ingestion.)")
+    from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
+    from pipelines.monitoring.slo import load_slos
+
+    metrics = read_metrics(spark, ctx.lake)
+    print("\nstream status (ops.stream_metrics against pipelines/conf/slo.yaml):")
+    print(render_status(stream_statuses(metrics, load_slos())))
+    print(f"status plot (throughput, Kafka lag, freshness): {plot_metrics(metrics, settings.lake_root_abs / 'status.png')}")
     print(f"done in {time.monotonic() - started:.0f} s. Query the tables with e.g.\n"
           f"  .venv/bin/lakehouse sql \"SELECT * FROM gold.daily_usage ORDER BY quantity DESC\"")
     return 0

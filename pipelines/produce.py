@@ -1032,6 +1032,8 @@ class TokenBucket:
 def producer_config(bootstrap_servers: str) -> dict:
     from kafka import KafkaProducer
 
+    from pipelines.kafka_auth import kafka_auth
+
     config: dict = {
         "bootstrap_servers": bootstrap_servers,
         "client_id": "lakehouse-produce",
@@ -1048,6 +1050,8 @@ def producer_config(bootstrap_servers: str) -> dict:
     if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG:
         config["enable_idempotence"] = True
         config["max_in_flight_requests_per_connection"] = 5
+    # Credentials come from the environment only (pipelines/kafka_auth.py).
+    config.update(kafka_auth().python_client_config())
     return {k: v for k, v in config.items() if k in KafkaProducer.DEFAULT_CONFIG}
 
 

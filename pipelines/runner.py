@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
@@ -11,12 +12,15 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.jobs import bronze, gold, silver
+from pipelines.jobs import notify as notify_stream
 from pipelines.jobs.common import JobContext
+from pipelines.monitoring.listener import StreamMonitor
 
 JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = {
     "bronze": bronze.start,
     "silver": silver.start,
     "gold": gold.start,
+    "notify": notify_stream.start,
 }
 
 
@@ -35,11 +39,33 @@ def _export(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
     return result
 
 
+def _plan_rules(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
+    from pipelines.jobs.plan_rules import run_plan_rules
+
+    return run_plan_rules(spark, ctx, rules_path=ctx.run.plan_rules, catalog_path=ctx.run.catalog,
+                          dry_run=ctx.run.dry_run, log=say)
+
+
+def _quality(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
+    from pipelines.quality.run import run_quality_job
+
+    return run_quality_job(spark, ctx.lake, say)
+
+
+def _fraud(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
+    from pipelines.fraud.flags import run_fraud_job
+
+    return run_fraud_job(spark, ctx.lake, say)
+
+
 # Batch jobs run once over the current tables (period close, exports), after any
 # streaming job named before them.
 BATCH_JOBS: dict[str, Callable[[SparkSession, JobContext, Callable[[str], None]], object]] = {
     "billing": _billing,
     "export": _export,
+    "plan-rules": _plan_rules,
+    "quality": _quality,
+    "fraud": _fraud,
 }
 POLL_SECONDS = 1.0
 
@@ -104,18 +130,23 @@ def resolve_jobs(names: list[str]) -> list[str]:
     return names
 
 
-def _await(queries: list[StreamingQuery], reporter: ProgressReporter, *, until_all: bool) -> None:
+def _await(queries: list[StreamingQuery], reporter: ProgressReporter, *, until_all: bool,
+           monitor: StreamMonitor | None = None) -> None:
     while True:
         for q in queries:
             reporter.poll(q)
             if q.exception():
                 raise q.exception()
+        if monitor is not None:
+            monitor.flush()
         active = [q.isActive for q in queries]
         if (until_all and not any(active)) or (not until_all and not all(active)):
             break
         queries[0].awaitTermination(POLL_SECONDS)
     for q in queries:
         reporter.poll(q)
+        if monitor is not None and not q.isActive:
+            monitor.settle(q)
         if q.exception():
             raise q.exception()
 
@@ -131,21 +162,25 @@ def run_jobs(spark: SparkSession, ctx: JobContext, names: list[str], *,
         if batch := [n for n in names if n in BATCH_JOBS]:
             raise UnknownJobError(f"{', '.join(batch)}: batch job(s), not streams; run them without --continuous "
                                   "(e.g. on a schedule)")
-        queries = [JOBS[n](spark, ctx) for n in names]
-        say(f"streaming continuously: {', '.join(names)} (Ctrl-C to stop)")
-        try:
-            _await(queries, reporter, until_all=False)
-        finally:
-            for q in queries:
-                q.stop()
+        with StreamMonitor(spark, ctx.lake, continuous=True) as monitor:
+            queries = [JOBS[n](spark, ctx) for n in names]
+            say(f"streaming continuously: {', '.join(names)} (Ctrl-C to stop)")
+            try:
+                _await(queries, reporter, until_all=False, monitor=monitor)
+            finally:
+                for q in queries:
+                    q.stop()
         return reporter
-    for name in names:
-        started = time.monotonic()
-        if name in BATCH_JOBS:
-            reporter.results[name] = BATCH_JOBS[name](spark, ctx, say)
-        else:
-            say(f"{name}: processing everything available")
-            query = JOBS[name](spark, ctx)
-            _await([query], reporter, until_all=True)
-        say(f"{name}: done in {time.monotonic() - started:.1f} s")
+    # Every stream's micro-batches go to ops.stream_metrics (pipelines/monitoring).
+    streams = StreamMonitor(spark, ctx.lake, continuous=False) if any(n in JOBS for n in names) else nullcontext()
+    with streams as monitor:
+        for name in names:
+            started = time.monotonic()
+            if name in BATCH_JOBS:
+                reporter.results[name] = BATCH_JOBS[name](spark, ctx, say)
+            else:
+                say(f"{name}: processing everything available")
+                query = JOBS[name](spark, ctx)
+                _await([query], reporter, until_all=True, monitor=monitor)
+            say(f"{name}: done in {time.monotonic() - started:.1f} s")
     return reporter

@@ -31,6 +31,12 @@ def _local_jars() -> list[str]:
 def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int = 4,
                 extra_conf: dict[str, str] | None = None) -> SparkSession:
     """A local[*] session with Delta Lake, the Kafka source and UTC everywhere."""
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        # A Databricks job or notebook: the platform's session already has Delta, Kafka and
+        # Unity Catalog; local jars and memory settings would only get in its way.
+        spark = SparkSession.builder.getOrCreate()
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+        return spark
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)

@@ -35,6 +35,11 @@ class Settings:
     )
     # Folder for local-only state that is not lake data: broker logs/data, pid files.
     local_dir: Path = field(default_factory=lambda: Path(_env("LAKEHOUSE_LOCAL_DIR", str(REPO_ROOT / ".local"))))
+    # Unity Catalog (Databricks): when a catalog is set, `layer.table` is the managed table
+    # `<catalog>.<schema>.<layer>_<table>` instead of a folder under the lake root (which
+    # then only holds checkpoints and export files, e.g. a UC volume).
+    catalog: str | None = field(default_factory=lambda: os.environ.get("LAKEHOUSE_CATALOG") or None)
+    schema: str = field(default_factory=lambda: _env("LAKEHOUSE_SCHEMA", "billing"))
 
     def with_overrides(self, **kwargs) -> "Settings":
         clean = {k: v for k, v in kwargs.items() if v is not None}
@@ -50,6 +55,15 @@ class Settings:
         """`silver.usage_events` -> `<lake root>/silver/usage_events`."""
         layer, table = split_table_name(logical_name)
         return str(self.lake_root_abs / layer / table)
+
+    def table_name(self, logical_name: str) -> str | None:
+        """`silver.usage_events` -> `<catalog>.<schema>.silver_usage_events` when a catalog is
+        configured, else None (the table is a path). The layer stays in the name so two
+        layers may hold tables of the same name without clashing in one schema."""
+        layer, table = split_table_name(logical_name)
+        if not self.catalog:
+            return None
+        return f"`{self.catalog}`.`{self.schema}`.`{layer}_{table}`"
 
     def checkpoint_path(self, job: str, query: str) -> str:
         """Checkpoints live beside the tables, one folder per job and query."""

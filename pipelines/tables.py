@@ -100,8 +100,17 @@ def spec(name: str) -> TableSpec:
         raise TableSpecError(f"unknown table {name!r}; known: {sorted(table_specs())}") from None
 
 
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class Lake:
-    """Where each logical table lives, and the few IO helpers every job shares."""
+    """Where each logical table lives, and the few IO helpers every job shares.
+
+    The one mapping from logical names to storage: a Delta folder under the lake root by
+    default, a Unity Catalog table `<catalog>.<schema>.<layer>_<table>` when the settings
+    name a catalog (Databricks). Jobs read and write through these helpers only.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -109,17 +118,35 @@ class Lake:
     def path(self, name: str) -> str:
         return self.settings.table_path(name)
 
+    def table_name(self, name: str) -> str | None:
+        """The catalog table name, or None when tables are paths (local)."""
+        return self.settings.table_name(name)
+
+    def ref(self, name: str) -> str:
+        """What SQL can name the table by: the catalog name, or delta.`<path>`."""
+        return self.table_name(name) or f"delta.`{self.path(name)}`"
+
     def checkpoint(self, job: str, query: str) -> str:
         return self.settings.checkpoint_path(job, query)
 
     def exists(self, spark: SparkSession, name: str) -> bool:
         from delta.tables import DeltaTable
+        if table := self.table_name(name):
+            return spark.catalog.tableExists(table.replace("`", ""))
         return DeltaTable.isDeltaTable(spark, self.path(name))
 
     def ensure(self, spark: SparkSession, name: str) -> None:
         """Create the table from its spec if it does not exist yet (idempotent)."""
         from delta.tables import DeltaTable
         table = spec(name)
+        if catalog_name := self.table_name(name):
+            # SQL, not the builder: the builder's name parser takes `db.table` only, while a
+            # catalog table is `catalog.schema.table`.
+            columns = ", ".join(f"`{c.name}` {c.type} COMMENT {_sql_string(c.comment)}" for c in table.columns)
+            properties = " TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')" if table.change_data_feed else ""
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name} ({columns}) USING DELTA "
+                      f"COMMENT {_sql_string(table.comment)}{properties}")
+            return
         builder = DeltaTable.createIfNotExists(spark).location(self.path(name)).comment(table.comment)
         for col in table.columns:
             builder = builder.addColumn(col.name, col.type, comment=col.comment)
@@ -128,18 +155,48 @@ class Lake:
         builder.execute()
 
     def read(self, spark: SparkSession, name: str) -> DataFrame:
+        if table := self.table_name(name):
+            return spark.read.table(table)
         return spark.read.format("delta").load(self.path(name))
+
+    def load(self, reader, name: str) -> DataFrame:
+        """A configured Delta reader, batch or stream (`spark.readStream.format("delta")
+        .option(...)`) -> the table read through it."""
+        if table := self.table_name(name):
+            return reader.table(table)
+        return reader.load(self.path(name))
+
+    read_stream = load
+
+    def start_stream(self, writer, name: str):
+        """A configured Delta `writeStream` -> the query appending to the table."""
+        if table := self.table_name(name):
+            return writer.toTable(table)
+        return writer.start(self.path(name))
+
+    def save(self, writer, name: str) -> None:
+        """A configured Delta `DataFrameWriter` -> written to the table."""
+        if table := self.table_name(name):
+            writer.saveAsTable(table)
+        else:
+            writer.save(self.path(name))
 
     def delta(self, spark: SparkSession, name: str):
         from delta.tables import DeltaTable
+        if table := self.table_name(name):
+            return DeltaTable.forName(spark, table)
         return DeltaTable.forPath(spark, self.path(name))
 
     def register_views(self, spark: SparkSession) -> list[str]:
         """Temp views named layer_table plus the `layer`.`table` form via a database per layer,
-        so analysts can write `SELECT ... FROM silver.usage_events`."""
+        so analysts can write `SELECT ... FROM silver.usage_events`. In a catalog the tables
+        are already named; nothing to register."""
         registered = []
         for name in table_specs():
             if not self.exists(spark, name):
+                continue
+            if self.table_name(name):
+                registered.append(name)
                 continue
             layer, table = split_table_name(name)
             spark.sql(f"CREATE DATABASE IF NOT EXISTS `{layer}`")

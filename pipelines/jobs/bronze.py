@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.jobs.common import JobContext, apply_trigger
+from pipelines.kafka_auth import kafka_auth
 from pipelines.tables import spec
 
 TABLE = "bronze.events"
@@ -27,6 +28,11 @@ def read_kafka(spark: SparkSession, ctx: JobContext) -> DataFrame:
         # loss of billing data: stop loudly rather than skip.
         .option("failOnDataLoss", "true")
         .option("includeHeaders", "true")
+        # plan-rules publishes its plan.changed events in Kafka transactions; records of an
+        # aborted transaction must never become billing input.
+        .option("kafka.isolation.level", "read_committed")
+        # SASL_SSL and friends come from the environment, never from committed files.
+        .options(**kafka_auth().spark_options())
     )
     if ctx.run.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(ctx.run.max_offsets_per_trigger))
@@ -51,4 +57,4 @@ def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
         .queryName(JOB)
         .option("checkpointLocation", ctx.lake.checkpoint(JOB, "events"))
     )
-    return apply_trigger(writer, ctx.run).start(ctx.lake.path(TABLE))
+    return ctx.lake.start_stream(apply_trigger(writer, ctx.run), TABLE)

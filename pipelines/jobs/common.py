@@ -22,6 +22,10 @@ class RunOptions:
     period: str | None = None
     catalog: Path | None = None
     exports_dir: Path | None = None
+    # plan-rules and the notify stream: the rules file (None = pipelines/conf/plan_rules.yaml);
+    # plan-rules only: record decisions as proposed and send nothing.
+    plan_rules: Path | None = None
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)

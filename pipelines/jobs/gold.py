@@ -52,7 +52,7 @@ def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
     ctx.lake.ensure(spark, DAILY)
     reader = spark.readStream.format("delta").option("readChangeFeed", "true").option("startingVersion", "0")
     writer = (
-        reader.load(ctx.lake.path(SOURCE)).writeStream.queryName(JOB)
+        ctx.lake.read_stream(reader, SOURCE).writeStream.queryName(JOB)
         .foreachBatch(DailyUsageWriter(ctx))
         .option("checkpointLocation", ctx.lake.checkpoint(JOB, "daily_usage"))
     )

@@ -33,6 +33,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.contract import load_contract
 from pipelines.jobs.common import JobContext, apply_trigger
+from pipelines.pii import load_pii_config, with_protected_properties
 from pipelines.tables import spec
 from pipelines.transforms import dedup as D
 from pipelines.transforms.parse import filter_bad, filter_good, parse_events, with_kafka_coordinates
@@ -57,7 +58,7 @@ def read_bronze(spark: SparkSession, ctx: JobContext) -> DataFrame:
     reader = spark.readStream.format("delta")
     if ctx.run.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", str(ctx.run.max_files_per_trigger))
-    return reader.load(ctx.lake.path(BRONZE))
+    return ctx.lake.read_stream(reader, BRONZE)
 
 
 def with_hot_path_keys(df: DataFrame) -> DataFrame:
@@ -84,8 +85,11 @@ def drop_hot_duplicates(watermark_delay_seconds: int):
 
 def silver_input(bronze: DataFrame, ctx: JobContext) -> DataFrame:
     """Bronze rows -> parsed rows after the hot-path dedup (works on batch or stream)."""
+    pii = load_pii_config()
     return (
         bronze.transform(parse_events(load_contract(1), ctx.silver))
+        # Personal data in properties stays in bronze; every silver table gets hashes.
+        .transform(with_protected_properties(pii, pii.salt()))
         .transform(with_kafka_coordinates)
         .transform(with_hot_path_keys)
     )
@@ -138,6 +142,12 @@ class SilverBatchWriter:
 
     # -- the batch ---------------------------------------------------------------------
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        self.write_batch(batch_df, batch_id, _query_id(batch_df.sparkSession))
+
+    def write_batch(self, batch_df: DataFrame, batch_id: int, query_id: str) -> None:
+        """One batch of silver_input rows, written under (query_id, batch_id). The stream
+        calls it per micro-batch; a backfill calls it once on a static bronze slice, so both
+        apply exactly the same dedup and MERGEs."""
         spark = batch_df.sparkSession
         # Materialise the batch once and cut its lineage: every DataFrame below derives from
         # it, and without the cut each of them would re-analyse the whole parse plan (a
@@ -146,7 +156,7 @@ class SilverBatchWriter:
         try:
             # Stateful streams run empty batches to move the watermark; nothing to write.
             if not batch.isEmpty():
-                self._process(spark, batch, batch_id, _query_id(spark))
+                self._process(spark, batch, batch_id, query_id)
         finally:
             batch.unpersist()
 
@@ -280,9 +290,9 @@ class SilverBatchWriter:
         )
         # Delta's idempotent-write options: a replayed batch finds its version committed
         # for this query and appends nothing (cheaper than a MERGE on every batch).
-        (row.write.format("delta").mode("append")
-         .option("txnAppId", query_id).option("txnVersion", batch_id).option("mergeSchema", "true")
-         .save(self.lake.path(BATCHES)))
+        self.lake.save(row.write.format("delta").mode("append")
+                       .option("txnAppId", query_id).option("txnVersion", batch_id).option("mergeSchema", "true"),
+                       BATCHES)
 
 
 def _query_id(spark: SparkSession) -> str:

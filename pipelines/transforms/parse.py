@@ -37,10 +37,26 @@ REASONS = (
 )
 
 # RFC 3339 date-time: full date, 'T', full time with optional fraction, 'Z' or a numeric offset.
-RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+# Ends with (?![\s\S]), not $: in Java (and Python) regexes $ also matches before a final
+# newline, which would let "...Z\n" through.
+RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})(?![\s\S])"
 RFC3339_PARSE = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XXX"
 
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+# Spark's variant functions (schema_of_variant, to_json) recurse once per nesting level
+# and kill the JVM on a value nested about a thousand deep, so a record with more JSON
+# objects and arrays than this is not parsed at all and is quarantined as invalid_json.
+# Counting every '{' and '[' (even inside strings) bounds the depth without a parser;
+# a billing event carries a handful.
+MAX_CONTAINERS = 256
+# A \uD800-\uDFFF escape that is not half of a surrogate pair is legal JSON syntax but
+# names no character: it has no UTF-8 form, and Spark turns every one into the same '?',
+# which would make distinct event ids equal. Such a record counts as invalid UTF-8.
+_ESCAPE = r"(?<!\\)(?:\\\\)*"   # an escape's backslash: preceded by an even run of them
+_HIGH = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
+_LOW = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+LONE_SURROGATE = f"{_ESCAPE}{_HIGH}(?!{_LOW})|{_ESCAPE}(?<!{_HIGH}){_LOW}"
+MIN_OCCURRED_AT = "2000-01-01T00:00:00Z"
 MAX_QUANTITY_DIGITS = 32  # decimal(38,6) keeps 32 integer digits
 
 
@@ -195,6 +211,30 @@ def _value_checks(f: _Fields, spec: FieldSpec, path: str) -> list[_Check]:
     return [_Check(present & c.failed, c.reason, c.detail) for c in checks]
 
 
+def _sealed_parse(value: Column) -> Column:
+    """`[<value>,"<md5 of value>"]` parsed as one VARIANT array (null past the nesting limit).
+
+    Spark's JSON parser reads the first value and ignores whatever follows it, so
+    `{...}{...}` or `{...} junk` would parse as the first object. Sealing the text in an
+    array with a trailing element only the whole value can predict (its own digest) makes
+    any trailing content either a syntax error or a wrong second element.
+    """
+    text = value.cast("string")
+    sealed = F.concat(F.lit("["), text, F.lit(',"'), F.md5(value), F.lit('"]'))
+    return F.when(_containers(text) <= MAX_CONTAINERS, F.try_parse_json(sealed))
+
+
+def _sealed_value(value: Column) -> Column:
+    """The parsed value from `_w`, or null when something followed it."""
+    whole = F.try_variant_get(F.col("_w"), "$[1]", "string") == F.md5(value)
+    return F.when(whole, F.variant_get(F.col("_w"), "$[0]", "variant"))
+
+
+def _containers(text: Column) -> Column:
+    """How many '{' and '[' the text holds (linear, no regex: huge values stay cheap)."""
+    return F.length(text) - F.length(F.translate(text, "{[", ""))
+
+
 def _timestamp(s: Column) -> Column:
     return F.try_to_timestamp(F.upper(s), F.lit(RFC3339_PARSE))
 
@@ -227,6 +267,10 @@ def _checks(contract: EventContract, f: _Fields, options: SilverConfig) -> list[
         _Check(F.col("value").isNull(), NULL_VALUE, _lit_detail("record has no value")),
         _Check(~F.is_valid_utf8(F.col("value").cast("string")), INVALID_UTF8,
                _lit_detail("value is not valid UTF-8")),
+        _Check(F.col("value").cast("string").rlike(LONE_SURROGATE), INVALID_UTF8,
+               _lit_detail("value escapes a lone UTF-16 surrogate (\\uD800-\\uDFFF), which has no UTF-8 form")),
+        _Check(_containers(F.col("value").cast("string")) > MAX_CONTAINERS, INVALID_JSON,
+               _lit_detail(f"value has more than {MAX_CONTAINERS} JSON objects and arrays (nesting limit)")),
         _Check(F.col("_v").isNull(), INVALID_JSON,
                _lit_detail("value is not valid JSON (syntax, NaN/Infinity, duplicated key or over the size limit)")),
         _Check(~f.value_type().startswith("OBJECT"), NOT_AN_OBJECT,
@@ -235,7 +279,9 @@ def _checks(contract: EventContract, f: _Fields, options: SilverConfig) -> list[
     version_spec = contract.field("schema_version")
     checks += _presence_checks(f, version_spec, "$.schema_version", None)
     version = f.get("$.schema_version", "decimal(38,6)")
-    checks.append(_Check(version != F.lit(contract.version), UNSUPPORTED_SCHEMA_VERSION,
+    # A version too large for the decimal reads as null: unsupported too, not a pass
+    # (absent or mistyped versions were reported by the presence checks above).
+    checks.append(_Check(F.coalesce(version != F.lit(contract.version), F.lit(True)), UNSUPPORTED_SCHEMA_VERSION,
                          F.concat(F.lit("schema_version "), f.get("$.schema_version", "string"),
                                   F.lit(f" has no schema here (supported: {contract.version})"))))
     for spec in contract.fields:
@@ -258,6 +304,11 @@ def _checks(contract: EventContract, f: _Fields, options: SilverConfig) -> list[
         checks += _value_checks(f, spec, path)
         for child in spec.children:
             checks += _value_checks(f, child, f"{path}.{child.name}")
+    # RFC 3339 admits year 0000; no billing event is that old, and dates before the
+    # floor break every reader that is not Spark (Python's datetime starts at year 1).
+    checks.append(_Check(f.timestamp("$.occurred_at") < F.lit(MIN_OCCURRED_AT).cast("timestamp"), INVALID_VALUE,
+                         F.concat(F.lit("occurred_at "), F.substring(f.string("$.occurred_at"), 1, 64),
+                                  F.lit(f" is before {MIN_OCCURRED_AT} (out of range)"))))
     quantity = f.get("$.quantity", "decimal(38,6)")
     checks.append(_Check(quantity < 0, NEGATIVE_QUANTITY, _lit_detail("quantity must be >= 0")))
     occurred_at = f.timestamp("$.occurred_at")
@@ -314,8 +365,8 @@ def parse_events(contract: EventContract, options: SilverConfig = SilverConfig()
             "is_late": occurred_at < F.col("ingested_at") - _interval(options.late_threshold),
             "_problem": _first_failure(checks),
         }
-        parsed = df.withColumn("_v", F.try_parse_json(F.col("value").cast("string")))
-        return parsed.transform(f.add).withColumns(typed).transform(f.drop).drop("_v")
+        parsed = df.withColumn("_w", _sealed_parse(F.col("value"))).withColumn("_v", _sealed_value(F.col("value")))
+        return parsed.drop("_w").transform(f.add).withColumns(typed).transform(f.drop).drop("_v")
 
     return transform
 

@@ -1,0 +1,164 @@
+"""Kafka connection security, from the environment only: one place for Spark and kafka-python.
+
+Credentials never live in committed files. Locally nothing is set and the clients speak
+PLAINTEXT to the local broker. On a secured cluster the job's environment carries:
+
+    KAFKA_SECURITY_PROTOCOL   PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    KAFKA_SASL_MECHANISM      PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512   (SASL_* only)
+    KAFKA_SASL_USERNAME
+    KAFKA_SASL_PASSWORD       or KAFKA_SASL_SECRET_SCOPE + KAFKA_SASL_SECRET_KEY, read
+                              through a secret getter (Databricks: dbutils.secrets.get)
+    KAFKA_SSL_CA_LOCATION     PEM file with the CA that signed the brokers' certificates
+
+On Databricks the simplest route is a job environment variable that references a secret,
+`KAFKA_SASL_PASSWORD: "{{secrets/billing/kafka-password}}"`, which the platform resolves
+when the cluster starts; the value is never written to the bundle.
+
+The password is held in a `Secret`, whose repr and str are masked, so logging the
+settings, an exception or the auth object never prints it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+MASK = "***"
+
+SecretGetter = Callable[[str, str], str]
+
+
+class KafkaAuthError(ValueError):
+    """Kafka security settings in the environment are incomplete or contradictory."""
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class KafkaAuth:
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    ssl_ca_location: str | None = None
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, secrets: SecretGetter | None = None) -> "KafkaAuth":
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value and value.strip() else None
+
+        protocol = (get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
+        if protocol not in PROTOCOLS:
+            raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        auth = cls(security_protocol=protocol, ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"))
+        if not auth.uses_sasl:
+            stray = [n for n in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD") if get(n)]
+            if stray:
+                raise KafkaAuthError(f"{', '.join(stray)} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                                     "SASL; set KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+            return auth
+        mechanism = (get("KAFKA_SASL_MECHANISM") or "PLAIN").upper()
+        if mechanism not in MECHANISMS:
+            raise KafkaAuthError(f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(MECHANISMS)}")
+        username = get("KAFKA_SASL_USERNAME")
+        if not username:
+            raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
+        password = env.get("KAFKA_SASL_PASSWORD") or None
+        scope, key = get("KAFKA_SASL_SECRET_SCOPE"), get("KAFKA_SASL_SECRET_KEY")
+        if password is None and (scope or key):
+            if not (scope and key):
+                raise KafkaAuthError("KAFKA_SASL_SECRET_SCOPE and KAFKA_SASL_SECRET_KEY go together")
+            if secrets is None:
+                raise KafkaAuthError(f"the Kafka password is in secret scope {scope!r} (key {key!r}) but no secret "
+                                     "reader is available here (Databricks: pass dbutils.secrets.get)")
+            password = secrets(scope, key)
+        if not password:
+            raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_PASSWORD or "
+                                 "KAFKA_SASL_SECRET_SCOPE + KAFKA_SASL_SECRET_KEY")
+        return cls(security_protocol=protocol, sasl_mechanism=mechanism, username=username,
+                   password=Secret(password), ssl_ca_location=auth.ssl_ca_location)
+
+    def jaas_config(self) -> str:
+        """The Java clients' login line; quotes and backslashes in the credentials are escaped."""
+        def quoted(s: str) -> str:
+            return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        assert self.username is not None and self.password is not None and self.sasl_mechanism is not None
+        return (f"{_LOGIN_MODULES[self.sasl_mechanism]} required username={quoted(self.username)} "
+                f"password={quoted(self.password.reveal())};")
+
+    def spark_options(self) -> dict[str, str]:
+        """Options for the Spark Kafka source and sink (`kafka.`-prefixed client settings).
+
+        Spark redacts `sasl.jaas.config` in its logs and plans (KafkaRedactionUtil)."""
+        options = {"kafka.security.protocol": self.security_protocol}
+        if self.uses_sasl:
+            options["kafka.sasl.mechanism"] = self.sasl_mechanism
+            options["kafka.sasl.jaas.config"] = self.jaas_config()
+        if self.uses_ssl and self.ssl_ca_location:
+            options["kafka.ssl.truststore.type"] = "PEM"
+            options["kafka.ssl.truststore.location"] = self.ssl_ca_location
+        return options
+
+    def python_client_config(self) -> dict:
+        """Keyword arguments for kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+        config: dict = {"security_protocol": self.security_protocol}
+        if self.uses_sasl:
+            config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.username,
+                          sasl_plain_password=self.password.reveal())
+        if self.uses_ssl and self.ssl_ca_location:
+            config["ssl_cafile"] = self.ssl_ca_location
+        return config
+
+    def describe(self) -> str:
+        """One loggable line (no password)."""
+        parts = [self.security_protocol]
+        if self.uses_sasl:
+            parts.append(f"{self.sasl_mechanism} as {self.username}")
+        if self.ssl_ca_location:
+            parts.append(f"CA {self.ssl_ca_location}")
+        return ", ".join(parts)
+
+
+def kafka_auth(secrets: SecretGetter | None = None) -> KafkaAuth:
+    """The process's Kafka security settings (read from the environment on each call)."""
+    return KafkaAuth.from_env(secrets=secrets)
