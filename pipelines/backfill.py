@@ -29,8 +29,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from pipelines.jobs import silver as S
+from pipelines.jobs.gold import merge_daily_usage
 from pipelines.jobs.common import JobContext
-from pipelines.tables import spec
 from pipelines.transforms import dedup as D
 from pipelines.transforms.gold import DAILY_KEYS, aggregate_daily_usage, touched_daily_keys, with_recomputed_totals
 from pipelines.transforms.parse import filter_good
@@ -269,13 +269,7 @@ def _recompute_daily(spark: SparkSession, ctx: JobContext, touched: DataFrame) -
         )
         rows = changed.count()
         if rows:
-            on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
-            cols = spec(DAILY).column_names
-            (lake.delta(spark, DAILY).alias("t").merge(changed.alias("s"), on)
-             .whenMatchedDelete(condition="s.event_count IS NULL")
-             .whenMatchedUpdate(set={c: f"s.{c}" for c in cols})
-             .whenNotMatchedInsert(condition="s.event_count IS NOT NULL", values={c: f"s.{c}" for c in cols})
-             .execute())
+            merge_daily_usage(spark, lake, changed)
         return days, rows
     finally:
         touched.unpersist()

@@ -20,6 +20,19 @@ SOURCE = "silver.usage_events"
 DAILY = "gold.daily_usage"
 
 
+def merge_daily_usage(spark: SparkSession, lake, recomputed: DataFrame) -> None:
+    """Recomputed day totals (with_recomputed_totals) -> gold.daily_usage: a day whose
+    events are all gone (event_count null) is deleted, the others upserted. The stream and
+    the backfill both write through here."""
+    on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
+    cols = spec(DAILY).column_names
+    (lake.delta(spark, DAILY).alias("t").merge(recomputed.alias("s"), on)
+     .whenMatchedDelete(condition="s.event_count IS NULL")
+     .whenMatchedUpdate(set={c: f"s.{c}" for c in cols})
+     .whenNotMatchedInsert(condition="s.event_count IS NOT NULL", values={c: f"s.{c}" for c in cols})
+     .execute())
+
+
 class DailyUsageWriter:
     def __init__(self, ctx: JobContext):
         self.ctx = ctx
@@ -36,13 +49,7 @@ class DailyUsageWriter:
                 .transform(aggregate_daily_usage)
             )
             source = touched.transform(with_recomputed_totals(current)).localCheckpoint()
-            on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
-            cols = spec(DAILY).column_names
-            (lake.delta(spark, DAILY).alias("t").merge(source.alias("s"), on)
-             .whenMatchedDelete(condition="s.event_count IS NULL")
-             .whenMatchedUpdate(set={c: f"s.{c}" for c in cols})
-             .whenNotMatchedInsert(condition="s.event_count IS NOT NULL", values={c: f"s.{c}" for c in cols})
-             .execute())
+            merge_daily_usage(spark, lake, source)
         finally:
             touched.unpersist()
 
