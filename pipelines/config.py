@@ -45,13 +45,18 @@ class DedupRule:
     window: timedelta | None = None
 
 
-def _load_yaml(path: Path) -> dict:
+def read_yaml(path: Path | str, error: type[ConfigError] = ConfigError):
+    """A config file's YAML document; a missing file or bad YAML is `error` naming the file."""
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def _load_yaml(path: Path) -> dict:
+    doc = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     if type(doc.get("version")) is not int or doc.get("version") != 1:

@@ -21,11 +21,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.config import CONF_DIR, ConfigError
+from pipelines.config import CONF_DIR, ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +129,7 @@ def parse_pii_config(doc: object, where: str = "pii config") -> PiiConfig:
 
 def load_pii_config(path: Path | str | None = None) -> PiiConfig:
     path = Path(path or DEFAULT_PII)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PiiConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise PiiConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_pii_config(doc, str(path))
+    return parse_pii_config(read_yaml(path, PiiConfigError), str(path))
 
 
 def _kind(config: PiiConfig, key: Column, value: Column) -> Column:

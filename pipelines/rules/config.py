@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import yaml
 
-from pipelines.config import CONF_DIR, ConfigError
+from pipelines.config import CONF_DIR, ConfigError, read_yaml
 
 DEFAULT_PLAN_RULES = CONF_DIR / "plan_rules.yaml"
 BASES = ("actual", "projected")
@@ -142,10 +141,4 @@ def parse_plan_rules(doc: object, where: str = "plan rules") -> PlanRules:
 
 def load_plan_rules(path: Path | str | None = None) -> PlanRules:
     path = Path(path or DEFAULT_PLAN_RULES)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_plan_rules(doc, str(path))
+    return parse_plan_rules(read_yaml(path), str(path))
