@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench_common import (  # noqa: E402 - the sibling module
-    command_line, elapsed, machine_info, positive_int, say, write_outputs,
+    command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 
 from pipelines.settings import Settings  # noqa: E402
@@ -203,22 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def results_markdown(r: dict) -> str:
     m, lat = r["machine"], r["latency_s"]
-    load = m.get("load_average_at_start", [])
     return "\n".join([
         f"### {r['started_utc'][:4]}-{r['started_utc'][4:6]}-{r['started_utc'][6:8]} "
         f"{r['started_utc'][9:11]}:{r['started_utc'][11:13]} UTC, {r['crossings']} crossings",
         "",
-        "Command (from the repository root, broker running):",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
-        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {m.get('mem_total_gib')} GiB RAM, "
-        f"load average at start {' / '.join(str(x) for x in load)}, at end "
-        f"{' / '.join(f'{x:.2f}' for x in r['load_average_at_end'])} (shared machine: other sessions' Spark jobs "
-        f"ran meanwhile); Java {m.get('java')}, Spark {m.get('spark')} ({m.get('spark_master')}, driver "
-        f"{m.get('driver_memory')}), Delta {m.get('delta')}, Kafka {m.get('kafka_broker')} single broker.",
+        *command_block(r["command"], where="broker running"),
+        machine_line(m, load_at_end=r["load_average_at_end"]) + " Shared machine: other work may have run meanwhile.",
         "",
         f"Streams bronze -> silver -> notify in continuous mode, processingTime {r['processing_time']}; one "
         f"usage event every {r['interval_s']} s, each reaching 80 % of an included quota.",

@@ -53,7 +53,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
 from pipelines.billing import export as export_module  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
-    command_line, elapsed, machine_info, positive_int, say, write_outputs,
+    command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 
 # The shipped catalog's plans (pipelines/conf/pricing.yaml), in rank order.
@@ -670,8 +670,8 @@ def summary_table(r: dict) -> str:
     b = r["billing"]
     out += [
         "",
-        f"lines by status: " + ", ".join(f"{k} {v['lines']:,} ({v['amount']})" for k, v in b["by_status_currency"].items()),
-        f"lines by period: " + ", ".join(f"{k} {v['lines']:,} ({v['amount']})" for k, v in b["by_period"].items()),
+        "lines by status: " + ", ".join(f"{k} {v['lines']:,} ({v['amount']})" for k, v in b["by_status_currency"].items()),
+        "lines by period: " + ", ".join(f"{k} {v['lines']:,} ({v['amount']})" for k, v in b["by_period"].items()),
         f"unpriced usage rows: {sum(int(u['rows']) for u in b['first']['unpriced']):,}",
         f"rerun: {rerun_verdict(b['rerun']['tables'])}",
     ]
@@ -725,19 +725,8 @@ def results_markdown(r: dict) -> str:
     return "\n".join([
         f"### {r['started_at'][:16].replace('T', ' ')} UTC, {a['accounts']:,} accounts, {a['events']:,} usage events",
         "",
-        "Command (from the repository root; no broker needed):",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
-        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {m.get('mem_total_gib', '?')} GiB RAM "
-        f"({m.get('mem_available_gib_at_start', '?')} GiB available at start, load average "
-        f"{' / '.join(str(x) for x in m.get('load_average_at_start', []))}), {m.get('platform')}; "
-        f"Java {m.get('java')}, Spark {m.get('spark')} ({m.get('spark_master')}, driver memory "
-        f"{m.get('driver_memory')}, JVM max heap {m.get('jvm_max_heap_mib')} MiB, shuffle partitions "
-        f"{m.get('shuffle_partitions')}), Delta {m.get('delta')} (delta-spark {m.get('delta_spark_python', '?')}), "
-        f"Python {m.get('python')}.",
+        *command_block(r["command"], where="no broker needed"),
+        machine_line(m),
         "",
         f"Code: commit {r['code'].get('commit', '?')}"
         + (f", with uncommitted changes in the working tree ({', '.join(r['code']['pipelines_changes'])}; "
@@ -759,7 +748,7 @@ def results_markdown(r: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"- Lines produced: " + ", ".join(f"{k} {v['lines']:,} lines, {v['amount']}"
+        "- Lines produced: " + ", ".join(f"{k} {v['lines']:,} lines, {v['amount']}"
                                          for k, v in b["by_status_currency"].items())
         + "; per period: " + ", ".join(f"{k} {v['lines']:,} ({v['amount']})" for k, v in b["by_period"].items())
         + f"; gold.period_usage {b['first']['tables']['gold.period_usage']['rows_after']:,} rows; unpriced usage rows "

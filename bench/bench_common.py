@@ -99,3 +99,23 @@ def machine_info(spark, *, kafka: bool = False) -> dict:
         kjars = [p.name for p in Path(kafka_jars_dir()).glob("kafka-server-*.jar")]
         info["kafka_broker"] = kjars[0].removesuffix(".jar").split("-")[-1] if kjars else "?"
     return info
+
+
+def command_block(command: str, *, where: str) -> list[str]:
+    """The markdown lines that show how a result was produced (`where`: what must be running)."""
+    return [f"Command (from the repository root, {where}):", "", "```", command, "```", ""]
+
+
+def machine_line(m: dict, *, load_at_end: list[float] | None = None) -> str:
+    """One markdown line naming the machine and software a result was measured on (machine_info)."""
+    load = " / ".join(str(x) for x in m.get("load_average_at_start", []))
+    end = f", {' / '.join(f'{x:.2f}' for x in load_at_end)} at end" if load_at_end else ""
+    kafka = f", Kafka {m['kafka_broker']} single broker" if "kafka_broker" in m else ""
+    return (
+        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {m.get('mem_total_gib', '?')} GiB RAM "
+        f"({m.get('mem_available_gib_at_start', '?')} GiB available at start, load average {load} at start{end}), "
+        f"{m.get('platform')}; Java {m.get('java')}, Spark {m.get('spark')} ({m.get('spark_master')}, driver memory "
+        f"{m.get('driver_memory')}, JVM max heap {m.get('jvm_max_heap_mib')} MiB, shuffle partitions "
+        f"{m.get('shuffle_partitions')}), Delta {m.get('delta')} (delta-spark {m.get('delta_spark_python', '?')})"
+        f"{kafka}, Python {m.get('python')}."
+    )

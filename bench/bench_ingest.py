@@ -55,7 +55,7 @@ from pipelines.produce import GeneratorOptions, generate, kind_family, send  # n
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
-    command_line, machine_info, positive_int, say, write_outputs,
+    command_block, command_line, machine_info, machine_line, positive_int, say, write_outputs,
 )
 
 TARGET_RATIO = 0.6
@@ -490,18 +490,8 @@ def results_markdown(r: dict) -> str:
     return "\n".join([
         f"## {r['started_at'][:16].replace('T', ' ')} UTC, {r['args']['events']:,} events",
         "",
-        "Command (from the repository root, broker running):",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
-        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {m.get('mem_total_gib', '?')} GiB RAM "
-        f"({m.get('mem_available_gib_at_start', '?')} GiB available at start, load average "
-        f"{' / '.join(str(x) for x in m.get('load_average_at_start', []))}), {m.get('platform')}; "
-        f"Java {m.get('java')}, Spark {m.get('spark')} ({m.get('spark_master')}, driver {m.get('driver_memory')}), "
-        f"Delta {m.get('delta')} (delta-spark {m.get('delta_spark_python', '?')}), Kafka {m.get('kafka_broker')} "
-        f"single broker, Python {m.get('python')}.",
+        *command_block(r["command"], where="broker running"),
+        machine_line(m),
         "",
         f"Events: {p['records']:,} from the project generator (seed {r['args']['seed']}, {r['args']['accounts']} accounts; "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(fam.items(), key=lambda kv: -kv[1]))

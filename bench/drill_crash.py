@@ -24,8 +24,10 @@ What happens:
    compared as multisets of rows (exceptAll both ways), without the columns that
    legitimately differ between two runs: ingestion and computation times (ingested_at,
    last_ingested_at, computed_at, staged_at, delivered_at), is_late (event time measured
-   against ingestion time), and the export's run id and file names (export_id,
-   provider_file, finance_file).
+   against ingestion time), the export's run id and file names (export_id,
+   provider_file, finance_file), and in silver the Kafka coordinates of an event that
+   arrived as byte-identical copies (which copy stands for it depends on batch cuts).
+   A table that differs reports a few sample rows each way.
 
 Exit status 0 only when every table matches and bronze holds each Kafka record once.
 """
@@ -59,10 +61,13 @@ TABLES = ("silver.usage_events", "silver.account_events", "silver.duplicates", "
 VOLATILE = {"ingested_at", "last_ingested_at", "computed_at", "staged_at", "delivered_at", "is_late",
             "export_id", "provider_file", "finance_file"}
 # Among byte-identical copies of one event, silver keeps whichever copy the hot-path dedup
-# meets first in its micro-batch, so the kept copy's Kafka coordinates depend on how batches
-# were cut (README, "What billed once means"); the event and its bytes do not.
+# meets first in its micro-batch, so the Kafka coordinates silver records for it depend on
+# how batches were cut (README, "What billed once means"); the event and its bytes do not.
+# That holds for an event dropped by a custom rule (silver.duplicates) as for a kept one.
 COPY_COORDINATES = {"kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp"}
-PER_TABLE_VOLATILE = {"silver.usage_events": COPY_COORDINATES, "silver.account_events": COPY_COORDINATES}
+PER_TABLE_VOLATILE = {t: COPY_COORDINATES for t in ("silver.usage_events", "silver.account_events", "silver.duplicates")}
+# Rows shown per table when a comparison fails, to tell a real defect from a volatile column.
+SAMPLE_ROWS = 3
 
 
 @dataclass
@@ -233,9 +238,12 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
         a, b = a_lake.read(spark, table), b_lake.read(spark, table)
         cols = [c for c in b.columns if c not in VOLATILE | PER_TABLE_VOLATILE.get(table, set())]
         a, b = a.select(*cols), b.select(*cols)
+        extra, missing = a.exceptAll(b), b.exceptAll(a)
         tables[table] = {"rows": a.count(), "reference_rows": b.count(),
-                         "extra": a.exceptAll(b).count(), "missing": b.exceptAll(a).count(),
-                         "compared_columns": len(cols)}
+                         "extra": extra.count(), "missing": missing.count(), "compared_columns": len(cols)}
+        if tables[table]["extra"] or tables[table]["missing"]:
+            tables[table]["samples"] = {name: [r.asDict() for r in rows.limit(SAMPLE_ROWS).collect()]
+                                        for name, rows in (("extra", extra), ("missing", missing))}
     bronze = a_lake.read(spark, "bronze.events")
     bronze_rows = bronze.count()
     distinct_coords = bronze.select("topic", "partition", "offset").distinct().count()
@@ -270,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             kafka_local.stop(broker)
         compared = compare(broker, reference, count)
-        print(json.dumps(compared, indent=1))
+        print(json.dumps(compared, indent=1, default=str))
         ok = all(t["extra"] == t["missing"] == 0 for t in compared["tables"].values())
         return 0 if ok and compared["bronze_rows"] == compared["bronze_distinct"] == count else 1
 

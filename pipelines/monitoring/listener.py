@@ -1,10 +1,11 @@
 """Every micro-batch of every stream -> one row of ops.stream_metrics.
 
 The listener's callbacks run on Spark's listener bus; they only parse the progress JSON
-and queue it. The runner's driver loop calls `StreamMonitor.flush()` between polls: that is
-where the rows get enriched (silver's per-batch dedup and quarantine counts from
-ops.silver_batches, freshness of each stream's output tables) and written, one MERGE per
-flush, keyed on (query_id, run_id, batch_id) so a replayed flush writes nothing twice.
+and queue it. The runner's driver loop calls `StreamMonitor.flush()` between polls (continuous
+mode) and `settle()` when a query ends (both modes): that is where the rows get enriched
+(silver's per-batch dedup and quarantine counts from ops.silver_batches, freshness of each
+stream's output tables) and written, one MERGE per write, keyed on (query_id, run_id,
+batch_id) so a replayed write records nothing twice.
 """
 from __future__ import annotations
 
@@ -181,8 +182,12 @@ class StreamMonitor:
         self._write(pending)
 
     def flush(self, *, force: bool = False) -> int:
-        """Write what the listener queued, at most once per FLUSH_SECONDS unless forced."""
-        if not force and time.monotonic() - self._last_flush < FLUSH_SECONDS:
+        """Write what the listener queued, at most once per FLUSH_SECONDS unless forced.
+
+        An availableNow run writes only when each query ends (`settle`): its batches are
+        minutes apart at most, and a MERGE plus freshness scans every few seconds would
+        compete with the stream it measures for the same cores."""
+        if not force and (self.mode == "available_now" or time.monotonic() - self._last_flush < FLUSH_SECONDS):
             return 0
         self._last_flush = time.monotonic()
         return self._write(self._drain())

@@ -12,6 +12,9 @@ from pipelines.runner import ProgressReporter, run_jobs
 from pipelines.settings import Settings
 from pipelines.tables import Lake
 
+# Events in the shared billed_lakehouse fixture (tests/integration/conftest.py).
+BILLED_EVENTS = 600
+
 
 def event(event_id: str, account_id: str, occurred_at: str, event_type: str = "usage", **fields) -> dict:
     body = {"event_id": event_id, "event_type": event_type, "account_id": account_id,

@@ -3,30 +3,20 @@ column carries its comment from schemas/tables.yaml, and an independent Delta re
 deltalake package, delta-rs) reads every table exactly as Spark does."""
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import types as T
 
-from pipelines import kafka_local, produce
 from pipelines.tables import Lake, table_specs
-from tests.integration.helpers import context, run
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture(scope="module")
-def built(spark, kafka_settings, tmp_path_factory):
-    topic = f"test.readers.{uuid.uuid4().hex[:10]}"
-    kafka_local.ensure_topics(kafka_settings, {topic: 2})
-    records = produce.generate(produce.GeneratorOptions(count=300, accounts=4, seed=9, span=timedelta(days=40),
-                                                        now=datetime.now(timezone.utc)))
-    settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("readers") / "lake"),
-                                             events_topic=topic)
-    produce.send(records, settings)
-    run(spark, context(settings), "bronze", "silver", "gold", "billing", "export")
+def built(spark, billed_lakehouse):
+    settings = billed_lakehouse
     lake = Lake(settings)
     tables = [name for name in table_specs() if lake.exists(spark, name)]
     # Everything the jobs above write, at least.

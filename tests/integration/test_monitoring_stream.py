@@ -26,8 +26,8 @@ def test_listener_records_every_micro_batch_of_every_stream(spark, lake_settings
         ("acct-3", usage("e-3", "acct-3", at, "voice", "voice_minutes", Decimal("1.5"))),
         ("acct-4", usage("e-4", "acct-4", at, "helpdesk", "billable_tickets", 1)),
     ])
-    # two records per bronze batch, one Delta file per silver batch: several batches each
-    ctx = context(lake_settings, max_offsets_per_trigger=2, max_files_per_trigger=1)
+    # two records per bronze batch, two Delta files per silver batch: several batches each
+    ctx = context(lake_settings, max_offsets_per_trigger=2, max_files_per_trigger=2)
     reporter = run(spark, ctx)
     lake = Lake(lake_settings)
 

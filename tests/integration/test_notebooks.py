@@ -1,21 +1,18 @@
-"""The three notebooks, executed headless (nbclient) against a lakehouse built here from
-real Kafka records by the real jobs. Any cell error fails the test; parameters reach the
+"""The three notebooks, executed headless (nbclient) against the shared lakehouse the real
+jobs built from real Kafka records (billed_lakehouse). Any cell error fails the test; parameters reach the
 notebooks as LAKEHOUSE_NB_<NAME> environment variables, as on a developer's machine."""
 from __future__ import annotations
 
 import os
 import re
-import uuid
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from pipelines import kafka_local, produce
 from pipelines.tables import Lake
-from tests.integration.helpers import context, run
+from tests.integration.helpers import BILLED_EVENTS
 
 pytestmark = pytest.mark.kafka
 
@@ -24,18 +21,8 @@ CELL_TIMEOUT = 900
 
 
 @pytest.fixture(scope="module")
-def lakehouse(spark, kafka_settings, tmp_path_factory):
-    """bronze -> silver -> gold -> billing -> export over forty days of synthetic events."""
-    topic = f"test.notebooks.{uuid.uuid4().hex[:10]}"
-    kafka_local.ensure_topics(kafka_settings, {topic: 2})
-    now = datetime.now(timezone.utc)
-    records = produce.generate(produce.GeneratorOptions(count=600, accounts=6, seed=5, span=timedelta(days=40),
-                                                        now=now))
-    settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("notebooks") / "lake"),
-                                             events_topic=topic)
-    produce.send(records, settings)
-    run(spark, context(settings), "bronze", "silver", "gold", "billing", "export")
-    return settings
+def lakehouse(billed_lakehouse):
+    return billed_lakehouse
 
 
 def execute(name: str, settings, **params) -> nbformat.NotebookNode:
@@ -69,7 +56,7 @@ def test_backfill_notebook_over_a_processed_range_changes_nothing(spark, lakehou
               for t in ("silver.usage_events", "silver.duplicates", "silver.quarantine", "gold.daily_usage")}
     nb = execute("backfill", lakehouse, topic=lakehouse.events_topic, from_offset=0)
     text = text_of(nb)
-    assert re.search(r"bronze records in range\s+600\n", text)
+    assert re.search(rf"bronze records in range\s+{BILLED_EVENTS}\n", text)
     assert re.search(r"tables changed\s+none\n", text)
     after = {t: lake.delta(spark, t).history(1).first()["version"] for t in before}
     assert after == before

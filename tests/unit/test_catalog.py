@@ -1,7 +1,6 @@
 """The pricing catalog: the shipped file, one test per validation error, the Spark frames."""
 from __future__ import annotations
 
-import copy
 import re
 from datetime import date
 from decimal import Decimal

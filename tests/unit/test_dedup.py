@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from pipelines.config import DedupRule, load_dedup_rules
 from pipelines.transforms import dedup as D
