@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 JARS_STAMP := jvm/target/.resolved
 
-.PHONY: setup venv jars kafka-start kafka-stop test test-unit demo bench lock clean docs
+.PHONY: setup venv jars kafka-start kafka-stop test test-unit drill demo bench lock clean docs
 
 setup: venv jars
 
@@ -43,6 +43,12 @@ test: setup kafka-start
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit
+
+# The crash drill at CI size (SIGKILLs and a broker restart on the drill's own broker,
+# port 19192): minutes of wall time, so it is a CI step of its own rather than part of
+# `make test`. bench/drill_crash.py runs it at full size.
+drill: setup
+	@$(PY) -m pytest -q -m drill tests/integration/test_crash_drill.py
 
 demo: setup
 	@$(LAKEHOUSE) demo

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.kafka
+# Its own broker on its own port: needs neither the shared broker nor the suite's session.
+pytestmark = pytest.mark.drill
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
