@@ -1,11 +1,10 @@
 """Every micro-batch of every stream -> one row of ops.stream_metrics.
 
 The listener's callbacks run on Spark's listener bus; they only parse the progress JSON
-and queue it. The runner's driver loop calls `StreamMonitor.flush()` between polls (continuous
-mode) and `settle()` when a query ends (both modes): that is where the rows get enriched
+and queue it. The runner's driver loop calls `StreamMonitor.flush()` between polls, `settle()`
+when a query ends, and the monitor writes at exit: that is where the rows get enriched
 (silver's per-batch dedup and quarantine counts from ops.silver_batches, freshness of each
-stream's output tables) and written, one MERGE per write, keyed on (query_id, run_id,
-batch_id) so a replayed write records nothing twice.
+stream's output tables) and appended, each (query_id, run_id, batch_id) once.
 """
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import json
 import logging
 import queue
 import time
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 METRICS = "ops.stream_metrics"
 SILVER_BATCHES = "ops.silver_batches"
-KEYS = ("query_id", "run_id", "batch_id")
 # Between flushes the rows wait in memory: one MERGE per interval, not per micro-batch,
 # keeps the monitor's Delta commits off the streams' back at high batch rates.
 FLUSH_SECONDS = 5.0
@@ -141,6 +140,8 @@ class StreamMonitor:
         self._listener = _Listener(self._queue)
         self.recorded: set[tuple[str, str, int]] = set()
         self._last_flush = 0.0
+        self._held: list[dict] = []   # progress of stopped queries, not written yet
+        self._app_id, self._writes = f"stream-monitor-{uuid.uuid4()}", 0
 
     def __enter__(self) -> "StreamMonitor":
         self.lake.ensure(self.spark, METRICS)
@@ -161,36 +162,33 @@ class StreamMonitor:
             except queue.Empty:
                 return out
 
-    def settle(self, query: StreamingQuery, timeout: float = 10.0) -> None:
-        """After a query stopped: wait for the listener bus to deliver its last progress
-        events, then write them. Batches the bus has still not delivered after `timeout`
-        are taken from the query's own recent progress, so none goes unrecorded."""
-        expected = {(p["id"], p["runId"], int(p["batchId"])) for p in query.recentProgress}
-        deadline = time.monotonic() + timeout
-        pending: list[dict] = []
-        while True:
-            pending += self._drain()
-            seen = self.recorded | {(p["id"], p["runId"], int(p["batchId"])) for p in pending}
-            if expected <= seen or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        missing = expected - seen
-        if missing:
-            log.warning("stream monitor: %d progress event(s) not delivered by the listener bus; "
-                        "recording them from recentProgress", len(missing))
-            pending += [p for p in query.recentProgress if (p["id"], p["runId"], int(p["batchId"])) in missing]
-        self._write(pending)
+    def settle(self, query: StreamingQuery) -> None:
+        """After a query stopped: its last progress events may still be on the listener
+        bus, but the query's own recentProgress already holds them, so they are taken from
+        there instead of waited for (the bus's late copies are recognised by key). A
+        continuous run writes them at once; an availableNow run keeps them for one write
+        when the whole run ends."""
+        pending = self._drain()
+        queued = {_key(p) for p in pending}
+        pending += [p for p in query.recentProgress if _key(p) not in queued and _key(p) not in self.recorded]
+        self._held += pending
+        if self.mode == "continuous":
+            self._write(self._take_held())
 
     def flush(self, *, force: bool = False) -> int:
         """Write what the listener queued, at most once per FLUSH_SECONDS unless forced.
 
-        An availableNow run writes only when each query ends (`settle`): its batches are
-        minutes apart at most, and a MERGE plus freshness scans every few seconds would
-        compete with the stream it measures for the same cores."""
+        An availableNow run writes once, when it ends: its streams run one after the
+        other, and a MERGE plus freshness scans every few seconds, or after every stream,
+        would compete for the same cores with the streams they measure."""
         if not force and (self.mode == "available_now" or time.monotonic() - self._last_flush < FLUSH_SECONDS):
             return 0
         self._last_flush = time.monotonic()
-        return self._write(self._drain())
+        return self._write(self._take_held())
+
+    def _take_held(self) -> list[dict]:
+        held, self._held = self._held + self._drain(), []
+        return held
 
     def _freshness(self, names: set[str]) -> dict[str, tuple]:
         # One aggregate per output table: a single small row reaches the driver.
@@ -232,11 +230,19 @@ class StreamMonitor:
         others = frame.filter(F.col("query_name") != "silver").withColumns({
             "rule_drops": F.lit(None).cast("map<string,bigint>"), "quarantined": F.lit(None).cast("map<string,bigint>")})
         source = silver.unionByName(others).select(*[F.col(f.name).cast(f.dataType) for f in schema])
-        on = " AND ".join(f"t.{k} = s.{k}" for k in KEYS)
-        (self.lake.delta(self.spark, METRICS).alias("t").merge(source.alias("s"), on)
-         .whenNotMatchedInsertAll().execute())
+        # A batch's key holds its run id, which is new at every start, so no other process
+        # records the same key; within this one, `recorded` and Delta's idempotent-append
+        # options (a retried write of this monitor's n-th batch of rows is skipped) keep
+        # every row single, without the cost of a MERGE.
+        self._writes += 1
+        self.lake.save(source.write.format("delta").mode("append").option("txnAppId", self._app_id)
+                       .option("txnVersion", self._writes), METRICS)
         self.recorded |= set(rows)
         return len(rows)
+
+
+def _key(p: dict) -> tuple[str, str, int]:
+    return p["id"], p["runId"], int(p["batchId"])
 
 
 _MILLIS = Decimal("0.001")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -19,32 +18,6 @@ from pipelines.settings import Settings
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 3
-
-
-def _port_answers(bootstrap: str) -> bool:
-    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-@pytest.fixture(scope="session")
-def kafka_settings() -> Settings:
-    """The local broker: started if it is not running (and then left running), else skip."""
-    settings = Settings()
-    if _port_answers(settings.bootstrap_servers):
-        return settings
-    try:
-        from pipelines import kafka_local
-    except ImportError:
-        pytest.skip(f"no Kafka broker at {settings.bootstrap_servers} and no pipelines.kafka_local to start one")
-    try:
-        kafka_local.start(settings)
-    except Exception as exc:  # KafkaLocalError, missing jars/java: the reason is in the message
-        pytest.skip(f"no Kafka broker at {settings.bootstrap_servers} and starting one failed: {exc}")
-    return settings
 
 
 @pytest.fixture
