@@ -214,15 +214,21 @@ def _quiet_logger(key: str, name: str) -> list[str]:
 
 
 def new_cluster_id() -> str:
-    # Kafka's Uuid text form: 16 random bytes, URL-safe base64, no padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """Kafka's Uuid text form: 16 random bytes, URL-safe base64, no padding. Like Kafka's
+    own Uuid.randomUuid, never one starting with '-': kafka-storage would read it as an
+    option and fail the format (1 start in 64 did, before this)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _cluster_id(lay: BrokerLayout) -> str:
     """Stored once so a re-format (after wiping data) keeps the same id."""
     if lay.cluster_id_file.exists():
         stored = lay.cluster_id_file.read_text().strip()
-        if stored:
+        # One starting with '-' never formatted anything (see new_cluster_id): replaced.
+        if stored and not stored.startswith("-"):
             return stored
     cid = new_cluster_id()
     lay.cluster_id_file.write_text(cid + "\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 import os
 from pathlib import Path
 
@@ -104,6 +105,21 @@ def test_cluster_id_is_kafka_uuid_text() -> None:
     cid = kafka_local.new_cluster_id()
     assert len(cid) == 22
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch, tmp_path: Path) -> None:
+    # kafka-storage's argument parser reads "-xyz" as an option: the format fails.
+    dashed, plain = uuid.UUID(bytes=b"\xfb" + bytes(15)), uuid.UUID(bytes=bytes(16))
+    draws = iter([dashed, plain])
+    monkeypatch.setattr(kafka_local.uuid, "uuid4", lambda: next(draws))
+    assert base64.urlsafe_b64encode(dashed.bytes).decode().startswith("-")
+    assert kafka_local.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAA"
+    # A stored id from before the fix is replaced, not reused.
+    lay = kafka_local.layout(Settings().with_overrides(local_dir=tmp_path))
+    lay.root.mkdir(parents=True)
+    lay.cluster_id_file.write_text("-bad\n")
+    monkeypatch.setattr(kafka_local, "new_cluster_id", lambda: "fresh")
+    assert kafka_local._cluster_id(lay) == "fresh" and lay.cluster_id_file.read_text() == "fresh\n"
 
 
 def test_layout_lives_under_local_dir(tmp_path: Path) -> None:
