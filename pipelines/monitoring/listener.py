@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 METRICS = "ops.stream_metrics"
 SILVER_BATCHES = "ops.silver_batches"
-# Between flushes the rows wait in memory: one MERGE per interval, not per micro-batch,
-# keeps the monitor's Delta commits off the streams' back at high batch rates.
+# Continuous mode: between flushes the rows wait in memory; one write per interval, not
+# per micro-batch, keeps the monitor's Delta commits off the streams' back.
 FLUSH_SECONDS = 5.0
 
 # Where each stream writes, and which columns say how far in event and ingestion time it got.
@@ -206,6 +206,13 @@ class StreamMonitor:
         return out
 
     def _write(self, progress: list[dict]) -> int:
+        try:
+            return self._append(progress)
+        except Exception:
+            self._held = progress + self._held   # nothing lost: tried again at the next write
+            raise
+
+    def _append(self, progress: list[dict]) -> int:
         rows = {}
         for p in progress:
             row = progress_row(p, mode=self.mode)
@@ -232,11 +239,12 @@ class StreamMonitor:
         source = silver.unionByName(others).select(*[F.col(f.name).cast(f.dataType) for f in schema])
         # A batch's key holds its run id, which is new at every start, so no other process
         # records the same key; within this one, `recorded` and Delta's idempotent-append
-        # options (a retried write of this monitor's n-th batch of rows is skipped) keep
-        # every row single, without the cost of a MERGE.
-        self._writes += 1
+        # options keep every row single without the cost of a MERGE: a write that failed
+        # after its commit is retried under the same version and skipped.
+        version = self._writes + 1
         self.lake.save(source.write.format("delta").mode("append").option("txnAppId", self._app_id)
-                       .option("txnVersion", self._writes), METRICS)
+                       .option("txnVersion", version), METRICS)
+        self._writes = version
         self.recorded |= set(rows)
         return len(rows)
 

@@ -116,3 +116,30 @@ def test_plot_writes_a_png_with_three_labelled_panels(tmp_path):
     out = plot_metrics(metrics, tmp_path / "plots" / "status.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_monitor_records_each_batch_once_and_keeps_rows_a_failed_write_did_not_store(spark, tmp_path, monkeypatch):
+    from pipelines.monitoring.listener import METRICS, StreamMonitor
+    from pipelines.settings import Settings
+    from pipelines.tables import Lake
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    save = lake.save
+    failures = iter([RuntimeError("disk full")])
+
+    def flaky_save(writer, name):
+        if (exc := next(failures, None)) is not None:
+            raise exc
+        save(writer, name)
+
+    monkeypatch.setattr(lake, "save", flaky_save)
+    with StreamMonitor(spark, lake, continuous=True) as monitor:
+        monitor._queue.put(progress(batchId=1))
+        with pytest.raises(RuntimeError, match="disk full"):
+            monitor.flush(force=True)
+        monitor._queue.put(progress(batchId=2))
+        assert monitor.flush(force=True) == 2          # the failed write's row comes along
+        monitor._queue.put(progress(batchId=2))        # a late copy from the listener bus
+        assert monitor.flush(force=True) == 0
+    recorded = sorted(tuple(r) for r in lake.read(spark, METRICS).select("query_id", "run_id", "batch_id").collect())
+    assert recorded == [("q1", "r1", 1), ("q1", "r1", 2)]
