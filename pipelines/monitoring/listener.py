@@ -165,13 +165,13 @@ class StreamMonitor:
     def settle(self, query: StreamingQuery) -> None:
         """After a query stopped: its last progress events may still be on the listener
         bus, but the query's own recentProgress already holds them, so they are taken from
-        there instead of waited for (the bus's late copies are recognised by key). A
-        continuous run writes them at once; an availableNow run keeps them for one write
-        when the whole run ends."""
+        there instead of waited for. Only for batches the bus has not delivered: the bus's
+        copy is the one to keep, as pyspark's recentProgress can lack a Kafka source's
+        latest offsets (no lag). A continuous run writes them at once; an availableNow run
+        keeps them for one write when the whole run ends."""
         pending = self._drain()
-        queued = {_key(p) for p in pending}
-        pending += [p for p in query.recentProgress if _key(p) not in queued and _key(p) not in self.recorded]
-        self._held += pending
+        known = self.recorded | {_key(p) for p in pending + self._held}
+        self._held += pending + [p for p in query.recentProgress if _key(p) not in known]
         if self.mode == "continuous":
             self._write(self._take_held())
 
@@ -179,7 +179,7 @@ class StreamMonitor:
         """Write what the listener queued, at most once per FLUSH_SECONDS unless forced.
 
         An availableNow run writes once, when it ends: its streams run one after the
-        other, and a MERGE plus freshness scans every few seconds, or after every stream,
+        other, and a write plus freshness scans every few seconds, or after every stream,
         would compete for the same cores with the streams they measure."""
         if not force and (self.mode == "available_now" or time.monotonic() - self._last_flush < FLUSH_SECONDS):
             return 0
@@ -215,10 +215,8 @@ class StreamMonitor:
     def _append(self, progress: list[dict]) -> int:
         rows = {}
         for p in progress:
-            row = progress_row(p, mode=self.mode)
-            key = (row["query_id"], row["run_id"], row["batch_id"])
-            if key not in self.recorded:
-                rows[key] = row
+            if (key := _key(p)) not in self.recorded:
+                rows[key] = progress_row(p, mode=self.mode)
         if not rows:
             return 0
         now = datetime.now(UTC)

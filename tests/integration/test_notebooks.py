@@ -1,6 +1,7 @@
 """The three notebooks, executed headless (nbclient) against the shared lakehouse the real
-jobs built from real Kafka records (billed_lakehouse). Any cell error fails the test; parameters reach the
-notebooks as LAKEHOUSE_NB_<NAME> environment variables, as on a developer's machine."""
+jobs built from real Kafka records (billed_lakehouse). Any cell error fails the test;
+parameters reach the notebooks as LAKEHOUSE_NB_<NAME> environment variables, as on a
+developer's machine."""
 from __future__ import annotations
 
 import os
@@ -18,11 +19,6 @@ pytestmark = pytest.mark.kafka
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CELL_TIMEOUT = 900
-
-
-@pytest.fixture(scope="module")
-def lakehouse(billed_lakehouse):
-    return billed_lakehouse
 
 
 def execute(name: str, settings, **params) -> nbformat.NotebookNode:
@@ -50,11 +46,11 @@ def text_of(nb) -> str:
     return "\n".join(parts)
 
 
-def test_backfill_notebook_over_a_processed_range_changes_nothing(spark, lakehouse):
-    lake = Lake(lakehouse)
+def test_backfill_notebook_over_a_processed_range_changes_nothing(spark, billed_lakehouse):
+    lake = Lake(billed_lakehouse)
     before = {t: lake.delta(spark, t).history(1).first()["version"]
               for t in ("silver.usage_events", "silver.duplicates", "silver.quarantine", "gold.daily_usage")}
-    nb = execute("backfill", lakehouse, topic=lakehouse.events_topic, from_offset=0)
+    nb = execute("backfill", billed_lakehouse, topic=billed_lakehouse.events_topic, from_offset=0)
     text = text_of(nb)
     assert re.search(rf"bronze records in range\s+{BILLED_EVENTS}\n", text)
     assert re.search(r"tables changed\s+none\n", text)
@@ -62,22 +58,22 @@ def test_backfill_notebook_over_a_processed_range_changes_nothing(spark, lakehou
     assert after == before
 
 
-def test_backfill_notebook_refuses_bad_parameters_with_the_reason(lakehouse):
+def test_backfill_notebook_refuses_bad_parameters_with_the_reason(billed_lakehouse):
     from nbclient.exceptions import CellExecutionError
 
     with pytest.raises(CellExecutionError, match="from_offset: expected an integer"):
-        execute("backfill", lakehouse, topic=lakehouse.events_topic, from_offset="zero")
+        execute("backfill", billed_lakehouse, topic=billed_lakehouse.events_topic, from_offset="zero")
 
 
-def test_audit_notebook_reconciles_and_plots(lakehouse):
-    nb = execute("audit", lakehouse)
+def test_audit_notebook_reconciles_and_plots(billed_lakehouse):
+    nb = execute("audit", billed_lakehouse)
     assert outputs(nb, "image/png"), "the audit notebook draws its plots"
     text = text_of(nb)
     assert "usage rows with a difference:" in text and "amount rows with a difference:" in text
 
 
-def test_exploration_notebook_runs_the_views_and_the_independent_reader(lakehouse):
-    nb = execute("exploration", lakehouse)
+def test_exploration_notebook_runs_the_views_and_the_independent_reader(billed_lakehouse):
+    nb = execute("exploration", billed_lakehouse)
     text = text_of(nb)
     assert "gold.daily_usage version" in text
     html = [o["data"]["text/html"] for o in outputs(nb, "text/html")]
