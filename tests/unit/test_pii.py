@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 from chispa import assert_df_equality
@@ -46,6 +47,22 @@ def test_listed_keys_and_matching_values_are_hashed_or_dropped(spark):
     }
     assert got[1:] == [{}, None]
     assert "Ann" not in json.dumps(got) and "4111" not in json.dumps(got)
+
+
+def test_huge_free_text_is_scanned_in_linear_time(spark):
+    """The in_text patterns run over every string; a backtracking one takes minutes on one
+    200 KB value (the hostile bench hung on it). The cancel bounds the wait, not speed."""
+    size = 200_000
+    timer = threading.Timer(120, spark.sparkContext.cancelAllJobs)
+    timer.start()
+    try:
+        got = protect(spark, json.dumps({"blob": "a" * size}), json.dumps({"blob": "a." * (size // 2) + "@b"}),
+                      json.dumps({"blob": "x" * size + " bob@x.org"}))
+    finally:
+        timer.cancel()
+    assert got[0] == {"blob": "a" * size}
+    assert got[1] == {"blob": "a." * (size // 2) + "@b"}
+    assert list(got[2]) == ["blob_hash"]
 
 
 def test_equal_inputs_stay_joinable_across_records(spark):
