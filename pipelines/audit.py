@@ -7,6 +7,9 @@ Two reconciliations, each row carrying a plain-language explanation of any diffe
 - amounts: what the invoice lines now say (final base and usage lines) against what the
   export ledger delivered (original lines plus adjustments), per account, period, currency.
 
+A third check, `record_homes`, accounts for every Kafka record in bronze: the silver tables
+holding it (exactly one, for a record nothing lost or doubled).
+
 Pure transforms (DataFrame -> DataFrame) in the middle; `run_audit` reads the tables and
 `timeline` returns small, bounded pandas frames for the notebook's plots.
 """
@@ -27,6 +30,12 @@ LEDGER = "gold.billing_exports"
 OK = "ok"
 USAGE_KEYS = ["account_id", "period", "product", "metric"]
 AMOUNT_KEYS = ["account_id", "period", "currency"]
+
+
+# Where a bronze record can end up, by silver table; each holds the record's Kafka coordinates.
+SILVER_HOMES = {"silver.usage_events": "usage", "silver.account_events": "account",
+                "silver.duplicates": "duplicate", "silver.quarantine": "quarantine"}
+COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
 
 
 class AuditError(ValueError):
@@ -243,3 +252,29 @@ def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
+
+
+def with_homes(landed: DataFrame):
+    """Bronze records -> one row each with `homes`, the sorted names of the silver tables
+    holding it (`landed`: coordinates and `home`). Empty means lost; two or more, doubled."""
+    def transform(bronze: DataFrame) -> DataFrame:
+        coordinates = bronze.select(F.col("topic").alias("kafka_topic"), F.col("partition").alias("kafka_partition"),
+                                    F.col("offset").alias("kafka_offset"))
+        return (coordinates.join(landed, on=COORDINATES, how="left")
+                .groupBy(*COORDINATES).agg(F.sort_array(F.collect_list("home")).alias("homes")))
+
+    return transform
+
+
+def count_homes(records: DataFrame) -> DataFrame:
+    """Records per placement: `home` is "usage", "quarantine", ... ("" lost, "a+b" doubled)."""
+    return records.groupBy(F.array_join("homes", "+").alias("home")).count()
+
+
+def record_homes(spark: SparkSession, lake: Lake) -> DataFrame:
+    """Every bronze record with the silver tables holding it (see `with_homes`)."""
+    landed = None
+    for table, home in SILVER_HOMES.items():
+        part = lake.read(spark, table).select(*COORDINATES, F.lit(home).alias("home"))
+        landed = part if landed is None else landed.unionByName(part)
+    return lake.read(spark, "bronze.events").transform(with_homes(landed))

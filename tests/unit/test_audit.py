@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+from chispa import assert_df_equality
+
 from pipelines.audit import (
-    OK, billed_per_period, exported_per_period, invoiced_per_period, reconcile_amounts, reconcile_usage,
-    used_per_period,
+    OK, billed_per_period, count_homes, exported_per_period, invoiced_per_period, reconcile_amounts, reconcile_usage,
+    used_per_period, with_homes,
 )
 
 D = Decimal
@@ -73,3 +75,22 @@ def test_invoice_amounts_against_the_export_ledger(spark):
     assert out["open"].explanation.startswith("open period")
     assert out["staged"].explanation.startswith("an export is staged but not delivered")
     assert out["ghost"].explanation.startswith("9.99 USD exported but no final line")
+
+
+def test_every_bronze_record_is_placed_lost_or_doubled(spark):
+    bronze = spark.createDataFrame([
+        ("t", 0, 0), ("t", 0, 1), ("t", 0, 2), ("t", 1, 0), ("t", 1, 1), ("u", 0, 0),
+    ], "topic string, partition int, offset bigint")
+    landed = spark.createDataFrame([
+        ("t", 0, 0, "usage"),
+        ("t", 0, 1, "quarantine"),
+        ("t", 0, 2, "usage"), ("t", 0, 2, "duplicate"),    # in two tables: doubled
+        ("t", 1, 1, "usage"),
+        ("u", 0, 0, "account"),
+        ("t", 9, 9, "usage"),                              # not in bronze: ignored
+    ], "kafka_topic string, kafka_partition int, kafka_offset bigint, home string")
+    # (t, 1, 0) is in no silver table: lost.
+    expected = spark.createDataFrame(
+        [("", 1), ("account", 1), ("duplicate+usage", 1), ("quarantine", 1), ("usage", 2)], "home string, count long")
+    assert_df_equality(bronze.transform(with_homes(landed)).transform(count_homes), expected,
+                       ignore_row_order=True, ignore_nullable=True)
