@@ -251,11 +251,18 @@ def _exact_decimal(f: _Fields, path: str, scale: int) -> Column:
     as_double = f.get(path, "double")
     decimal_scale = F.regexp_extract(vtype, r"^DECIMAL\(\d+,(\d+)\)$", 1).cast("int")
     digits_fit = f.string(path).rlike(rf"^-?[0-9]+(\.[0-9]{{0,{scale}}}0*)?$")
+    # A double of 0 is exact only if it was written as zero: 1e-400 underflows to 0 and
+    # its digits are gone from the variant, so they are looked for in the raw text (any
+    # "<key>": number whose mantissa has a non-zero digit; `*+` never backtracks). A
+    # zero is a double only in exponent form, so nothing ordinary takes this branch.
+    key = path.removeprefix("$.")
+    underflowed = (as_double == 0) & F.col("value").cast("string").rlike(rf'"{key}"\s*:\s*-?[0.]*+[1-9]')
     exact = (
         F.when(vtype.isin(*INTEGER_TYPES), F.lit(True))
         # Zero with a long scale prints as 0E-8, which the digit pattern does not read.
         .when(vtype.startswith("DECIMAL"), (decimal_scale <= scale) | digits_fit | (as_double == 0))
-        .when(vtype.isin("DOUBLE", "FLOAT"), target.isNotNull() & (target.cast("double") == as_double))
+        .when(vtype.isin("DOUBLE", "FLOAT"),
+              target.isNotNull() & (target.cast("double") == as_double) & ~underflowed)
         .otherwise(F.lit(False))
     )
     return target.isNotNull() & F.coalesce(exact, F.lit(False))

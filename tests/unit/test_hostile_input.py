@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import SilverConfig
 from pipelines.contract import load_contract, schemas_dir
-from pipelines.hostile import FIELDS, Corpus, corpus
+from pipelines.hostile import FIELDS, HUGE_NUMBERS, Corpus, corpus
 from pipelines.transforms.parse import MAX_CONTAINERS, REASONS, RFC3339, parse_events
 from tests.unit.frames import local_frame
 
@@ -122,6 +122,19 @@ def judge(value: bytes | None, ingested: datetime = INGESTED) -> bool | None:
     return True
 
 
+def misplaced(verdict: bool | None, homes: list[str]) -> str | None:
+    """What is wrong with where silver put one Kafka record, given the judge's verdict on it
+    and `homes`, the silver tables holding it (pipelines.audit.record_homes); None if nothing."""
+    if len(homes) != 1:
+        return f"in {len(homes)} silver tables: {homes}"
+    quarantined = homes[0] == "quarantine"
+    if verdict is True and quarantined:
+        return "good by the contract but quarantined"
+    if verdict is False and not quarantined:
+        return f"bad by the contract but in silver ({homes[0]})"
+    return None
+
+
 def parse_all(spark, values: list[tuple[bytes | None, bytes | None]]) -> dict[int, object]:
     rows = [(i, k, v, "t", 0, i, INGESTED.replace(tzinfo=None)) for i, (k, v) in enumerate(values)]
     df = local_frame(spark, rows, "i long, key binary, value binary, topic string, partition int, offset long, "
@@ -170,6 +183,17 @@ def test_the_seeded_corpus_is_accounted_for(spark):
                      "duplicated_key", "not_json_object", "bad_values", "random_bytes"):
         assert not any(by_category[category]), category
     assert all(by_category["good"]) and len(by_category["good"]) > 30
+
+
+def test_every_huge_number_in_a_numeric_field_agrees_with_the_judge(spark):
+    base = Corpus(3, INGESTED).good_event()
+    base.update(event_type="usage", product="sms", metric="sms_segments", quantity=1)
+    values = []
+    for field in ("quantity", "schema_version"):
+        for number in HUGE_NUMBERS:
+            text = json.dumps({**base, field: "@"}).replace('"@"', number)
+            values.append((b"k", text.encode()))
+    assert_accounted_for(values, parse_all(spark, values))
 
 
 _scalar = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)

@@ -13,6 +13,14 @@ CASES = {
     "trailing zeros past the 6th decimal": ("1.50000000000000000000", None),
     "zero with a long scale": ("0.00000000", None),
     "6 decimals": ("0.000001", None),
+    # Exponent forms are read as doubles; one that underflows to 0 is not a zero.
+    "underflow to zero": ("1e-400", INVALID_VALUE),
+    "underflow after leading zeros": ("0.00001E-400", INVALID_VALUE),
+    "smallest double": ("4.9e-324", INVALID_VALUE),
+    "zero in exponent form": ("0e0", None),
+    "negative zero in exponent form": ("-0.000e+5", None),
+    "whole number in exponent form": ("1E+2", None),
+    "more than 6 decimals in exponent form": ("1e-7", INVALID_VALUE),
 }
 
 
@@ -22,3 +30,15 @@ def test_quantity_decimals_are_judged_as_written(spark):
     got = {r["name"]: r["reason"] for r in
            df.transform(parse_events(load_contract(1))).select("name", "_problem.reason").collect()}
     assert got == {name: reason for name, (_, reason) in CASES.items()}
+
+
+def test_a_nested_quantity_does_not_hide_an_underflow_or_fake_one(spark):
+    rows = [
+        ("nested nonzero, top-level underflow", "1e-400", '{"quantity": 0}'),
+        ("nested underflow, top-level zero", "0", '{"quantity": 1e-400}'),
+    ]
+    df = local_frame(spark, [(n, ("{" + BASE + q + ',"properties":' + props + "}").encode(), datetime(2026, 10, 1))
+                             for n, q, props in rows], "name string, value binary, ingested_at timestamp")
+    got = {r["name"]: r["reason"] for r in
+           df.transform(parse_events(load_contract(1))).select("name", "_problem.reason").collect()}
+    assert got == {"nested nonzero, top-level underflow": INVALID_VALUE, "nested underflow, top-level zero": None}
