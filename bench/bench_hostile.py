@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         *command_block(command_line(), where="broker running"),
         machine_line(machine, load_at_end=load_at_end), "",
         table, "",
-        f"Send and judge {send_s:.0f} s; bronze + silver {pipeline_s:.0f} s "
+        f"Send {send_s:.0f} s; bronze + silver {pipeline_s:.0f} s "
         f"({reporter.totals['silver'].batches} silver micro-batches). Corpus categories: "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(categories.items())) + ".", "",
         "Quarantine reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items())) + ".", "",
