@@ -79,7 +79,9 @@ def judge_placements(spark, lake) -> tuple[Counter, Counter, list]:
     rows = (lake.read(spark, "bronze.events")
             .select(F.col("topic").alias("kafka_topic"), F.col("partition").alias("kafka_partition"),
                     F.col("offset").alias("kafka_offset"), "value", "ingested_at")
-            .join(record_homes(spark, lake), on=COORDINATES, how="left"))
+            # Broadcast the small side: shuffling the values (huge ones among them) into a
+            # few partitions would make toLocalIterator hold one of them whole.
+            .join(F.broadcast(record_homes(spark, lake)), on=COORDINATES, how="left"))
     verdicts, wrong, samples = Counter(), Counter(), []
     for i, r in enumerate(rows.toLocalIterator(), 1):
         value = bytes(r.value) if r.value is not None else None
