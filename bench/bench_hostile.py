@@ -68,31 +68,37 @@ def send_corpus(settings: Settings, count: int, seed: int) -> tuple[int, Counter
     return hostile.send(counted(), settings), categories
 
 
-def judge_placements(spark, lake) -> tuple[Counter, Counter, list]:
+def judge_placements(spark, lake, chunk: int = 5_000) -> tuple[Counter, Counter, list]:
     """Every bronze record's silver placement against the judge, record by record:
-    (verdicts, what was wrong -> count, a few samples)."""
+    (verdicts, what was wrong -> count, a few samples). Read in offset ranges of `chunk`
+    records per Kafka partition: the corpus holds values of hundreds of KB, and a whole
+    partition of them does not fit the driver."""
     from pyspark.sql import functions as F
 
     from pipelines.audit import COORDINATES, record_homes
     from tests.unit.test_hostile_input import judge, misplaced
 
-    rows = (lake.read(spark, "bronze.events")
-            .select(F.col("topic").alias("kafka_topic"), F.col("partition").alias("kafka_partition"),
-                    F.col("offset").alias("kafka_offset"), "value", "ingested_at")
-            # Broadcast the small side: shuffling the values (huge ones among them) into a
-            # few partitions would make toLocalIterator hold one of them whole.
-            .join(F.broadcast(record_homes(spark, lake)), on=COORDINATES, how="left"))
+    homes = record_homes(spark, lake).localCheckpoint()
+    bronze = lake.read(spark, "bronze.events").select(
+        F.col("topic").alias("kafka_topic"), F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"), "value", "ingested_at")
+    ranges = bronze.groupBy("kafka_partition").agg(F.min("kafka_offset").alias("lo"), F.max("kafka_offset").alias("hi"))
     verdicts, wrong, samples = Counter(), Counter(), []
-    for i, r in enumerate(rows.toLocalIterator(), 1):
-        value = bytes(r.value) if r.value is not None else None
-        verdict = judge(value, r.ingested_at.replace(tzinfo=UTC))
-        verdicts[verdict] += 1
-        if problem := misplaced(verdict, r.homes):
-            wrong[problem.split(" (")[0].split(":")[0]] += 1
-            if len(samples) < 5:
-                samples.append({"problem": problem, "value": (value or b"")[:300].decode("utf-8", "replace")})
-        if i % 20_000 == 0:
-            say(f"judged {i:,} records")
+    for part in ranges.collect():  # one row per Kafka partition
+        for start in range(part.lo, part.hi + 1, chunk):
+            rows = (bronze.filter((F.col("kafka_partition") == part.kafka_partition)
+                                  & F.col("kafka_offset").between(start, start + chunk - 1))
+                    .join(F.broadcast(homes), on=COORDINATES, how="left"))
+            for r in rows.collect():  # at most `chunk` records
+                value = bytes(r.value) if r.value is not None else None
+                verdict = judge(value, r.ingested_at.replace(tzinfo=UTC))
+                verdicts[verdict] += 1
+                if problem := misplaced(verdict, r.homes or []):
+                    wrong[problem.split(" (")[0].split(":")[0]] += 1
+                    if len(samples) < 5:
+                        samples.append({"problem": problem, "value": (value or b"")[:300].decode("utf-8", "replace")})
+        say(f"judged partition {part.kafka_partition}: {sum(verdicts.values()):,} records so far")
+    homes.unpersist()
     return verdicts, wrong, samples
 
 
