@@ -1,6 +1,7 @@
 """Runs jobs by name, in order, and reports progress while they run."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import defaultdict
@@ -8,6 +9,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -68,6 +70,28 @@ BATCH_JOBS: dict[str, Callable[[SparkSession, JobContext, Callable[[str], None]]
     "fraud": _fraud,
 }
 POLL_SECONDS = 1.0
+# Continuous mode restarts a failed stream from its checkpoint, as a Databricks continuous
+# job does: Spark 4.1.1 ends a bronze query that replays a batch after a crash with an NPE
+# in KafkaMicroBatchStream.metrics (apache/spark#55236), and the next start goes on. More
+# than RESTART_BUDGET failures of one stream inside RESTART_WINDOW_S is a real fault: raise.
+RESTART_BUDGET = 3
+RESTART_WINDOW_S = 600.0
+RESTART_BACKOFF_S = 5.0
+
+
+@dataclass
+class RestartPolicy:
+    """How many times a stream may fail and be restarted (failure times per stream)."""
+
+    budget: int = RESTART_BUDGET
+    window_s: float = RESTART_WINDOW_S
+    failures: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def allow(self, name: str, now: float) -> bool:
+        """Record a failure of `name` at `now`; True while it stays within the budget."""
+        recent = [t for t in self.failures[name] if now - t <= self.window_s] + [now]
+        self.failures[name] = recent
+        return len(recent) <= self.budget
 
 
 class UnknownJobError(ValueError):
@@ -130,8 +154,9 @@ def resolve_jobs(names: list[str]) -> list[str]:
     return names
 
 
-def _await(queries: list[StreamingQuery], reporter: ProgressReporter, *, until_all: bool,
+def _await(queries: list[StreamingQuery], reporter: ProgressReporter, *,
            monitor: StreamMonitor | None = None) -> None:
+    """Until every query has stopped (availableNow), re-raising a failure."""
     while True:
         for q in queries:
             reporter.poll(q)
@@ -139,8 +164,7 @@ def _await(queries: list[StreamingQuery], reporter: ProgressReporter, *, until_a
                 raise q.exception()
         if monitor is not None:
             monitor.flush()
-        active = [q.isActive for q in queries]
-        if (until_all and not any(active)) or (not until_all and not all(active)):
+        if not any(q.isActive for q in queries):
             break
         queries[0].awaitTermination(POLL_SECONDS)
     for q in queries:
@@ -149,6 +173,41 @@ def _await(queries: list[StreamingQuery], reporter: ProgressReporter, *, until_a
             monitor.settle(q)
         if q.exception():
             raise q.exception()
+
+
+def _reason(exc: Exception) -> str:
+    """One line for a stream failure: the innermost `SomeError: message` line if the text
+    carries a traceback (a Python foreachBatch), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b", line)]
+    return ((raised or lines or [type(exc).__name__])[-1 if raised else 0])[:200]
+
+
+def _await_continuous(spark: SparkSession, ctx: JobContext, queries: dict[str, StreamingQuery],
+                      reporter: ProgressReporter, monitor: StreamMonitor, say: Callable[[str], None],
+                      policy: RestartPolicy) -> None:
+    """Until a stream stops without error (or one fails past the policy's budget): a failed
+    stream is restarted from its checkpoint, in place in `queries`."""
+    while True:
+        for name, q in list(queries.items()):
+            reporter.poll(q)
+            exc = q.exception()
+            if exc is None:
+                if not q.isActive:
+                    return
+                continue
+            if not policy.allow(name, time.monotonic()):
+                raise exc
+            say(f"{name}: stream failed ({_reason(exc)}); restarting from its checkpoint in "
+                f"{RESTART_BACKOFF_S:.0f} s ({len(policy.failures[name])}/{policy.budget} in "
+                f"{policy.window_s / 60:.0f} min)")
+            time.sleep(RESTART_BACKOFF_S)
+            queries[name] = JOBS[name](spark, ctx)
+        monitor.flush()
+        try:
+            next(iter(queries.values())).awaitTermination(POLL_SECONDS)
+        except StreamingQueryException:
+            pass  # seen through q.exception() on the next pass, like any other stream's
 
 
 def run_jobs(spark: SparkSession, ctx: JobContext, names: list[str], *,
@@ -163,12 +222,12 @@ def run_jobs(spark: SparkSession, ctx: JobContext, names: list[str], *,
             raise UnknownJobError(f"{', '.join(batch)}: batch job(s), not streams; run them without --continuous "
                                   "(e.g. on a schedule)")
         with StreamMonitor(spark, ctx.lake, continuous=True) as monitor:
-            queries = [JOBS[n](spark, ctx) for n in names]
+            queries = {n: JOBS[n](spark, ctx) for n in names}
             say(f"streaming continuously: {', '.join(names)} (Ctrl-C to stop)")
             try:
-                _await(queries, reporter, until_all=False, monitor=monitor)
+                _await_continuous(spark, ctx, queries, reporter, monitor, say, RestartPolicy())
             finally:
-                for q in queries:
+                for q in queries.values():
                     q.stop()
         return reporter
     # Every stream's micro-batches go to ops.stream_metrics (pipelines/monitoring).
@@ -181,6 +240,6 @@ def run_jobs(spark: SparkSession, ctx: JobContext, names: list[str], *,
             else:
                 say(f"{name}: processing everything available")
                 query = JOBS[name](spark, ctx)
-                _await([query], reporter, until_all=True, monitor=monitor)
+                _await([query], reporter, monitor=monitor)
             say(f"{name}: done in {time.monotonic() - started:.1f} s")
     return reporter
