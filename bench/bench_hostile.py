@@ -39,8 +39,6 @@ from bench_common import (  # noqa: E402
 from pipelines import hostile  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
-RAW_PII = ("jane.doe@shop.example", "203.0.113.7", "+1 415 555 0100", "ops@acme.io", "198.51.100.4", "7946 0958")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,7 +137,7 @@ def main(argv=None) -> int:
     leaks = 0
     for table in ("silver.usage_events", "silver.account_events", "silver.duplicates"):
         props = lake.read(spark, table).select("properties").filter(F.col("properties").isNotNull())
-        leaks += props.filter(F.greatest(*[F.col("properties").contains(p) for p in RAW_PII])).count()
+        leaks += props.filter(F.greatest(*[F.col("properties").contains(p) for p in hostile.RAW_PII])).count()
     say("judging every record against its silver placement")
     verdicts, wrong, samples = judge_placements(spark, lake)
     load_at_end = list(os.getloadavg())

@@ -37,6 +37,8 @@ BAD_TIMESTAMPS = ("0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "+10000-01-01T
 INVALID_UTF8 = (b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xe2\x82")
 PII = ({"email": "jane.doe@shop.example"}, {"signup_ip": "203.0.113.7"}, {"phone": "+1 415 555 0100"},
        {"note": "call me at +44 20 7946 0958 or mail ops@acme.io"}, {"customer": {"ip": "198.51.100.4"}})
+# The personal values above as they would appear raw: none may reach a silver table.
+RAW_PII = ("jane.doe@shop.example", "203.0.113.7", "+1 415 555 0100", "ops@acme.io", "198.51.100.4", "7946 0958")
 
 
 @dataclass(frozen=True)

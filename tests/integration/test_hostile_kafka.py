@@ -20,7 +20,6 @@ from tests.unit.test_hostile_input import judge, misplaced
 pytestmark = pytest.mark.kafka
 
 COUNT = 300
-RAW_PII = ("jane.doe@shop.example", "203.0.113.7", "+1 415 555 0100", "ops@acme.io", "198.51.100.4", "7946 0958")
 
 
 def test_hostile_corpus_is_accounted_for_and_pii_never_reaches_silver(spark, lake_settings):
@@ -45,7 +44,7 @@ def test_hostile_corpus_is_accounted_for_and_pii_never_reaches_silver(spark, lak
 
     for table in ("silver.usage_events", "silver.account_events", "silver.duplicates"):
         props = lake.read(spark, table).select("properties").filter(F.col("properties").isNotNull())
-        leaks = props.filter(F.greatest(*[F.col("properties").contains(p) for p in RAW_PII]))
+        leaks = props.filter(F.greatest(*[F.col("properties").contains(p) for p in hostile.RAW_PII]))
         assert leaks.count() == 0, f"raw personal data in {table}: {leaks.limit(3).collect()}"
     hashed = lake.read(spark, "silver.account_events").unionByName(
         lake.read(spark, "silver.usage_events"), allowMissingColumns=True)
