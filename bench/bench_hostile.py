@@ -74,12 +74,12 @@ def judge_placements(spark, lake, chunk: int = 5_000) -> tuple[Counter, Counter,
     from pyspark.sql import functions as F
 
     from pipelines.audit import COORDINATES, record_homes
+    from pipelines.transforms.parse import with_kafka_coordinates
     from tests.unit.test_hostile_input import judge, misplaced
 
     homes = record_homes(spark, lake).localCheckpoint()
-    bronze = lake.read(spark, "bronze.events").select(
-        F.col("topic").alias("kafka_topic"), F.col("partition").alias("kafka_partition"),
-        F.col("offset").alias("kafka_offset"), "value", "ingested_at")
+    bronze = (lake.read(spark, "bronze.events").transform(with_kafka_coordinates)
+              .select(*COORDINATES, "value", "ingested_at"))
     ranges = bronze.groupBy("kafka_partition").agg(F.min("kafka_offset").alias("lo"), F.max("kafka_offset").alias("hi"))
     verdicts, wrong, samples = Counter(), Counter(), []
     for part in ranges.collect():  # one row per Kafka partition
@@ -101,9 +101,7 @@ def judge_placements(spark, lake, chunk: int = 5_000) -> tuple[Counter, Counter,
 
 
 def main(argv=None) -> int:
-    from pyspark.sql import functions as F
-
-    from pipelines.audit import count_homes, record_homes
+    from pipelines.audit import count_homes, properties_containing, record_homes
     from pipelines.jobs.common import JobContext, RunOptions
     from pipelines.runner import ProgressReporter, run_jobs
     from pipelines.session import build_spark
@@ -134,10 +132,7 @@ def main(argv=None) -> int:
     bronze_rows = lake.read(spark, "bronze.events").count()
     places = Counter({r.home: r["count"] for r in count_homes(record_homes(spark, lake)).collect()})
     reasons = {r.reason: r["count"] for r in lake.read(spark, "silver.quarantine").groupBy("reason").count().collect()}
-    leaks = 0
-    for table in ("silver.usage_events", "silver.account_events", "silver.duplicates"):
-        props = lake.read(spark, table).select("properties").filter(F.col("properties").isNotNull())
-        leaks += props.filter(F.greatest(*[F.col("properties").contains(p) for p in hostile.RAW_PII])).count()
+    leaks = properties_containing(spark, lake, hostile.RAW_PII).count()
     say("judging every record against its silver placement")
     verdicts, wrong, samples = judge_placements(spark, lake)
     load_at_end = list(os.getloadavg())

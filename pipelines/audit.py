@@ -15,13 +15,16 @@ Pure transforms (DataFrame -> DataFrame) in the middle; `run_audit` reads the ta
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.billing.periods import parse_period
 from pipelines.tables import Lake
+from pipelines.transforms.parse import with_kafka_coordinates
 
 USAGE = "silver.usage_events"
 DAILY = "gold.daily_usage"
@@ -258,8 +261,7 @@ def with_homes(landed: DataFrame):
     """Bronze records -> one row each with `homes`, the sorted names of the silver tables
     holding it (`landed`: coordinates and `home`). Empty means lost; two or more, doubled."""
     def transform(bronze: DataFrame) -> DataFrame:
-        coordinates = bronze.select(F.col("topic").alias("kafka_topic"), F.col("partition").alias("kafka_partition"),
-                                    F.col("offset").alias("kafka_offset"))
+        coordinates = bronze.transform(with_kafka_coordinates).select(*COORDINATES)
         return (coordinates.join(landed, on=COORDINATES, how="left")
                 .groupBy(*COORDINATES).agg(F.sort_array(F.collect_list("home")).alias("homes")))
 
@@ -278,3 +280,16 @@ def record_homes(spark: SparkSession, lake: Lake) -> DataFrame:
         part = lake.read(spark, table).select(*COORDINATES, F.lit(home).alias("home"))
         landed = part if landed is None else landed.unionByName(part)
     return lake.read(spark, "bronze.events").transform(with_homes(landed))
+
+
+def properties_containing(spark: SparkSession, lake: Lake, needles) -> DataFrame:
+    """Rows of the silver event tables (`table`, event_id, properties) whose properties
+    hold any of `needles` as text: raw personal data that should have been hashed."""
+    found = None
+    for table in ("silver.usage_events", "silver.account_events", "silver.duplicates"):
+        props = F.col("properties")
+        part = (lake.read(spark, table).filter(props.isNotNull())
+                .filter(reduce(operator.or_, [props.contains(n) for n in needles]))
+                .select(F.lit(table).alias("table"), "event_id", "properties"))
+        found = part if found is None else found.unionByName(part)
+    return found
