@@ -24,21 +24,22 @@ CASES = {
 }
 
 
-def test_quantity_decimals_are_judged_as_written(spark):
-    rows = [(name, ("{" + BASE + text + "}").encode(), datetime(2026, 10, 1)) for name, (text, _) in CASES.items()]
+def reasons(spark, tails: dict[str, str]) -> dict[str, str | None]:
+    """Quarantine reason (None: passed) of each usage event `{BASE<tail>}`, by name."""
+    rows = [(name, ("{" + BASE + tail + "}").encode(), datetime(2026, 10, 1)) for name, tail in tails.items()]
     df = local_frame(spark, rows, "name string, value binary, ingested_at timestamp")
-    got = {r["name"]: r["reason"] for r in
-           df.transform(parse_events(load_contract(1))).select("name", "_problem.reason").collect()}
+    return {r["name"]: r["reason"] for r in
+            df.transform(parse_events(load_contract(1))).select("name", "_problem.reason").collect()}
+
+
+def test_quantity_decimals_are_judged_as_written(spark):
+    got = reasons(spark, {name: text for name, (text, _) in CASES.items()})
     assert got == {name: reason for name, (_, reason) in CASES.items()}
 
 
 def test_a_nested_quantity_does_not_hide_an_underflow_or_fake_one(spark):
-    rows = [
-        ("nested nonzero, top-level underflow", "1e-400", '{"quantity": 0}'),
-        ("nested underflow, top-level zero", "0", '{"quantity": 1e-400}'),
-    ]
-    df = local_frame(spark, [(n, ("{" + BASE + q + ',"properties":' + props + "}").encode(), datetime(2026, 10, 1))
-                             for n, q, props in rows], "name string, value binary, ingested_at timestamp")
-    got = {r["name"]: r["reason"] for r in
-           df.transform(parse_events(load_contract(1))).select("name", "_problem.reason").collect()}
+    got = reasons(spark, {
+        "nested nonzero, top-level underflow": '1e-400,"properties":{"quantity": 0}',
+        "nested underflow, top-level zero": '0,"properties":{"quantity": 1e-400}',
+    })
     assert got == {"nested nonzero, top-level underflow": INVALID_VALUE, "nested underflow, top-level zero": None}
