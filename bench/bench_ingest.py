@@ -4,12 +4,18 @@ Run by hand (it is long), from the repository root, with the local broker up:
 
     .venv/bin/python bench/bench_ingest.py                       # 1,000,000 events
     .venv/bin/python bench/bench_ingest.py --events 50000 --watermark-delay-seconds 2
+    .venv/bin/python bench/bench_ingest.py --events 10000000 --produce-only   # then, later:
+    .venv/bin/python bench/bench_ingest.py --events 10000000 --topic bench.events.<stamp>
 
 One run, one set of events:
 
 1. produce  N synthetic events (the project's generator, its default duplicate / retry /
             late / bad shares) once into a fresh topic `bench.events.<stamp>`; the produce
-            rate is reported but is not part of the ratio;
+            rate is reported but is not part of the ratio. The topic keeps every record
+            (the local broker deletes beyond 256 MiB a partition, which 10M events pass).
+            --produce-only stops here and keeps the topic; --topic runs the rest on such
+            a topic, with the labels its producing run recorded, so a 10M run can be split
+            in two (producing takes about 30 minutes);
 2. raw      Spark readStream Kafka -> writeStream Delta, key/value/coordinates only, no
             parsing, trigger availableNow: the baseline events/s;
 3. bronze   the project's bronze job over the same topic, capped per trigger
@@ -86,7 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="maxOffsetsPerTrigger of the raw copy (default: none, one batch)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out", help="output folder (default: bench/out)")
     p.add_argument("--keep", action="store_true", help="keep the bench lake and the bench topic (default: delete both)")
+    p.add_argument("--produce-only", action="store_true",
+                   help="produce into a new topic, record its labels under OUT/topics/ and stop, keeping the topic")
+    p.add_argument("--topic", default=None,
+                   help="skip producing: run on this topic, made earlier by --produce-only with the same "
+                        "--events/--accounts/--seed/--partitions (it is kept)")
     args = p.parse_args(argv)
+    if args.produce_only and args.topic:
+        p.error("--produce-only makes a new topic; --topic reuses one: pick one")
     if args.bronze_batch is None:
         # 1% headroom: the Kafka source splits the cap across partitions rounding down, and
         # an exact events/50 would leave a tail batch of a few dozen rows.
@@ -111,7 +124,7 @@ def rate(rows: float, seconds: float) -> float:
 
 
 def produce(settings: Settings, topic: str, args: argparse.Namespace) -> dict:
-    kafka_local.ensure_topics(settings, {topic: args.partitions})
+    kafka_local.ensure_topics(settings, {topic: args.partitions}, configs=kafka_local.RETAIN_EVERYTHING)
     options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
     kinds: Counter = Counter()
     every = max(10_000, args.events // 10)
@@ -136,15 +149,60 @@ def produce(settings: Settings, topic: str, args: argparse.Namespace) -> dict:
             "generator": {"accounts": options.accounts, "seed": options.seed, **options.shares()}}
 
 
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+def topic_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(beginning, end) offset per partition."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="bench-ingest")
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        return {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
+        if not partitions:
+            raise RuntimeError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
+        begin = {tp.partition: off for tp, off in consumer.beginning_offsets(partitions).items()}
+        end = {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
+        return begin, end
     finally:
         consumer.close()
+
+
+def check_topic_holds(settings: Settings, topic: str, events: int) -> dict[int, int]:
+    """End offsets, once the topic is known to hold exactly `events` records from offset 0:
+    a record deleted by retention would otherwise surface an hour later as a Spark error."""
+    begin, end = topic_offsets(settings, topic)
+    if any(begin.values()):
+        raise RuntimeError(f"topic {topic} lost its first records to retention (beginning offsets {begin}); "
+                           "produce it again (bench topics are created with retention disabled)")
+    if sum(end.values()) != events:
+        raise RuntimeError(f"topic {topic} holds {sum(end.values()):,} records, expected {events:,}")
+    return end
+
+
+def manifest_path(args: argparse.Namespace, topic: str) -> Path:
+    return args.out.resolve() / "topics" / f"{topic}.json"
+
+
+def write_manifest(args: argparse.Namespace, topic: str, produced: dict) -> Path:
+    path = manifest_path(args, topic)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"topic": topic, **_generator_args(args), "produce": produced}, indent=1))
+    return path
+
+
+def read_manifest(args: argparse.Namespace, topic: str) -> dict:
+    """What the producing run recorded: its labels (kinds), timing and generator arguments,
+    which must be this run's, or silver would be checked against another event set."""
+    path = manifest_path(args, topic)
+    if not path.exists():
+        raise RuntimeError(f"no record of how {topic} was produced ({path}); make it with --produce-only")
+    manifest = json.loads(path.read_text())
+    recorded = {k: manifest.get(k) for k in _generator_args(args)}
+    if recorded != _generator_args(args):
+        raise RuntimeError(f"{topic} was produced with {recorded}, this run asks for {_generator_args(args)}")
+    return manifest["produce"]
+
+
+def _generator_args(args: argparse.Namespace) -> dict:
+    return {"events": args.events, "accounts": args.accounts, "seed": args.seed, "partitions": args.partitions}
 
 
 def delete_topic(settings: Settings, topic: str) -> None:
@@ -499,7 +557,8 @@ def results_markdown(r: dict) -> str:
         "",
         "| stage | events | wall time (s) | events/s |",
         "|---|---:|---:|---:|",
-        f"| produce (generate + send; not in the ratio) | {p['records']:,} | {p['seconds']:.1f} | {p['events_per_s']:,.0f} |",
+        f"| produce (generate + send; not in the ratio{'; an earlier run' if r.get('produced_earlier') else ''}) "
+        f"| {p['records']:,} | {p['seconds']:.1f} | {p['events_per_s']:,.0f} |",
         f"| raw copy Kafka -> Delta ({raw['batches']} micro-batch(es), availableNow) | {raw['rows']:,} | {raw['seconds']:.1f} | {raw['events_per_s']:,.0f} |",
         f"| bronze job ({b['batches']} micro-batches, maxOffsetsPerTrigger {r['args']['bronze_batch']:,}) | {b['rows']:,} | {b['seconds']:.1f} | {b['events_per_s']:,.0f} |",
         f"| **silver job, bronze -> silver** ({s['batches']} micro-batches, maxFilesPerTrigger {r['args']['silver_files_per_trigger']}) | {b['rows']:,} | {s['seconds']:.1f} | **{r['silver_path_events_per_s']:,.0f}** |",
@@ -536,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
-    topic = f"bench.events.{stamp}"
+    topic = args.topic or f"bench.events.{stamp}"
     settings = Settings().with_overrides(events_topic=topic)
     host, port = kafka_local.parse_bootstrap(settings.bootstrap_servers)
     try:
@@ -557,15 +616,21 @@ def main(argv: list[str] | None = None) -> int:
     spark = None
     topic_created = False
     try:
-        say(f"1/6 produce {args.events:,} events into {topic} ({args.partitions} partitions)")
-        topic_created = True
-        produced = produce(settings, topic, args)
-        offsets = end_offsets(settings, topic)
-        in_topic = sum(offsets.values())
-        say(f"produce: {produced['records']:,} records in {produced['seconds']:.1f} s "
-            f"({produced['events_per_s']:,.0f}/s); topic holds {in_topic:,} ({offsets})")
-        if in_topic != args.events:
-            raise RuntimeError(f"topic {topic} holds {in_topic} records, expected {args.events}")
+        if args.topic:
+            produced = read_manifest(args, topic)
+            offsets = check_topic_holds(settings, topic, args.events)
+            say(f"1/6 produce: skipped, {topic} holds the {args.events:,} events of an earlier run ({offsets})")
+        else:
+            say(f"1/6 produce {args.events:,} events into {topic} ({args.partitions} partitions)")
+            topic_created = True
+            produced = produce(settings, topic, args)
+            offsets = check_topic_holds(settings, topic, args.events)
+            say(f"produce: {produced['records']:,} records in {produced['seconds']:.1f} s "
+                f"({produced['events_per_s']:,.0f}/s); topic holds them all ({offsets})")
+            say(f"labels recorded in {write_manifest(args, topic, produced)}")
+            if args.produce_only:
+                say(f"--produce-only: kept {topic}; run the rest with --topic {topic}")
+                return 0
 
         say("starting Spark (one session for every stage)")
         from pipelines.session import build_spark
@@ -620,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = {
             "started_at": started_at.isoformat(), "command": command_line(), "topic": topic,
+            "produced_earlier": bool(args.topic),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "machine": machine, "produce": produced, "raw_copy": raw, "bronze": bronze, "silver": silver,
             "silver_path_events_per_s": silver_eps, "floor": floor,
@@ -641,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"kept the lake {lake} and the topic {topic}")
         else:
             shutil.rmtree(lake, ignore_errors=True)
-            if topic_created:
+            if topic_created and not args.produce_only:
                 try:
                     delete_topic(settings, topic)
                 except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error

@@ -38,6 +38,9 @@ MAIN_CLASS = "kafka.Kafka"
 # Kafka 4.x ships the storage tool (the class behind kafka-storage.sh) in the core jar.
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 DEFAULT_PARTITIONS = 3
+# Topic-level override of the broker's retention (a week, 256 MiB per partition): nothing
+# is ever deleted. For benchmark topics that hold millions of records until they are read.
+RETAIN_EVERYTHING = {"retention.ms": "-1", "retention.bytes": "-1"}
 BROKER_JVM_OPTS = ("-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
 # The storage tool runs for a second: C1-only JIT and serial GC halve its start-up.
 TOOL_JVM_OPTS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
@@ -160,7 +163,8 @@ def render_server_properties(*, host: str, port: int, ctrl_port: int, data_dir: 
         # Consumers in tests should not wait 3 s for a rebalance that has no peers.
         "group.initial.rebalance.delay.ms": 0,
         # Dev-machine footprint: a week or 256 MiB per partition, whichever first;
-        # small segments so retention can actually free space.
+        # small segments so retention can actually free space. A topic that must keep
+        # more (a 10M-event benchmark) is created with RETAIN_EVERYTHING.
         "log.retention.hours": 168,
         "log.retention.bytes": 256 * 1024 * 1024,
         "log.segment.bytes": 16 * 1024 * 1024,
@@ -470,9 +474,11 @@ def stop(settings: Settings, *, timeout_s: float = 30) -> bool:
     return True
 
 
-def ensure_topics(settings: Settings, topics: dict[str, int]) -> list[str]:
+def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[str, str] | None = None) -> list[str]:
     """Create the missing topics (name -> partitions); returns the names it created.
 
+    `configs` are topic-level settings for the topics this call creates, e.g.
+    RETAIN_EVERYTHING for a topic that must hold more than the broker's per-partition cap.
     Existing topics are left alone, even with another partition count: adding partitions
     would silently move keys to other partitions.
     """
@@ -486,7 +492,8 @@ def ensure_topics(settings: Settings, topics: dict[str, int]) -> list[str]:
             if name in existing:
                 continue
             try:
-                admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}})
+                admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
+                                            "configs": dict(configs or {})}})
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently (or auto-created by a client): fine

@@ -94,6 +94,28 @@ def test_ensure_topics_is_idempotent(admin: KafkaAdminClient) -> None:
         admin.delete_topics([topic])
 
 
+def test_topics_created_with_retain_everything_keep_what_the_broker_would_delete(admin: KafkaAdminClient) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    kept, plain = (f"test.kafka_local.{uuid.uuid4().hex[:8]}" for _ in range(2))
+    try:
+        kafka_local.ensure_topics(SHARED, {kept: 1}, configs=kafka_local.RETAIN_EVERYTHING)
+        kafka_local.ensure_topics(SHARED, {plain: 1})
+        # Already there: the configs apply to topics the call creates, never to existing ones.
+        assert kafka_local.ensure_topics(SHARED, {plain: 1}, configs=kafka_local.RETAIN_EVERYTHING) == []
+
+        def overrides(topic: str) -> dict[str, str]:
+            """The topic's own retention settings (none: it inherits the broker's)."""
+            keys = ["retention.ms", "retention.bytes"]
+            described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=keys)])
+            return {k: v["value"] for k, v in described["topic"][topic].items()}
+
+        assert overrides(kept) == {"retention.ms": "-1", "retention.bytes": "-1"}
+        assert overrides(plain) == {}
+    finally:
+        admin.delete_topics([kept, plain])
+
+
 def test_produce_then_consume_with_append_time(admin: KafkaAdminClient) -> None:
     topic = f"test.kafka_local.{uuid.uuid4().hex[:8]}"
     kafka_local.ensure_topics(SHARED, {topic: 1})
