@@ -177,6 +177,15 @@ def check_topic_holds(settings: Settings, topic: str, events: int) -> dict[int, 
     return end
 
 
+def disk_line(lake: Path) -> str:
+    """The lake's size and the free disk: a 10M run once filled the disk in silver."""
+    try:
+        size = sum(f.stat().st_size for f in lake.rglob("*") if f.is_file())
+        return f"disk: lake {size / 2**30:.2f} GiB, {shutil.disk_usage(lake).free / 2**30:.1f} GiB free"
+    except OSError as exc:  # informative only: never hide the error being reported
+        return f"disk: unknown ({exc})"
+
+
 def manifest_path(args: argparse.Namespace, topic: str) -> Path:
     return args.out.resolve() / "topics" / f"{topic}.json"
 
@@ -641,12 +650,13 @@ def main(argv: list[str] | None = None) -> int:
 
         say("2/6 raw copy: Kafka -> Delta, key/value/coordinates, availableNow")
         raw = raw_copy(spark, settings, topic, lake, args)
-        say(f"raw copy: {raw['rows']:,} rows in {raw['seconds']:.1f} s ({raw['events_per_s']:,.0f}/s)")
+        say(f"raw copy: {raw['rows']:,} rows in {raw['seconds']:.1f} s ({raw['events_per_s']:,.0f}/s); {disk_line(lake)}")
 
         say(f"3/6 bronze job, maxOffsetsPerTrigger {args.bronze_batch:,}")
         bronze = run_bronze(spark, settings, args)
         say(f"bronze: {bronze['rows']:,} rows in {bronze['seconds']:.1f} s ({bronze['events_per_s']:,.0f}/s), "
-            f"{bronze['ingested_at_versions']} ingested_at values over {bronze['ingested_at_span_s']:.1f} s")
+            f"{bronze['ingested_at_versions']} ingested_at values over {bronze['ingested_at_span_s']:.1f} s; "
+            f"{disk_line(lake)}")
         multiples = bronze["ingested_at_span_s"] / args.watermark_delay_seconds
         if multiples < MIN_DELAY_MULTIPLES:
             say(f"WARNING: ingested_at spans only {multiples:.1f} x the {args.watermark_delay_seconds} s watermark delay "
@@ -658,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         silver, history = run_silver(spark, settings, args)
         silver_eps = rate(bronze["rows"], silver["seconds"])
         say(f"silver: {bronze['rows']:,} bronze rows in {silver['seconds']:.1f} s ({silver_eps:,.0f}/s), "
-            f"{silver['batches']} batches")
+            f"{silver['batches']} batches; {disk_line(lake)}")
 
         say("5/6 silver floor: the same stream into a no-op sink (parse, validate, hot-path dedup; no writes)")
         floor = run_floor(spark, settings, lake, args)
@@ -698,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
         result["end_to_end_ratio"] = result["end_to_end_events_per_s"] / raw["events_per_s"]
         write_outputs(run_dir, result, results_markdown(result), summary_table(result))
         return 0
+    except BaseException:
+        say(f"failed; {disk_line(lake)} (the lake is deleted next unless --keep)")
+        raise
     finally:
         if spark is not None:
             for q in spark.streams.active:
