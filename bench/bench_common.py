@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.settings import kafka_jars_dir, spark_jars_dir
+from pipelines.settings import Settings, kafka_jars_dir, spark_jars_dir
 
 _T0 = time.monotonic()
 
@@ -42,6 +42,22 @@ def command_line() -> str:
     except ValueError:
         exe_text = str(exe)
     return shlex.join([exe_text, *sys.argv])
+
+
+def topic_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(beginning, end) offset per partition."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="bench")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            raise RuntimeError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
+        begin = {tp.partition: off for tp, off in consumer.beginning_offsets(partitions).items()}
+        end = {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
+        return begin, end
+    finally:
+        consumer.close()
 
 
 def write_outputs(run_dir: Path, result: dict, markdown: str, table: str) -> None:

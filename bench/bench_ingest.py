@@ -61,7 +61,7 @@ from pipelines.produce import GeneratorOptions, generate, kind_family, send  # n
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
-    command_block, command_line, machine_info, machine_line, positive_int, say, write_outputs,
+    command_block, command_line, machine_info, machine_line, positive_int, say, topic_offsets, write_outputs,
 )
 
 TARGET_RATIO = 0.6
@@ -149,22 +149,6 @@ def produce(settings: Settings, topic: str, args: argparse.Namespace) -> dict:
             "generator": {"accounts": options.accounts, "seed": options.seed, **options.shares()}}
 
 
-def topic_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """(beginning, end) offset per partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="bench-ingest")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not partitions:
-            raise RuntimeError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
-        begin = {tp.partition: off for tp, off in consumer.beginning_offsets(partitions).items()}
-        end = {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
-        return begin, end
-    finally:
-        consumer.close()
-
-
 def check_topic_holds(settings: Settings, topic: str, events: int) -> dict[int, int]:
     """End offsets, once the topic is known to hold exactly `events` records from offset 0:
     a record deleted by retention would otherwise surface an hour later as a Spark error."""
@@ -203,10 +187,10 @@ def read_manifest(args: argparse.Namespace, topic: str) -> dict:
     path = manifest_path(args, topic)
     if not path.exists():
         raise RuntimeError(f"no record of how {topic} was produced ({path}); make it with --produce-only")
-    manifest = json.loads(path.read_text())
-    recorded = {k: manifest.get(k) for k in _generator_args(args)}
-    if recorded != _generator_args(args):
-        raise RuntimeError(f"{topic} was produced with {recorded}, this run asks for {_generator_args(args)}")
+    manifest, wanted = json.loads(path.read_text()), _generator_args(args)
+    recorded = {k: manifest.get(k) for k in wanted}
+    if recorded != wanted:
+        raise RuntimeError(f"{topic} was produced with {recorded}, this run asks for {wanted}")
     return manifest["produce"]
 
 

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import command_line, elapsed, positive_int, say, write_outputs  # noqa: E402
+from bench_common import command_line, elapsed, positive_int, say, topic_offsets, write_outputs  # noqa: E402
 
 from pipelines.settings import Settings  # noqa: E402
 
@@ -211,14 +211,8 @@ def run_to_end(settings: Settings, jobs: list[str], log_path: Path, attempts: in
 
 
 def kafka_records(settings: Settings) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        parts = [TopicPartition(settings.events_topic, p) for p in consumer.partitions_for_topic(settings.events_topic)]
-        return sum(consumer.end_offsets(parts).values())
-    finally:
-        consumer.close()
+    _, end = topic_offsets(settings, settings.events_topic)
+    return sum(end.values())
 
 
 def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
