@@ -60,6 +60,16 @@ def topic_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[
         consumer.close()
 
 
+def delete_topic(settings: Settings, topic: str) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="bench")
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+
+
 def write_outputs(run_dir: Path, result: dict, markdown: str, table: str) -> None:
     """summary.json and results.md in run_dir, then the table and the block for RESULTS.md on stdout."""
     (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))

@@ -61,7 +61,8 @@ from pipelines.produce import GeneratorOptions, generate, kind_family, send  # n
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
-    command_block, command_line, machine_info, machine_line, positive_int, say, topic_offsets, write_outputs,
+    command_block, command_line, delete_topic, machine_info, machine_line, positive_int, say, topic_offsets,
+    write_outputs,
 )
 
 TARGET_RATIO = 0.6
@@ -196,16 +197,6 @@ def read_manifest(args: argparse.Namespace, topic: str) -> dict:
 
 def _generator_args(args: argparse.Namespace) -> dict:
     return {"events": args.events, "accounts": args.accounts, "seed": args.seed, "partitions": args.partitions}
-
-
-def delete_topic(settings: Settings, topic: str) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="bench-ingest")
-    try:
-        admin.delete_topics([topic])
-    finally:
-        admin.close()
 
 
 # --------------------------------------------------------------------------- spark stages

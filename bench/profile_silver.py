@@ -1,0 +1,183 @@
+"""Where a silver micro-batch spends its time, line by line.
+
+Run by hand from the repository root, with the local broker up:
+
+    .venv/bin/python bench/profile_silver.py                  # 3,000 events, 6 micro-batches
+    .venv/bin/python bench/profile_silver.py --events 60000 --batches 6
+
+The silver writer (`pipelines/jobs/silver.py`) builds lazy plans and runs them at a few
+actions: local checkpoints, emptiness checks, Delta MERGEs and appends, table reads. This
+script produces events with the project generator into a fresh one-partition topic, runs
+bronze in `--batches` micro-batches, then runs silver over them one bronze version per
+micro-batch with every such action timed and keyed by the silver.py line that called it.
+Everything a batch does happens inside one of those calls or in the Python between them,
+so the table adds up to the batch's wall time ("between actions" is the rest).
+
+The first micro-batch pays JIT and cache warm-up, so figures are for the later ones
+(--skip-first, default 1). Nothing is timed twice: an action called inside another timed
+action is part of the outer one.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from pipelines import kafka_local  # noqa: E402
+from pipelines.jobs import silver as silver_job  # noqa: E402
+from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
+from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
+from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
+from pipelines.session import build_spark  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+from bench_common import delete_topic, positive_int, say  # noqa: E402 - the sibling module
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=positive_int, default=3000)
+    p.add_argument("--batches", type=positive_int, default=6, help="bronze versions = silver micro-batches")
+    p.add_argument("--accounts", type=positive_int, default=50)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
+    p.add_argument("--top", type=positive_int, default=25, help="lines shown")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Timings:
+    """Wall seconds per (batch, calling line), and per batch in total."""
+    by_line: dict[tuple[int, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    batch_total: dict[int, float] = field(default_factory=dict)
+    current_batch: int | None = None
+    depth: int = 0
+
+
+def _caller(source_file: str) -> str:
+    """`function:line  code` of the innermost frame in `source_file` on the stack."""
+    for frame in inspect.stack(context=1)[2:]:
+        if frame.filename == source_file:
+            code = (frame.code_context or [""])[0].strip()
+            return f"{frame.function}:{frame.lineno}  {code[:70]}"
+    return "(outside silver.py)"
+
+
+@contextmanager
+def timed_actions(timings: Timings, source_file: str):
+    """Wrap the Spark actions silver.py calls so each records its wall time under its caller."""
+    from delta.tables import DeltaMergeBuilder, DeltaTable
+    from pyspark.sql.classic.dataframe import DataFrame
+    from pyspark.sql.readwriter import DataFrameReader, DataFrameWriter
+
+    targets = [(DataFrame, "localCheckpoint"), (DataFrame, "isEmpty"), (DataFrame, "count"),
+               (DataFrame, "first"), (DataFrame, "collect"), (DataFrame, "unpersist"),
+               (DeltaMergeBuilder, "execute"), (DataFrameWriter, "save"), (DataFrameReader, "load"),
+               (DeltaTable, "forPath")]
+    originals = [(cls, name, cls.__dict__[name]) for cls, name in targets]
+
+    def wrap(fn):
+        def wrapper(*args, **kwargs):
+            if timings.current_batch is None or timings.depth:
+                return fn(*args, **kwargs)
+            where = _caller(source_file)
+            timings.depth += 1
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timings.depth -= 1
+                timings.by_line[(timings.current_batch, where)].append(time.perf_counter() - started)
+        return wrapper
+
+    for cls, name, fn in originals:
+        setattr(cls, name, classmethod(wrap(fn.__func__)) if isinstance(fn, classmethod) else wrap(fn))
+    try:
+        yield
+    finally:
+        for cls, name, fn in originals:
+            setattr(cls, name, fn)
+
+
+def timed_writer(timings: Timings):
+    """SilverBatchWriter.write_batch with the batch id recorded and the whole call timed."""
+    original = silver_job.SilverBatchWriter.write_batch
+
+    def write_batch(self, batch_df, batch_id, query_id):
+        timings.current_batch = batch_id
+        started = time.perf_counter()
+        try:
+            return original(self, batch_df, batch_id, query_id)
+        finally:
+            timings.batch_total[batch_id] = time.perf_counter() - started
+            timings.current_batch = None
+
+    return original, write_batch
+
+
+def report(timings: Timings, skip_first: int, top: int) -> str:
+    batches = sorted(timings.batch_total)[skip_first:]
+    if not batches:
+        return "no micro-batch left after --skip-first"
+    lines: dict[str, list[float]] = defaultdict(list)
+    calls: dict[str, int] = defaultdict(int)
+    for (batch, where), seconds in timings.by_line.items():
+        if batch in batches:
+            lines[where].append(sum(seconds))
+            calls[where] += len(seconds)
+    per_batch = {where: sum(v) / len(batches) for where, v in lines.items()}
+    total = statistics.mean(timings.batch_total[b] for b in batches)
+    covered = sum(per_batch.values())
+    out = [f"silver micro-batches profiled: {len(batches)} (batch ids {batches[0]}..{batches[-1]}), "
+           f"wall per batch: mean {total:.2f} s, median {statistics.median(timings.batch_total[b] for b in batches):.2f} s",
+           "", "| s per batch | share | calls per batch | silver.py line |", "|---:|---:|---:|---|"]
+    for where, seconds in sorted(per_batch.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"| {seconds:.2f} | {seconds / total:.0%} | {calls[where] / len(batches):.1f} | `{where}` |")
+    out.append(f"| {total - covered:.2f} | {(total - covered) / total:.0%} | | between actions (Python, plan building) |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    topic = f"profile.events.{stamp}"
+    with tempfile.TemporaryDirectory(prefix="profile-silver-") as lake:
+        settings = Settings(lake_root=Path(lake), events_topic=topic)
+        kafka_local.ensure_topics(settings, {topic: 1})
+        options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
+        sent = send(generate(options), settings, topic=topic)
+        say(f"produced {sent:,} events into {topic}; silver writer from {silver_job.__file__}")
+        spark = build_spark("profile-silver")
+        try:
+            per_trigger = -(-sent // args.batches)
+            run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
+                     ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
+            timings = Timings()
+            original, patched = timed_writer(timings)
+            silver_job.SilverBatchWriter.write_batch = patched
+            try:
+                with timed_actions(timings, silver_job.__file__):
+                    run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
+                             ["silver"], reporter=ProgressReporter(quiet=True), log=say)
+            finally:
+                silver_job.SilverBatchWriter.write_batch = original
+            print(report(timings, args.skip_first, args.top))
+        finally:
+            spark.stop()
+            delete_topic(settings, topic)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
