@@ -119,26 +119,27 @@ class SilverBatchWriter:
         self.ctx = ctx
         self.lake = ctx.lake
 
-    # -- reads of current silver state, narrowed to the keys a batch touches -----------
-    def _identity_history(self, spark: SparkSession, keys: DataFrame) -> DataFrame:
-        cols = D.IDENTITY + D.ORDER_COLUMNS + ["payload_sha256"]
-        history = (
-            self.lake.read(spark, USAGE).select(*cols)
-            .unionByName(self.lake.read(spark, ACCOUNT).select(*cols))
-            .unionByName(self.lake.read(spark, DUPLICATES).filter(F.col("rule") != D.IDENTITY_RULE).select(*cols))
-        )
-        return history.join(F.broadcast(keys), on=D.IDENTITY, how="left_semi").transform(D.history_first_copies)
-
-    def _rule_history(self, spark: SparkSession, rule_keys: DataFrame) -> DataFrame:
-        """Known events of the rule keys a batch touches, `_in` naming the table holding each."""
+    # -- one read of current silver state, narrowed to the keys a batch touches ----------
+    def _history(self, spark: SparkSession, keys: DataFrame, rule_keys: DataFrame) -> DataFrame:
+        """The silver rows a batch's dedup depends on, in one scan of each table: rows of the
+        batch's identities (any table: `_by_identity`) and rows of its custom-rule keys
+        (usage_events and the rule-dropped duplicates: `_by_rule`). `_in` names the table
+        holding each row."""
         usage_cols = spec(USAGE).column_names
         known = (
             self.lake.read(spark, USAGE).select(*usage_cols).withColumn("_in", F.lit(USAGE))
             .unionByName(self.lake.read(spark, DUPLICATES).filter(F.col("rule") != D.IDENTITY_RULE)
-                         .select(*usage_cols).withColumn("_in", F.lit(DUPLICATES)))
+                         .select(*usage_cols, "rule", "duplicate_of").withColumn("_in", F.lit(DUPLICATES)),
+                         allowMissingColumns=True)
             .transform(D.with_rule_name(self.ctx.rules))
+            .unionByName(self.lake.read(spark, ACCOUNT).select(*D.IDENTITY, *D.ORDER_COLUMNS, "payload_sha256")
+                         .withColumn("_in", F.lit(ACCOUNT)), allowMissingColumns=True)
         )
-        return known.join(F.broadcast(rule_keys), on=["_rule", "account_id", "dedup_key"], how="left_semi")
+        return (
+            known.join(F.broadcast(keys.withColumn("_by_identity", F.lit(True))), on=D.IDENTITY, how="left")
+            .join(F.broadcast(rule_keys.withColumn("_by_rule", F.lit(True))), on=D.RULE_KEY, how="left")
+            .filter(F.col("_by_identity") | F.col("_by_rule"))
+        )
 
     # -- the batch ---------------------------------------------------------------------
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -165,16 +166,26 @@ class SilverBatchWriter:
         usage_cols = spec(USAGE).column_names
 
         quarantine = batch.transform(filter_bad).transform(to_quarantine_rows)
-        good = (
-            batch.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
-        )
+        # Materialised: the first copies feed the history read and the classification, the
+        # repeated ones the duplicates, and each would otherwise sort the batch again.
+        good = batch.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank).localCheckpoint()
         first = good.transform(D.filter_first_copies)
         in_batch_copies = good.transform(D.filter_repeated_copies)
 
         keys = first.select(*D.IDENTITY).distinct()
+        # The rule keys of every first copy: a superset of those the rules will recompute
+        # (late copies among them are dropped below), so one history read serves both checks.
+        maybe_rule_keys = (
+            first.transform(D.with_rule_name(rules)).filter(F.col("_rule").isNotNull()).select(*D.RULE_KEY).distinct()
+        )
         # Each intermediate result feeds several writes; materialising it once (and cutting
         # its lineage) keeps every MERGE from recomputing windows and history joins.
-        classified = first.transform(D.with_history_order(self._identity_history(spark, keys))).localCheckpoint()
+        history = self._history(spark, keys, maybe_rule_keys).localCheckpoint()
+        identity_history = (
+            history.filter(F.col("_by_identity")).select(*D.IDENTITY, *D.ORDER_COLUMNS, "payload_sha256")
+            .transform(D.history_first_copies)
+        )
+        classified = first.transform(D.with_history_order(identity_history)).localCheckpoint()
         new_events = classified.transform(D.filter_new_events)
         late_copies = classified.transform(D.filter_late_copies)
         identity_duplicates = in_batch_copies.unionByName(late_copies).localCheckpoint()
@@ -184,10 +195,13 @@ class SilverBatchWriter:
         account_new = _select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT).localCheckpoint()
 
         rule_input = usage_new.filter(F.col("_rule").isNotNull())
-        rule_keys = rule_input.select("_rule", "account_id", "dedup_key").distinct()
-        rule_history = self._rule_history(spark, rule_keys).localCheckpoint()
+        rule_keys = rule_input.select(*D.RULE_KEY).distinct()
+        rule_history = (
+            history.filter(F.col("_in") != ACCOUNT).join(F.broadcast(rule_keys), on=D.RULE_KEY, how="left_semi")
+            .select(*usage_cols, "_rule", "_in", "rule", "duplicate_of")
+        ).localCheckpoint()
         candidates = (
-            rule_history.drop("_in")
+            rule_history.drop("_in", "rule", "duplicate_of")
             .unionByName(rule_input.select(*usage_cols, "_rule"))
             .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
         )
@@ -200,15 +214,28 @@ class SilverBatchWriter:
             .join(rule_history.filter(F.col("_in") == DUPLICATES).select(*COORDINATES), on=COORDINATES, how="left_semi")
         )
 
-        usage_source = (
+        # The rules re-decide every stored event of the keys they touch, and most decisions
+        # stand. A row a MERGE matches still makes Delta rewrite its whole file even when
+        # no clause fires, so decisions the tables already hold stay out of the sources.
+        stored_kept = rule_history.filter(F.col("_in") == USAGE).select(*COORDINATES)
+        stored_dropped = rule_history.filter(F.col("_in") == DUPLICATES).select(*COORDINATES, "rule", "duplicate_of")
+        usage_unruled = (
             usage_new.filter(F.col("_rule").isNull()).withColumn("_decision", F.lit(D.KEPT))
             .select(*usage_cols, "_decision")
-            .unionByName(decided.select(*usage_cols, "_decision"))
+        )
+        usage_source = (
+            usage_unruled
+            .unionByName(D.filter_dropped(decided).select(*usage_cols, "_decision"))
+            .unionByName(D.filter_kept(decided).join(stored_kept, on=COORDINATES, how="left_anti")
+                         .select(*usage_cols, "_decision"))
         ).localCheckpoint()
         duplicates_source = (
             _select_for(conflicting_copies, DUPLICATES, "_decision")
-            .unionByName(_select_for(decided, DUPLICATES, "_decision"))
+            .unionByName(_select_for(
+                D.filter_dropped(decided).join(stored_dropped, on=[*COORDINATES, "rule", "duplicate_of"], how="left_anti"),
+                DUPLICATES, "_decision"))
         ).localCheckpoint()
+        kept_usage = usage_unruled.unionByName(D.filter_kept(decided).select(*usage_cols, "_decision"))
 
         self._merge_quarantine(spark, quarantine)
         # Order matters for crash safety: a row moving between usage_events and
@@ -219,7 +246,7 @@ class SilverBatchWriter:
         self._merge_usage(spark, usage_source)
         self._delete_revived_duplicates(spark, revived)
         self._merge_account(spark, account_new)
-        self._record_batch(spark, query_id, batch_id, batch, identity_duplicates, decided, usage_source, account_new)
+        self._record_batch(spark, query_id, batch_id, batch, identity_duplicates, decided, kept_usage, account_new)
 
     # -- writes --------------------------------------------------------------------------
     def _merge_quarantine(self, spark: SparkSession, rows: DataFrame) -> None:
@@ -264,7 +291,7 @@ class SilverBatchWriter:
          .whenNotMatchedInsertAll()
          .execute())
 
-    def _record_batch(self, spark, query_id, batch_id, batch, identity_duplicates, decided, usage_source,
+    def _record_batch(self, spark, query_id, batch_id, batch, identity_duplicates, decided, kept_usage,
                       account_new) -> None:
         bad = filter_bad(batch)
         reasons = bad.groupBy(F.col("_problem.reason").alias("r")).count().agg(
@@ -278,7 +305,7 @@ class SilverBatchWriter:
         row = (
             totals.crossJoin(reasons).crossJoin(drops)
             .crossJoin(identity_duplicates.agg(F.count(F.lit(1)).alias("identity_duplicates")))
-            .crossJoin(usage_source.agg(F.count(F.when(F.col("_decision") == D.KEPT, 1)).alias("kept_usage")))
+            .crossJoin(kept_usage.agg(F.count(F.lit(1)).alias("kept_usage")))
             .crossJoin(account_new.agg(F.count(F.lit(1)).alias("account_events")))
             .select(
                 F.lit(query_id).alias("query_id"), F.lit(batch_id).cast("bigint").alias("batch_id"),

@@ -14,6 +14,8 @@ from pyspark.sql import functions as F
 from pipelines.config import DedupRule
 
 IDENTITY = ["account_id", "event_id"]
+# A custom rule decides per (rule, account, dedup_key): the events one fold sees together.
+RULE_KEY = ["_rule", "account_id", "dedup_key"]
 IDENTITY_RULE = "identity"
 KEPT = "kept"
 DROPPED = "dropped"
@@ -121,7 +123,7 @@ def _event_time_order() -> list[Column]:
 
 def _once_per_period(df: DataFrame, rule: DedupRule) -> DataFrame:
     bucket = F.date_trunc(rule.period, F.col("occurred_at"))
-    w = Window.partitionBy("_rule", "account_id", "dedup_key", bucket).orderBy(*_event_time_order())
+    w = Window.partitionBy(*RULE_KEY, bucket).orderBy(*_event_time_order())
     first = F.first("event_id").over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow))
     rank = F.row_number().over(w)
     return df.withColumns({
@@ -135,7 +137,7 @@ def _retry_window(df: DataFrame, rule: DedupRule) -> DataFrame:
     sequential (whether an event is kept depends on the previous kept one), so it is a
     fold over the sorted array with the built-in `aggregate`, not a window frame."""
     window_seconds = int(rule.window.total_seconds())
-    keys = ["_rule", "account_id", "dedup_key"]
+    keys = RULE_KEY
     events = F.array_sort(F.collect_list(F.struct(
         F.col("occurred_at").alias("t"), F.col("_order").alias("o"), F.col("event_id").alias("id"))))
     init = F.struct(

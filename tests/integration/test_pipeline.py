@@ -148,3 +148,38 @@ def test_known_event_set_end_to_end(spark, lake_settings):
     before = {t: rows(spark, settings, t, "*") for t in ("silver.usage_events", "silver.duplicates", "gold.daily_usage")}
     run(spark, ctx)
     assert {t: rows(spark, settings, t, "*") for t in before} == before
+
+
+def _versions(spark, settings, table: str) -> list[dict]:
+    """(version, operation, operationMetrics) of each commit, oldest first."""
+    history = Lake(settings).delta(spark, table).history().select("version", "operation", "operationMetrics")
+    return [r.asDict() for r in history.orderBy("version").collect()]
+
+
+def test_decisions_that_stand_rewrite_no_file(spark, lake_settings):
+    """A batch touching a custom-rule key re-decides the key's stored events. The ones that
+    keep their decision must not reach a MERGE: Delta rewrites every file a MERGE matches
+    a row in, even when no clause fires, so each batch would copy the tables it touches."""
+    settings = lake_settings
+    ctx = context(settings, watermark_seconds=2)
+    s1 = usage("s1", B, "2026-10-12T10:00:00Z", "sms", "sms_segments", 1, dedup_key="m1")
+    s2 = usage("s2", B, "2026-10-12T10:05:00Z", "sms", "sms_segments", 1, dedup_key="m1")
+    send(settings, [(B, s1), (B, s2)])
+    run(spark, ctx, "bronze", "silver")
+    usage_before = _versions(spark, settings, "silver.usage_events")
+    duplicates_before = _versions(spark, settings, "silver.duplicates")
+
+    # s3 opens a new retry window on m1: kept. s1 (kept) and s2 (dropped, duplicate of s1)
+    # are re-decided alongside it and stand.
+    s3 = usage("s3", B, "2026-10-12T10:30:00Z", "sms", "sms_segments", 1, dedup_key="m1")
+    send(settings, [(B, s3)])
+    run(spark, ctx, "bronze", "silver")
+
+    assert rows(spark, settings, "silver.usage_events", "event_id") == [("s1",), ("s3",)]
+    assert rows(spark, settings, "silver.duplicates", "event_id", "rule", "duplicate_of") == [
+        ("s2", "sms_gateway_retry", "s1")]
+    new_usage = _versions(spark, settings, "silver.usage_events")[len(usage_before):]
+    assert [(v["operation"], v["operationMetrics"]["numTargetRowsInserted"], v["operationMetrics"]["numTargetRowsCopied"],
+             v["operationMetrics"]["numTargetFilesRemoved"]) for v in new_usage] == [("MERGE", "1", "0", "0")]
+    # Nothing new was dropped, so silver.duplicates gets no commit at all.
+    assert _versions(spark, settings, "silver.duplicates") == duplicates_before
