@@ -127,9 +127,11 @@ def timed_writer(timings: Timings):
 
 
 def report(timings: Timings, skip_first: int, top: int) -> str:
-    batches = sorted(timings.batch_total)[skip_first:]
+    # Stateful streams also run empty micro-batches (to move the watermark): left out.
+    with_rows = {batch for batch, where in timings.by_line if not where.startswith("write_batch:")}
+    batches = sorted(b for b in timings.batch_total if b in with_rows)[skip_first:]
     if not batches:
-        return "no micro-batch left after --skip-first"
+        return "no micro-batch with rows left after --skip-first"
     lines: dict[str, list[float]] = defaultdict(list)
     calls: dict[str, int] = defaultdict(int)
     for (batch, where), seconds in timings.by_line.items():
@@ -139,7 +141,7 @@ def report(timings: Timings, skip_first: int, top: int) -> str:
     per_batch = {where: sum(v) / len(batches) for where, v in lines.items()}
     total = statistics.mean(timings.batch_total[b] for b in batches)
     covered = sum(per_batch.values())
-    out = [f"silver micro-batches profiled: {len(batches)} (batch ids {batches[0]}..{batches[-1]}), "
+    out = [f"silver micro-batches with rows profiled: {len(batches)} (batch ids {batches[0]}..{batches[-1]}), "
            f"wall per batch: mean {total:.2f} s, median {statistics.median(timings.batch_total[b] for b in batches):.2f} s",
            "", "| s per batch | share | calls per batch | silver.py line |", "|---:|---:|---:|---|"]
     for where, seconds in sorted(per_batch.items(), key=lambda kv: -kv[1])[:top]:
