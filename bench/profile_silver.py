@@ -110,7 +110,8 @@ def timed_actions(timings: Timings, source_file: str):
             setattr(cls, name, fn)
 
 
-def timed_writer(timings: Timings):
+@contextmanager
+def timed_batches(timings: Timings):
     """SilverBatchWriter.write_batch with the batch id recorded and the whole call timed."""
     original = silver_job.SilverBatchWriter.write_batch
 
@@ -123,7 +124,11 @@ def timed_writer(timings: Timings):
             timings.batch_total[batch_id] = time.perf_counter() - started
             timings.current_batch = None
 
-    return original, write_batch
+    silver_job.SilverBatchWriter.write_batch = write_batch
+    try:
+        yield
+    finally:
+        silver_job.SilverBatchWriter.write_batch = original
 
 
 def report(timings: Timings, skip_first: int, top: int) -> str:
@@ -166,14 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
                      ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
             timings = Timings()
-            original, patched = timed_writer(timings)
-            silver_job.SilverBatchWriter.write_batch = patched
-            try:
-                with timed_actions(timings, silver_job.__file__):
-                    run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
-                             ["silver"], reporter=ProgressReporter(quiet=True), log=say)
-            finally:
-                silver_job.SilverBatchWriter.write_batch = original
+            with timed_batches(timings), timed_actions(timings, silver_job.__file__):
+                run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
+                         ["silver"], reporter=ProgressReporter(quiet=True), log=say)
             print(report(timings, args.skip_first, args.top))
         finally:
             spark.stop()

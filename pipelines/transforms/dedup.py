@@ -137,7 +137,6 @@ def _retry_window(df: DataFrame, rule: DedupRule) -> DataFrame:
     sequential (whether an event is kept depends on the previous kept one), so it is a
     fold over the sorted array with the built-in `aggregate`, not a window frame."""
     window_seconds = int(rule.window.total_seconds())
-    keys = RULE_KEY
     events = F.array_sort(F.collect_list(F.struct(
         F.col("occurred_at").alias("t"), F.col("_order").alias("o"), F.col("event_id").alias("id"))))
     init = F.struct(
@@ -157,13 +156,13 @@ def _retry_window(df: DataFrame, rule: DedupRule) -> DataFrame:
         )
 
     decisions = (
-        df.groupBy(*keys).agg(F.aggregate(events, init, step)["out"].alias("_out"))
-        .select(*keys, F.explode("_out").alias("_d"))
-        .select(*keys, F.col("_d.id").alias("event_id"),
+        df.groupBy(*RULE_KEY).agg(F.aggregate(events, init, step)["out"].alias("_out"))
+        .select(*RULE_KEY, F.explode("_out").alias("_d"))
+        .select(*RULE_KEY, F.col("_d.id").alias("event_id"),
                 F.when(F.col("_d.kept"), F.lit(KEPT)).otherwise(F.lit(DROPPED)).alias("_decision"),
                 F.col("_d.dup_of").alias("duplicate_of"))
     )
-    return df.join(decisions, on=keys + ["event_id"], how="inner")
+    return df.join(decisions, on=[*RULE_KEY, "event_id"], how="inner")
 
 
 def apply_dedup_rules(rules: tuple[DedupRule, ...]):
