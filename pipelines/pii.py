@@ -1,7 +1,7 @@
 """Personal data in event properties: hashed or dropped on the way to silver.
 
 Which keys and value patterns are personal is data (pipelines/conf/pii.yaml, documented
-there); this module validates that file and turns it into one column transform built from
+there); this module validates that file and turns it into a DataFrame transform built from
 Spark's higher-order functions, so no Python runs per row.
 
 Shape of the result, for `{"email": "Ann@Shop.example", "ip": "10.0.0.1", "plan": "pro"}`:
@@ -160,8 +160,18 @@ def _kind(config: PiiConfig, key: Column, value: Column) -> Column:
     return expr.otherwise(F.lit(None)) if expr is not None else F.lit(None).cast("string")
 
 
-def protect_properties(config: PiiConfig, salt: str):
-    """`properties` (a JSON object as text) -> the same with personal values hashed or dropped."""
+# Hidden columns of the staged transform below.
+_ENTRIES = "_pii_entries"
+_MADE = "_pii_made"
+
+
+def with_protected_properties(config: PiiConfig, salt: str, column: str = "properties"):
+    """DataFrame transform: replaces `column` (a JSON object as text) by its protected form.
+
+    Built in stages, each its own projection: every entry's kind is computed once and the
+    generated entries once. As one nested expression, each lambda that read `made` re-ran
+    all of its regexes and hashes per element, which made this the costliest step of silver.
+    """
 
     def h(v: Column) -> Column:
         return F.sha2(F.concat(F.lit(salt + "|"), v), 256).cast("variant")
@@ -169,10 +179,13 @@ def protect_properties(config: PiiConfig, salt: str):
     def entry(key: Column, value: Column) -> Column:
         return F.struct(key.alias("key"), value.alias("value"))
 
+    def with_kind(e: Column) -> Column:
+        return F.struct(e["key"].alias("key"), e["value"].alias("value"),
+                        _kind(config, e["key"], e["value"]).alias("kind"))
+
     def generated(e: Column) -> Column:
-        key, value = e["key"], e["value"]
+        key, value, kind = e["key"], e["value"], e["kind"]
         s = F.try_variant_get(value, "$", "string")
-        kind = _kind(config, key, value)
         empty = F.array().cast("array<struct<key:string,value:variant>>")
         return (
             F.when(kind == "email", F.array(
@@ -186,26 +199,20 @@ def protect_properties(config: PiiConfig, salt: str):
             .otherwise(empty)
         )
 
-    def transform(props: Column) -> Column:
-        entries = F.map_entries(F.try_variant_get(F.try_parse_json(props), "$", "map<string,variant>"))
-        made = F.flatten(F.transform(entries, generated))
-        # Two sources could name the same generated key ("a" as email and "a_domain" as
-        # anything); the first wins, as a map cannot hold a key twice.
-        made = F.filter(made, lambda e, i: ~F.array_contains(
-            F.slice(F.transform(made, lambda g: g["key"]), 1, i), e["key"]))
-        made_keys = F.transform(made, lambda g: g["key"])
-        kept = F.filter(entries, lambda e: _kind(config, e["key"], e["value"]).isNull()
-                        & ~F.array_contains(made_keys, e["key"]))
-        return F.when(entries.isNotNull(), F.to_json(F.map_from_entries(F.concat(kept, made))))
-
-    return transform
-
-
-def with_protected_properties(config: PiiConfig, salt: str, column: str = "properties"):
-    """DataFrame transform: replaces `column` (JSON object text) by its protected form."""
-    protect = protect_properties(config, salt)
-
     def transform(df: DataFrame) -> DataFrame:
-        return df.withColumn(column, protect(F.col(column)))
+        entries = F.map_entries(F.try_variant_get(F.try_parse_json(F.col(column)), "$", "map<string,variant>"))
+        made = F.col(_MADE)
+        made_keys = F.transform(made, lambda g: g["key"])
+        kept = F.filter(F.col(_ENTRIES), lambda e: e["kind"].isNull() & ~F.array_contains(made_keys, e["key"]))
+        return (
+            df.withColumn(_ENTRIES, F.transform(entries, with_kind))
+            .withColumn(_MADE, F.flatten(F.transform(F.col(_ENTRIES), generated)))
+            # Two sources could name the same generated key ("a" as email and "a_domain" as
+            # anything); the first wins, as a map cannot hold a key twice.
+            .withColumn(_MADE, F.filter(made, lambda e, i: ~F.array_contains(F.slice(made_keys, 1, i), e["key"])))
+            .withColumn(column, F.when(F.col(_ENTRIES).isNotNull(), F.to_json(F.map_from_entries(F.concat(
+                F.transform(kept, lambda e: entry(e["key"], e["value"])), made)))))
+            .drop(_ENTRIES, _MADE)
+        )
 
     return transform
