@@ -1,0 +1,127 @@
+"""What each step of silver's input costs per row: parse and validate, personal data, keys.
+
+Run by hand from the repository root (no broker needed):
+
+    .venv/bin/python bench/profile_parse.py                   # 100,000 records, best of 3
+    .venv/bin/python bench/profile_parse.py --records 20000 --reps 2
+
+`silver_input` (pipelines/jobs/silver.py) is the per-row work every silver micro-batch does
+before its dedup state and writes: `parse_events` (VARIANT parse and the contract checks),
+`with_protected_properties` (the PII config) and the hot-path keys. This script generates
+records with the project generator (its default shares of bad records, re-sends, retries),
+holds them in memory as bronze rows, and runs each cumulative prefix of that chain into a
+`noop` sink. Each step's cost is the difference to the line above, so the table reads as a
+budget; `pii alone` runs the PII transform on properties cut out of the raw JSON, to price it
+without the parse.
+
+The JVM compiles the generated code of a plan only after it has run a while, so whichever
+step runs first pays for warming code the later ones share (in one trial the last step came
+out 3 s cheaper than the one before it). Every step therefore runs once untimed, then the
+steps run in `--reps` rounds and each keeps its best round.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from pyspark.sql import DataFrame  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from pipelines.config import SilverConfig  # noqa: E402
+from pipelines.contract import load_contract  # noqa: E402
+from pipelines.jobs import silver as silver_job  # noqa: E402
+from pipelines.pii import load_pii_config, with_protected_properties  # noqa: E402
+from pipelines.produce import GeneratorOptions, generate  # noqa: E402
+from pipelines.session import build_spark  # noqa: E402
+from pipelines.transforms.parse import parse_events, with_kafka_coordinates  # noqa: E402
+from bench_common import command_line, machine_info, machine_line, positive_int, say  # noqa: E402
+
+BRONZE_SCHEMA = ("key binary, value binary, topic string, partition int, offset long, "
+                 "timestamp timestamp, ingested_at timestamp")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=positive_int, default=100_000)
+    p.add_argument("--reps", type=positive_int, default=3, help="timed rounds; each step keeps its best")
+    p.add_argument("--seed", type=int, default=7)
+    return p.parse_args(argv)
+
+
+def bronze_rows(spark, records: int, seed: int) -> DataFrame:
+    now = datetime.now(UTC)
+    rows = [(r.key, r.value, "bench", 0, i, now, now)
+            for i, r in enumerate(generate(GeneratorOptions(count=records, seed=seed)))]
+    return spark.createDataFrame(rows, BRONZE_SCHEMA).localCheckpoint(eager=True)
+
+
+def steps(bronze: DataFrame) -> tuple[list[tuple[str, DataFrame]], list[tuple[str, DataFrame]]]:
+    """(cumulative prefixes of silver_input in its order, steps timed on their own)."""
+    pii = load_pii_config()
+    parsed = bronze.transform(parse_events(load_contract(1), SilverConfig()))
+    protected = parsed.transform(with_protected_properties(pii, "bench-salt"))
+    keyed = protected.transform(with_kafka_coordinates).transform(silver_job.with_hot_path_keys)
+    properties = F.get_json_object(F.col("value").cast("string"), "$.properties")
+    chain = [
+        ("read the rows", bronze),
+        ("+ parse_events (VARIANT, contract checks)", parsed),
+        ("+ with_protected_properties (PII)", protected),
+        ("+ hot-path keys (= silver_input)", keyed),
+    ]
+    alone = [("PII alone, on properties cut from the raw JSON",
+              bronze.withColumn("properties", properties).transform(with_protected_properties(pii, "bench-salt")))]
+    return chain, alone
+
+
+def run_seconds(df: DataFrame) -> float:
+    started = time.monotonic()
+    df.write.format("noop").mode("overwrite").save()
+    return time.monotonic() - started
+
+
+def best_seconds(named: list[tuple[str, DataFrame]], reps: int) -> dict[str, float]:
+    """Best of `reps` rounds per step, after one untimed round that warms the JIT for all."""
+    for name, df in named:
+        say(f"warm-up: {name}")
+        run_seconds(df)
+    best = {name: float("inf") for name, _ in named}
+    for round_no in range(1, reps + 1):
+        say(f"round {round_no}/{reps}")
+        for name, df in named:
+            best[name] = min(best[name], run_seconds(df))
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    spark = build_spark("profile-parse", shuffle_partitions=2)
+    try:
+        say(f"generating {args.records:,} records (seed {args.seed})")
+        bronze = bronze_rows(spark, args.records, args.seed)
+        machine = machine_info(spark)
+        lines = ["| step | best of {} (s) | rows/s | step cost (s) |".format(args.reps), "|---|---:|---:|---:|"]
+        chain, alone = steps(bronze)
+        best = best_seconds(chain + alone, args.reps)
+        chained = {name for name, _ in chain}
+        previous = None
+        for name, seconds in best.items():
+            step = f"{seconds - previous:.2f}" if name in chained and previous is not None else ""
+            lines.append(f"| {name} | {seconds:.2f} | {args.records / seconds:,.0f} | {step} |")
+            previous = seconds if name in chained else None
+        print(f"\nCommand: `{command_line()}`\n")
+        print(f"{machine_line(machine)}\n")
+        print("\n".join(lines))
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
