@@ -201,6 +201,8 @@ def with_protected_properties(config: PiiConfig, salt: str, column: str = "prope
 
     def transform(df: DataFrame) -> DataFrame:
         entries = F.map_entries(F.try_variant_get(F.try_parse_json(F.col(column)), "$", "map<string,variant>"))
+        # Resolved by name in each projection that uses them: the de-duplication below
+        # reads the generated entries as first made, `kept` and the result the de-duplicated.
         made = F.col(_MADE)
         made_keys = F.transform(made, lambda g: g["key"])
         kept = F.filter(F.col(_ENTRIES), lambda e: e["kind"].isNull() & ~F.array_contains(made_keys, e["key"]))

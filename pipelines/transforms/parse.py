@@ -95,7 +95,10 @@ class _Fields:
     def is_object(self) -> Column:
         """Whether the whole value is a JSON object. Only objects convert to a map, and the
         conversion is far cheaper than naming the type (which spells out the whole schema)."""
-        return self._view(0, ("is_object",), lambda: F.try_variant_get(F.col("_v"), "$", "map<string,variant>").isNotNull())
+        def converts() -> Column:
+            return F.try_variant_get(F.col("_v"), "$", "map<string,variant>").isNotNull()
+
+        return self._view(0, ("is_object",), converts)
 
     def vtype(self, path: str) -> Column:
         return self._view(1, ("vtype", path), lambda: F.schema_of_variant(self.raw(path)))
@@ -214,7 +217,7 @@ def _value_checks(f: _Fields, spec: FieldSpec, path: str) -> list[_Check]:
 
 def _sealed_parse(value: Column) -> Column:
     """`[<value>,"<md5 of value>"]` parsed as one VARIANT array (null past the nesting limit).
-    Reads the hidden columns `_c` (the value's container count) and `_md5`.
+    Reads the hidden columns `_containers` (how many '{' and '[' the value holds) and `_md5`.
 
     Spark's JSON parser reads the first value and ignores whatever follows it, so
     `{...}{...}` or `{...} junk` would parse as the first object. Sealing the text in an
@@ -223,7 +226,7 @@ def _sealed_parse(value: Column) -> Column:
     """
     text = value.cast("string")
     sealed = F.concat(F.lit("["), text, F.lit(',"'), F.col("_md5"), F.lit('"]'))
-    return F.when(F.col("_c") <= MAX_CONTAINERS, F.try_parse_json(sealed))
+    return F.when(F.col("_containers") <= MAX_CONTAINERS, F.try_parse_json(sealed))
 
 
 def _sealed_value() -> Column:
@@ -282,7 +285,7 @@ def _checks(contract: EventContract, f: _Fields, options: SilverConfig) -> list[
         _Check(F.col("value").cast("string").contains("\\u") & F.col("value").cast("string").rlike(LONE_SURROGATE),
                INVALID_UTF8,
                _lit_detail("value escapes a lone UTF-16 surrogate (\\uD800-\\uDFFF), which has no UTF-8 form")),
-        _Check(F.col("_c") > MAX_CONTAINERS, INVALID_JSON,
+        _Check(F.col("_containers") > MAX_CONTAINERS, INVALID_JSON,
                _lit_detail(f"value has more than {MAX_CONTAINERS} JSON objects and arrays (nesting limit)")),
         _Check(F.col("_v").isNull(), INVALID_JSON,
                _lit_detail("value is not valid JSON (syntax, NaN/Infinity, duplicated key or over the size limit)")),
@@ -379,10 +382,10 @@ def parse_events(contract: EventContract, options: SilverConfig = SilverConfig()
             "_problem": _first_failure(checks),
         }
         parsed = (
-            df.withColumns({"_c": _containers(F.col("value").cast("string")), "_md5": F.md5(F.col("value"))})
+            df.withColumns({"_containers": _containers(F.col("value").cast("string")), "_md5": F.md5(F.col("value"))})
             .withColumn("_w", _sealed_parse(F.col("value"))).withColumn("_v", _sealed_value())
         )
-        return parsed.drop("_w", "_md5").transform(f.add).withColumns(typed).transform(f.drop).drop("_v", "_c")
+        return parsed.drop("_w", "_md5").transform(f.add).withColumns(typed).transform(f.drop).drop("_v", "_containers")
 
     return transform
 
