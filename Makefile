@@ -39,7 +39,7 @@ kafka-stop:
 	@test -x $(LAKEHOUSE) && $(LAKEHOUSE) kafka stop || true
 
 test: setup kafka-start
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q --durations=15
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit
