@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"generating {args.records:,} records (seed {args.seed})")
         bronze = bronze_rows(spark, args.records, args.seed)
         machine = machine_info(spark)
-        lines = ["| step | best of {} (s) | rows/s | step cost (s) |".format(args.reps), "|---|---:|---:|---:|"]
+        lines = [f"| step | best of {args.reps} (s) | rows/s | step cost (s) |", "|---|---:|---:|---:|"]
         chain, alone = steps(bronze)
         best = best_seconds(chain + alone, args.reps)
         chained = {name for name, _ in chain}
