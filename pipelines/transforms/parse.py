@@ -277,13 +277,12 @@ def _exact_decimal(f: _Fields, path: str, scale: int) -> Column:
 
 def _checks(contract: EventContract, f: _Fields, options: SilverConfig) -> list[_Check]:
     event_type = f.string("$.event_type")
+    text = F.col("value").cast("string")
     checks: list[_Check] = [
         _Check(F.col("value").isNull(), NULL_VALUE, _lit_detail("record has no value")),
-        _Check(~F.is_valid_utf8(F.col("value").cast("string")), INVALID_UTF8,
-               _lit_detail("value is not valid UTF-8")),
+        _Check(~F.is_valid_utf8(text), INVALID_UTF8, _lit_detail("value is not valid UTF-8")),
         # Only a value with a \u escape can hold one; the test is cheap, the regex is not.
-        _Check(F.col("value").cast("string").contains("\\u") & F.col("value").cast("string").rlike(LONE_SURROGATE),
-               INVALID_UTF8,
+        _Check(text.contains("\\u") & text.rlike(LONE_SURROGATE), INVALID_UTF8,
                _lit_detail("value escapes a lone UTF-16 surrogate (\\uD800-\\uDFFF), which has no UTF-8 form")),
         _Check(F.col("_containers") > MAX_CONTAINERS, INVALID_JSON,
                _lit_detail(f"value has more than {MAX_CONTAINERS} JSON objects and arrays (nesting limit)")),
