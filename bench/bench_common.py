@@ -70,6 +70,26 @@ def delete_topic(settings: Settings, topic: str) -> None:
         admin.close()
 
 
+def bronze_frame(spark, records, *, topic: str, first_offset: int, ingested_at):
+    """Generator records -> rows shaped like bronze.events, on partition 0 from first_offset,
+    with Kafka and ingestion time both `ingested_at` (a naive UTC datetime). For benches that
+    feed silver without a broker."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from pipelines.tables import spec
+
+    rows = [(r.key, r.value, topic, 0, first_offset + i, ingested_at, ingested_at) for i, r in enumerate(records)]
+    # Through Arrow: Python rows one by one are the slow way in.
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    df = spark.createDataFrame(pd.DataFrame(rows, columns=["key", "value", "topic", "partition", "offset",
+                                                           "kafka_timestamp", "ingested_at"], dtype=object),
+                               "key binary, value binary, topic string, partition int, offset long, "
+                               "kafka_timestamp timestamp, ingested_at timestamp")
+    return df.withColumns({"kafka_timestamp_type": F.lit(1), "headers": F.lit(None).cast(
+        "array<struct<key:string,value:binary>>")}).select(*spec("bronze.events").column_names)
+
+
 def write_outputs(run_dir: Path, result: dict, markdown: str, table: str) -> None:
     """summary.json and results.md in run_dir, then the table and the block for RESULTS.md on stdout."""
     (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))

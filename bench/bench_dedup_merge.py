@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import command_line, machine_info, positive_int, say, write_outputs  # noqa: E402
+from bench_common import bronze_frame, command_line, machine_info, positive_int, say, write_outputs  # noqa: E402
 
 IDENTITY = ["account_id", "event_id"]
 
@@ -48,40 +48,27 @@ def parse_args(argv):
 
 def write_bronze(spark, path: str, records: list, batches: int) -> None:
     """records -> bronze rows (coordinates synthesised on one partition) in `batches` appends."""
-    import pandas as pd
-    from pyspark.sql import functions as F
-
-    from pipelines.tables import spec
-
-    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     start = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=batches)
     size = -(-len(records) // batches)
     for b in range(batches):
-        part = records[b * size:(b + 1) * size]
-        ingested = start + timedelta(hours=b)   # each batch an hour later: the watermark moves
-        rows = [(r.key, r.value, "bench.events", 0, b * size + i, ingested, ingested) for i, r in enumerate(part)]
-        # Through Arrow: Python rows one by one are the slow way in.
-        df = spark.createDataFrame(pd.DataFrame(rows, columns=["key", "value", "topic", "partition", "offset",
-                                                               "kafka_timestamp", "ingested_at"], dtype=object),
-                                   "key binary, value binary, topic string, partition int, offset long, "
-                                   "kafka_timestamp timestamp, ingested_at timestamp")
-        df = df.withColumns({"kafka_timestamp_type": F.lit(1), "headers": F.lit(None).cast(
-            "array<struct<key:string,value:binary>>")}).select(*spec("bronze.events").column_names)
+        # Each batch an hour later: the watermark moves.
+        df = bronze_frame(spark, records[b * size:(b + 1) * size], topic="bench.events", first_offset=b * size,
+                          ingested_at=start + timedelta(hours=b))
         df.repartition(1).write.format("delta").mode("append").save(path)
 
 
 def parsed_stream(spark, bronze_path: str):
-    from pipelines.config import SilverConfig
-    from pipelines.contract import load_contract
-    from pipelines.jobs.silver import with_hot_path_keys
-    from pipelines.transforms.parse import parse_events, with_kafka_coordinates
+    """silver_input over the bronze table, as the silver job reads it (parse, contract checks,
+    PII protection, hot-path keys)."""
+    from pipelines.jobs.common import JobContext
+    from pipelines.jobs.silver import silver_input
+    from pipelines.settings import Settings
 
     # Bad records are filtered inside foreachBatch, after the batch is materialised, as the
     # silver job does: a filter here would be pushed into the scan with the whole parse
     # expression inlined (too big to compile).
-    return (spark.readStream.format("delta").option("maxFilesPerTrigger", "1").load(bronze_path)
-            .transform(parse_events(load_contract(1), SilverConfig()))
-            .transform(with_kafka_coordinates).transform(with_hot_path_keys))
+    reader = spark.readStream.format("delta").option("maxFilesPerTrigger", "1").load(bronze_path)
+    return silver_input(reader, JobContext.from_settings(Settings()))
 
 
 TARGET_COLS = ["account_id", "event_id", "event_type", "occurred_at", "quantity", "kafka_topic", "kafka_partition",

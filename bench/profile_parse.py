@@ -43,10 +43,7 @@ from pipelines.produce import GeneratorOptions, generate  # noqa: E402
 from pipelines.session import build_spark  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from pipelines.transforms.parse import parse_events  # noqa: E402
-from bench_common import command_line, machine_info, machine_line, positive_int, say  # noqa: E402
-
-BRONZE_SCHEMA = ("key binary, value binary, topic string, partition int, offset long, "
-                 "timestamp timestamp, ingested_at timestamp")
+from bench_common import bronze_frame, command_line, machine_info, machine_line, positive_int, say  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,10 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bronze_rows(spark, records: int, seed: int) -> DataFrame:
-    now = datetime.now(UTC)
-    rows = [(r.key, r.value, "bench", 0, i, now, now)
-            for i, r in enumerate(generate(GeneratorOptions(count=records, seed=seed)))]
-    return spark.createDataFrame(rows, BRONZE_SCHEMA).localCheckpoint(eager=True)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    generated = list(generate(GeneratorOptions(count=records, seed=seed)))
+    return bronze_frame(spark, generated, topic="bench", first_offset=0, ingested_at=now).localCheckpoint(eager=True)
 
 
 def steps(bronze: DataFrame) -> tuple[list[tuple[str, DataFrame]], list[tuple[str, DataFrame]]]:
