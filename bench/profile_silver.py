@@ -65,18 +65,22 @@ class Timings:
     depth: int = 0
 
 
-def _caller(source_file: str) -> str:
-    """`function:line  code` of the innermost frame in `source_file` on the stack."""
+def _caller(source_files: tuple[str, ...]) -> str:
+    """`function:line  code` of the innermost frame in one of `source_files` on the stack (with
+    the file named after it when there are several)."""
     for frame in inspect.stack(context=1)[2:]:
-        if frame.filename == source_file:
+        if frame.filename in source_files:
             code = (frame.code_context or [""])[0].strip()
-            return f"{frame.function}:{frame.lineno}  {code[:70]}"
-    return "(outside silver.py)"
+            where = f"{frame.function}:{frame.lineno}  {code[:70]}"
+            if len(source_files) > 1:
+                where += f"  [{Path(frame.filename).resolve().relative_to(REPO_ROOT)}]"
+            return where
+    return "(outside the profiled files)"
 
 
 @contextmanager
-def timed_actions(timings: Timings, source_file: str):
-    """Wrap the Spark actions silver.py calls so each records its wall time under its caller."""
+def timed_actions(timings: Timings, source_files: tuple[str, ...]):
+    """Wrap the Spark actions the profiled files call so each records its wall time under its caller."""
     from delta.tables import DeltaMergeBuilder, DeltaTable
     from pyspark.sql.classic.dataframe import DataFrame
     from pyspark.sql.readwriter import DataFrameReader, DataFrameWriter
@@ -91,7 +95,7 @@ def timed_actions(timings: Timings, source_file: str):
         def wrapper(*args, **kwargs):
             if timings.current_batch is None or timings.depth:
                 return fn(*args, **kwargs)
-            where = _caller(source_file)
+            where = _caller(source_files)
             timings.depth += 1
             started = time.perf_counter()
             try:
@@ -111,29 +115,32 @@ def timed_actions(timings: Timings, source_file: str):
 
 
 @contextmanager
-def timed_batches(timings: Timings):
-    """SilverBatchWriter.write_batch with the batch id recorded and the whole call timed."""
-    original = silver_job.SilverBatchWriter.write_batch
+def timed_batches(timings: Timings, cls=silver_job.SilverBatchWriter, method: str = "write_batch"):
+    """A foreachBatch body's method `(self, batch_df, batch_id, ...)` with the batch id
+    recorded and the whole call timed."""
+    original = getattr(cls, method)
 
-    def write_batch(self, batch_df, batch_id, query_id):
+    def timed(self, batch_df, batch_id, *rest):
         timings.current_batch = batch_id
         started = time.perf_counter()
         try:
-            return original(self, batch_df, batch_id, query_id)
+            return original(self, batch_df, batch_id, *rest)
         finally:
             timings.batch_total[batch_id] = time.perf_counter() - started
             timings.current_batch = None
 
-    silver_job.SilverBatchWriter.write_batch = write_batch
+    setattr(cls, method, timed)
     try:
         yield
     finally:
-        silver_job.SilverBatchWriter.write_batch = original
+        setattr(cls, method, original)
 
 
-def report(timings: Timings, skip_first: int, top: int) -> str:
-    # Stateful streams also run empty micro-batches (to move the watermark): left out.
-    with_rows = {batch for batch, where in timings.by_line if not where.startswith("write_batch:")}
+def report(timings: Timings, skip_first: int, top: int, job: str = "silver", entry: str = "write_batch:") -> str:
+    # Stateful streams also run empty micro-batches (to move the watermark), and a change
+    # feed can bring a batch with nothing to do: only the lines of the foreachBatch body's
+    # entry method ran. Left out.
+    with_rows = {batch for batch, where in timings.by_line if not where.startswith(entry)}
     batches = sorted(b for b in timings.batch_total if b in with_rows)[skip_first:]
     if not batches:
         return "no micro-batch with rows left after --skip-first"
@@ -146,9 +153,9 @@ def report(timings: Timings, skip_first: int, top: int) -> str:
     per_batch = {where: sum(v) / len(batches) for where, v in lines.items()}
     total = statistics.mean(timings.batch_total[b] for b in batches)
     covered = sum(per_batch.values())
-    out = [f"silver micro-batches with rows profiled: {len(batches)} (batch ids {batches[0]}..{batches[-1]}), "
+    out = [f"{job} micro-batches with rows profiled: {len(batches)} (batch ids {batches[0]}..{batches[-1]}), "
            f"wall per batch: mean {total:.2f} s, median {statistics.median(timings.batch_total[b] for b in batches):.2f} s",
-           "", "| s per batch | share | calls per batch | silver.py line |", "|---:|---:|---:|---|"]
+           "", "| s per batch | share | calls per batch | line |", "|---:|---:|---:|---|"]
     for where, seconds in sorted(per_batch.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"| {seconds:.2f} | {seconds / total:.0%} | {calls[where] / len(batches):.1f} | `{where}` |")
     out.append(f"| {total - covered:.2f} | {(total - covered) / total:.0%} | | between actions (Python, plan building) |")
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
                      ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
             timings = Timings()
-            with timed_batches(timings), timed_actions(timings, silver_job.__file__):
+            with timed_batches(timings), timed_actions(timings, (silver_job.__file__,)):
                 run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
                          ["silver"], reporter=ProgressReporter(quiet=True), log=say)
             print(report(timings, args.skip_first, args.top))

@@ -1,0 +1,85 @@
+"""Where a notify micro-batch spends its time, line by line.
+
+Run by hand from the repository root, with the local broker up:
+
+    .venv/bin/python bench/profile_notify.py                  # 3,000 events
+    .venv/bin/python bench/profile_notify.py --events 30000 --batches 6
+
+The notify stream (`pipelines/jobs/notify.py`) reads silver's change feeds and, per
+micro-batch, computes the usage alerts and reactive notifications, stages them in the outbox
+(gold.notifications) and publishes what is pending (`pipelines/notify.py`). This script
+produces events with the project generator into a fresh one-partition topic, runs bronze in
+`--batches` micro-batches and silver one bronze version per micro-batch, then runs notify
+one change-feed file per micro-batch with every Spark action of those two files timed and
+keyed by the line that called it (the same instrumentation as `profile_silver.py`).
+
+Batches where only the foreachBatch entry ran (nothing to compute) are left out, and the
+first --skip-first batches with work pay JIT and cache warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from pipelines import kafka_local  # noqa: E402
+from pipelines import notify as outbox  # noqa: E402
+from pipelines.jobs import notify as notify_job  # noqa: E402
+from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
+from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
+from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
+from pipelines.session import build_spark  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+from bench_common import delete_topic, positive_int, say  # noqa: E402 - sibling modules
+from profile_silver import Timings, report, timed_actions, timed_batches  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=positive_int, default=3000)
+    p.add_argument("--batches", type=positive_int, default=6, help="bronze versions = silver micro-batches")
+    p.add_argument("--accounts", type=positive_int, default=50)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
+    p.add_argument("--top", type=positive_int, default=20, help="lines shown")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    topics = (f"profile.events.{stamp}", f"profile.notifications.{stamp}")
+    with tempfile.TemporaryDirectory(prefix="profile-notify-") as lake:
+        settings = Settings(lake_root=Path(lake), events_topic=topics[0], notifications_topic=topics[1])
+        kafka_local.ensure_topics(settings, {topics[0]: 1, topics[1]: outbox.TOPIC_PARTITIONS})
+        options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
+        sent = send(generate(options), settings, topic=topics[0])
+        say(f"produced {sent:,} events into {topics[0]}")
+        spark = build_spark("profile-notify")
+        try:
+            per_trigger = -(-sent // args.batches)
+            run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
+                     ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
+            one_file = JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1))
+            run_jobs(spark, one_file, ["silver"], reporter=ProgressReporter(quiet=True), log=say)
+            timings = Timings()
+            with (timed_batches(timings, notify_job.NotifyWriter, "__call__"),
+                  timed_actions(timings, (notify_job.__file__, outbox.__file__))):
+                run_jobs(spark, one_file, ["notify"], reporter=ProgressReporter(quiet=True), log=say)
+            print(report(timings, args.skip_first, args.top, job="notify", entry="__call__:"))
+        finally:
+            spark.stop()
+            outbox.close_publishers()
+            for topic in topics:
+                delete_topic(settings, topic)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
