@@ -20,7 +20,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines.billing.periods import next_period_start, period_of
-from pipelines.notify import notification_id_col
+from pipelines.notify import STAGE_COLUMNS, notification_id_col
 
 THRESHOLD = "usage.quota_threshold"
 WELCOME = "account.welcome"
@@ -152,32 +152,35 @@ def reactive_notifications(plans: DataFrame, prices: DataFrame):
         )
         at = F.col("occurred_at")
         trig = F.array("event_id")
+        kind = F.col("event_type")
         upgrade = F.col("plan_rank") > F.col("_prev_rank")
         downgrade = F.col("plan_rank") < F.col("_prev_rank")
         # Billing's plan timeline: an upgrade applies at once, a downgrade at the next period start.
         effective = F.when(downgrade, next_period_start(at)).otherwise(at)
         change_type = F.when(upgrade, F.lit(UPGRADED)).when(downgrade, F.lit(DOWNGRADED)).otherwise(F.lit(CHANGED))
-        started = e.filter(F.col("event_type") == "subscription.started").select(*_stage(
-            F.lit(WELCOME), F.col("event_id"), at, trig,
-            F.struct("plan_id", F.coalesce("quotas", F.create_map().cast("map<string,string>")).alias("quotas"))))
-        changed = e.filter(F.col("event_type") == "plan.changed")
-        notice = changed.select(*_stage(
-            change_type, F.col("event_id"), at, trig,
-            F.struct("plan_id", "previous_plan_id", F.date_format(effective, _RFC3339).alias("effective_at"),
-                     F.col("source"))))
-        reset = changed.select(*_stage(
-            F.lit(QUOTA_RESET), F.col("event_id"), at, trig,
-            F.struct("plan_id", F.date_format(effective, _RFC3339).alias("effective_at"),
-                     F.coalesce("quotas", F.create_map().cast("map<string,string>")).alias("quotas"))))
-        cancelled = e.filter(F.col("event_type") == "subscription.cancelled").select(*_stage(
-            F.lit(FINAL_INVOICE), F.col("event_id"), at, trig,
-            F.struct(period_of(at).alias("period"), F.col("previous_plan_id").alias("plan_id"),
-                     F.date_format(at, _RFC3339).alias("cancelled_at"))))
-        purchased = e.filter(F.col("event_type") == "purchase.completed").select(*_stage(
-            F.lit(RECEIPT), F.col("event_id"), at, trig,
-            F.struct(F.struct(_text(F.col("amount_value")).alias("value"), F.col("amount_currency").alias("currency")
-                              ).alias("amount"),
-                     F.get_json_object("properties", "$.sku").alias("sku"))))
-        return started.unionByName(notice).unionByName(reset).unionByName(cancelled).unionByName(purchased)
+        quota_map = F.coalesce("quotas", F.create_map().cast("map<string,string>")).alias("quotas")
+
+        def staged(type_: Column, payload: Column) -> Column:
+            return F.struct(*_stage(type_, F.col("event_id"), at, trig, payload))
+
+        # One pass over the events: a union of one filtered copy per notification type would
+        # repeat the joins above (and the previous-plan lookup before them) once per type.
+        follow_ups = F.array(
+            F.when(kind == "subscription.started", staged(F.lit(WELCOME), F.struct("plan_id", quota_map))),
+            F.when(kind == "plan.changed", staged(change_type, F.struct(
+                "plan_id", "previous_plan_id", F.date_format(effective, _RFC3339).alias("effective_at"),
+                F.col("source")))),
+            F.when(kind == "plan.changed", staged(F.lit(QUOTA_RESET), F.struct(
+                "plan_id", F.date_format(effective, _RFC3339).alias("effective_at"), quota_map))),
+            F.when(kind == "subscription.cancelled", staged(F.lit(FINAL_INVOICE), F.struct(
+                period_of(at).alias("period"), F.col("previous_plan_id").alias("plan_id"),
+                F.date_format(at, _RFC3339).alias("cancelled_at")))),
+            F.when(kind == "purchase.completed", staged(F.lit(RECEIPT), F.struct(
+                F.struct(_text(F.col("amount_value")).alias("value"), F.col("amount_currency").alias("currency")
+                         ).alias("amount"),
+                F.get_json_object("properties", "$.sku").alias("sku")))),
+        )
+        return (e.select(F.explode(follow_ups).alias("_n")).filter(F.col("_n").isNotNull())
+                .select(*[F.col(f"_n.{c}").alias(c) for c in STAGE_COLUMNS]))
 
     return transform
