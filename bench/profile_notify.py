@@ -32,23 +32,17 @@ from pipelines import kafka_local  # noqa: E402
 from pipelines import notify as outbox  # noqa: E402
 from pipelines.jobs import notify as notify_job  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.session import build_spark  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
-from bench_common import delete_topic, positive_int, say  # noqa: E402 - sibling modules
-from profile_silver import Timings, report, timed_actions, timed_batches  # noqa: E402
+from bench_common import delete_topic, say  # noqa: E402 - sibling modules
+from profile_silver import (  # noqa: E402
+    Timings, bronze_in_batches, profile_parser, report, timed_actions, timed_batches,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=positive_int, default=3000)
-    p.add_argument("--batches", type=positive_int, default=6, help="bronze versions = silver micro-batches")
-    p.add_argument("--accounts", type=positive_int, default=50)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
-    p.add_argument("--top", type=positive_int, default=20, help="lines shown")
-    return p.parse_args(argv)
+    return profile_parser(__doc__.split("\n\n")[0], top=20).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,15 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     topics = (f"profile.events.{stamp}", f"profile.notifications.{stamp}")
     with tempfile.TemporaryDirectory(prefix="profile-notify-") as lake:
         settings = Settings(lake_root=Path(lake), events_topic=topics[0], notifications_topic=topics[1])
-        kafka_local.ensure_topics(settings, {topics[0]: 1, topics[1]: outbox.TOPIC_PARTITIONS})
-        options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
-        sent = send(generate(options), settings, topic=topics[0])
-        say(f"produced {sent:,} events into {topics[0]}")
+        kafka_local.ensure_topics(settings, {topics[1]: outbox.TOPIC_PARTITIONS})
         spark = build_spark("profile-notify")
         try:
-            per_trigger = -(-sent // args.batches)
-            run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
-                     ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
+            bronze_in_batches(spark, settings, args)
             one_file = JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1))
             run_jobs(spark, one_file, ["silver"], reporter=ProgressReporter(quiet=True), log=say)
             timings = Timings()

@@ -45,15 +45,34 @@ from pipelines.settings import Settings  # noqa: E402
 from bench_common import delete_topic, positive_int, say  # noqa: E402 - the sibling module
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def profile_parser(description: str, top: int = 25) -> argparse.ArgumentParser:
+    """The arguments of the micro-batch profiles (this script and profile_notify.py)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--events", type=positive_int, default=3000)
     p.add_argument("--batches", type=positive_int, default=6, help="bronze versions = silver micro-batches")
     p.add_argument("--accounts", type=positive_int, default=50)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
-    p.add_argument("--top", type=positive_int, default=25, help="lines shown")
-    return p.parse_args(argv)
+    p.add_argument("--top", type=positive_int, default=top, help="lines shown")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return profile_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+
+
+def bronze_in_batches(spark, settings: Settings, args: argparse.Namespace) -> int:
+    """--events generator events into settings.events_topic (a fresh one-partition topic), then
+    bronze over them in --batches micro-batches, so bronze has that many versions; returns
+    the events sent."""
+    kafka_local.ensure_topics(settings, {settings.events_topic: 1})
+    options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
+    sent = send(generate(options), settings, topic=settings.events_topic)
+    say(f"produced {sent:,} events into {settings.events_topic}")
+    per_trigger = -(-sent // args.batches)
+    run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
+             ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
+    return sent
 
 
 @dataclass
@@ -168,15 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     topic = f"profile.events.{stamp}"
     with tempfile.TemporaryDirectory(prefix="profile-silver-") as lake:
         settings = Settings(lake_root=Path(lake), events_topic=topic)
-        kafka_local.ensure_topics(settings, {topic: 1})
-        options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
-        sent = send(generate(options), settings, topic=topic)
-        say(f"produced {sent:,} events into {topic}; silver writer from {silver_job.__file__}")
+        say(f"silver writer from {silver_job.__file__}")
         spark = build_spark("profile-silver")
         try:
-            per_trigger = -(-sent // args.batches)
-            run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_offsets_per_trigger=per_trigger)),
-                     ["bronze"], reporter=ProgressReporter(quiet=True), log=say)
+            bronze_in_batches(spark, settings, args)
             timings = Timings()
             with timed_batches(timings), timed_actions(timings, (silver_job.__file__,)):
                 run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
