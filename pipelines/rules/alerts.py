@@ -57,8 +57,8 @@ def touched_usage_keys(changes: DataFrame) -> DataFrame:
 
 
 def with_plan_at_last_event(segments: DataFrame):
-    """period usage rows (account_id, metric, period, last_at) -> + plan_id: the plan in
-    force at the period's latest usage event (null: no subscription then)."""
+    """rows with account_id and last_at (a period's latest usage event) -> + plan_id: the plan
+    in force at that time (null: no subscription then)."""
 
     def transform(keys: DataFrame) -> DataFrame:
         s = segments.alias("s")
@@ -79,27 +79,28 @@ def quota_threshold_alerts(thresholds: tuple[Decimal, ...], segments: DataFrame,
             return usage.limit(0).select(*_stage(F.lit(THRESHOLD), F.lit(""), F.col("occurred_at"),
                                                  F.array().cast("array<string>"), F.struct()))
         key = ["account_id", "metric", "period"]
-        running = Window.partitionBy(*key).orderBy("occurred_at", "event_id").rowsBetween(
-            Window.unboundedPreceding, Window.currentRow)
+        ordered = Window.partitionBy(*key).orderBy("occurred_at", "event_id")
+        # One sort serves the running sum and the period's totals (same partition and order).
+        whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
         events = (
             usage.withColumn("period", period_of(F.col("occurred_at")))
-            .withColumn("_cum", F.sum("quantity").over(running).cast(DEC))
+            .withColumns({
+                "_cum": F.sum("quantity").over(ordered.rowsBetween(Window.unboundedPreceding, Window.currentRow)).cast(DEC),
+                "_total": F.sum("quantity").over(whole).cast(DEC),
+                "last_at": F.max("occurred_at").over(whole),
+                "product": F.first("product").over(whole),
+            })
         )
-        totals = (
-            events.groupBy(*key).agg(F.max("occurred_at").alias("last_at"), F.sum("quantity").cast(DEC).alias("_total"),
-                                     F.first("product").alias("product"))
-            .transform(with_plan_at_last_event(segments))
+        # Silver rejects negative quantities, so the running sum never falls: the first event
+        # to reach a limit is the one row whose running sum reaches it while the sum before
+        # it did not, and no second window is needed to find it.
+        crossed = (
+            events.transform(with_plan_at_last_event(segments))
             .join(prices.select("plan_id", "metric", "included").filter(F.col("included") > 0),
                   on=["plan_id", "metric"], how="inner")
             .withColumn("_share", F.explode(F.array(*[F.lit(str(t)) for t in thresholds])))
             .withColumn("_limit", (F.col("included") * F.col("_share").cast(DEC)).cast(DEC))
-            .filter(F.col("_total") >= F.col("_limit"))
-        )
-        first = Window.partitionBy(*key, "_share").orderBy("occurred_at", "event_id")
-        crossed = (
-            events.join(totals.select(*key, "plan_id", "included", "_share", "_limit", "_total"), on=key, how="inner")
-            .filter(F.col("_cum") >= F.col("_limit"))
-            .withColumn("_n", F.row_number().over(first)).filter(F.col("_n") == 1)
+            .filter((F.col("_cum") >= F.col("_limit")) & (F.col("_cum") - F.col("quantity") < F.col("_limit")))
         )
         share_text = _text(F.col("_share").cast(DEC))
         payload = F.struct(

@@ -70,6 +70,19 @@ def test_a_late_earlier_event_moves_the_trigger_but_not_the_id(spark):
     assert before[0][3]["notification_id"] == after[0][3]["notification_id"]
 
 
+def test_the_trigger_is_the_first_event_to_reach_the_limit_in_event_order(spark):
+    # Same instant: event_id breaks the tie. Zero quantities at or after a crossing leave the
+    # running usage where it was, so they never become a second trigger.
+    got = alerts(spark, [
+        ("a", "s-b", T, "2026-01-05T00:00:00", "120"), ("a", "s-a", T, "2026-01-05T00:00:00", "120"),
+        ("a", "z0", T, "2026-01-05T00:00:00", "0"), ("a", "z1", T, "2026-01-06T00:00:00", "0"),
+        ("a", "full", T, "2026-01-07T00:00:00", "60"), ("a", "z2", T, "2026-01-08T00:00:00", "0"),
+    ], [("a", "basic", "2025-01-01T00:00:00", None)])
+    assert [(a, t, e) for a, t, e, _ in got] == [("a", "0.8", "s-b"), ("a", "1", "full")]
+    payloads = [json.loads(r["payload"]) for *_, r in got]
+    assert [(p["usage_at_crossing"], p["usage_in_period"]) for p in payloads] == [("240", "300"), ("300", "300")]
+
+
 def lifecycle(spark, rows):
     schema = ("account_id string, event_id string, event_type string, occurred_at timestamp, plan_id string, "
               "amount_value decimal(38,6), amount_currency string, properties string, source string, "
