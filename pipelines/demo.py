@@ -65,9 +65,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
     _say(f"2/4 produce: {options.events:,} synthetic records for {options.accounts} accounts (seed {options.seed})")
     # Forty days of event time: the previous month closes, so billing has final lines to
-    # export as well as this month's running estimate.
+    # export as well as this month's running estimate. Twice the quarantine SLO's 1 % of bad
+    # records, so the status table shows the monitor firing.
     gen = produce.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
-                                   span=timedelta(days=40))
+                                   span=timedelta(days=40), bad=0.02)
     kinds: Counter[str] = Counter()
 
     def tagged():

@@ -69,8 +69,9 @@ def evaluate(name: str, rows: list[dict], slo: StreamSlo) -> StreamStatus:
         breaches.append(f"freshness {fresh:.0f} s > {slo.max_freshness.total_seconds():.0f} s")
     if lag_growing:
         breaches.append(f"Kafka lag growing over {slo.lag_growth_window.total_seconds() / 60:g} min")
-    if share is not None and share >= slo.max_quarantine_share:
-        breaches.append(f"quarantine {share:.2%} >= {slo.max_quarantine_share:.2%}")
+    # A maximum, like max_freshness: reaching it is allowed, going over it is a breach.
+    if share is not None and share > slo.max_quarantine_share:
+        breaches.append(f"quarantine {share:.2%} > {slo.max_quarantine_share:.2%}")
     return StreamStatus(
         name=name, batches=len(rows), last_batch_at=last["batch_started_at"], mode=last["mode"],
         input_rows=sum(r["input_rows"] for r in run), processed_rows_per_second=last["processed_rows_per_second"],

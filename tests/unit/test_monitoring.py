@@ -78,7 +78,9 @@ def test_evaluate_flags_each_slo_and_passes_healthy_streams():
     assert healthy.ok and healthy.quarantine_share == pytest.approx(0.005)
 
     noisy = evaluate("silver", [metric(0, quarantined={"bad_json": 1, "missing_field": 1}, rows=100)], slo)
-    assert noisy.breaches == ("quarantine 2.00% >= 1.00%",)
+    assert noisy.breaches == ("quarantine 2.00% > 1.00%",)
+    at_max = evaluate("silver", [metric(0, quarantined={"bad_json": 1}, rows=100)], slo)
+    assert at_max.ok and at_max.quarantine_share == pytest.approx(0.01)
     # an earlier run's quarantine does not count against the latest run
     assert evaluate("silver", [metric(0, quarantined={"x": 50}, run="r0"), metric(1, quarantined={})], slo).ok
 
@@ -90,7 +92,7 @@ def test_evaluate_flags_each_slo_and_passes_healthy_streams():
     assert lagging.breaches == ("Kafka lag growing over 5 min",) and lagging.kafka_lag == 30
 
     table = render_status([healthy, noisy, lagging])
-    assert "BREACH: quarantine 2.00% >= 1.00%" in table and "30 rising" in table and table.count(" OK") == 1
+    assert "BREACH: quarantine 2.00% > 1.00%" in table and "30 rising" in table and table.count(" OK") == 1
 
 
 def test_slo_config_defaults_overrides_and_errors(tmp_path):
