@@ -44,6 +44,8 @@ from pipelines.session import build_spark  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import delete_topic, positive_int, say  # noqa: E402 - the sibling module
 
+_PACKAGE_PARENT = Path(kafka_local.__file__).resolve().parent.parent
+
 
 def profile_parser(description: str, top: int = 25) -> argparse.ArgumentParser:
     """The arguments of the micro-batch profiles (this script and profile_notify.py)."""
@@ -92,7 +94,8 @@ def _caller(source_files: tuple[str, ...]) -> str:
             code = (frame.code_context or [""])[0].strip()
             where = f"{frame.function}:{frame.lineno}  {code[:70]}"
             if len(source_files) > 1:
-                where += f"  [{Path(frame.filename).resolve().relative_to(REPO_ROOT)}]"
+                # Named from the package's parent, wherever the package was imported from.
+                where += f"  [{Path(frame.filename).resolve().relative_to(_PACKAGE_PARENT)}]"
             return where
     return "(outside the profiled files)"
 
