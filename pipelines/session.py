@@ -70,6 +70,10 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None =
         # Every MERGE source in this project is already materialised (local checkpoints),
         # so Delta's own copy of it would be pure overhead.
         .config("spark.databricks.delta.merge.materializeSource", "none")
+        # Each micro-batch adds small files to every table it writes, and silver and notify
+        # read their tables back every batch: without compaction those reads slow down as a
+        # continuous stream ages (bench/bench_compaction.py). Databricks compacts on its own.
+        .config("spark.databricks.delta.autoCompact.enabled", "true")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
         .config("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "false")
         .config("spark.sql.warehouse.dir", str(Path(os.environ.get("LAKEHOUSE_ROOT", "./lakehouse")).resolve() / "_warehouse"))
