@@ -79,21 +79,23 @@ def run_silver(spark, settings: Settings, args: argparse.Namespace, compact: boo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    spark = build_spark("bench-compaction")
-    machine = machine_line(machine_info(spark, kafka=True))
     results = {}
-    try:
-        for compact in (False, True):
-            topic = f"compaction.events.{stamp}.{'on' if compact else 'off'}"
-            with tempfile.TemporaryDirectory(prefix="bench-compaction-") as lake:
-                settings = Settings(lake_root=Path(lake), events_topic=topic)
-                say(f"auto compaction {'on' if compact else 'off'}: {args.events:,} events, {args.batches} batches")
+    # Both lakes go only after the session stops: the state store's maintenance thread can
+    # still write a stopped query's snapshot into its checkpoint.
+    with tempfile.TemporaryDirectory(prefix="bench-compaction-") as root:
+        spark = build_spark("bench-compaction")
+        machine = machine_line(machine_info(spark, kafka=True))
+        try:
+            for compact in (False, True):
+                name = "on" if compact else "off"
+                settings = Settings(lake_root=Path(root) / name, events_topic=f"compaction.events.{stamp}.{name}")
+                say(f"auto compaction {name}: {args.events:,} events, {args.batches} batches")
                 try:
                     results[compact] = run_silver(spark, settings, args, compact)
                 finally:
-                    delete_topic(settings, topic)
-    finally:
-        spark.stop()
+                    delete_topic(settings, settings.events_topic)
+        finally:
+            spark.stop()
     print(f"\n{machine}\n")
     print("| auto compaction | micro-batches | batch, first quarter (s) | batch, last quarter (s) "
           "| history read, first (s) | history read, last (s) | live files at the end |")
