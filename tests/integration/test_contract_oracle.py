@@ -5,8 +5,9 @@ pipeline: it reads back what is on the topic (Kafka order = timestamp, partition
 keeps the first copy of each (account_id, event_id), applies the two default rules on event
 time (UTC) and sums the kept usage per UTC day. The workload is seeded and adversarial:
 events of one rule key arrive out of event-time order and spread over three runs of the
-jobs, copies conflict with their first copy, offsets move events across UTC day and month
-boundaries, and some copies arrive after the watermark has moved on.
+jobs, copies conflict with their first copy (lifecycle events reuse usage events' ids, before
+or after them), offsets move events across UTC day and month boundaries, and some copies
+arrive after the watermark has moved on.
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def workload(seed: int = 2026) -> tuple[list[tuple[str, dict | bytes]], int]:
         other = dict(e, occurred_at=rfc3339(datetime.fromisoformat(e["occurred_at"]) + timedelta(minutes=7), rng),
                      quantity=quantity(rng))
         records.insert(rng.randint(records.index((e["account_id"], e)) + 1, len(records)), (e["account_id"], other))
+    for e in rng.sample(events, 8):           # a lifecycle event reusing a usage event's id: one identity
+        body = {"event_id": e["event_id"], "event_type": "subscription.started", "account_id": e["account_id"],
+                "occurred_at": e["occurred_at"], "schema_version": 1, "plan_id": "basic"}
+        records.insert(rng.randint(0, len(records)), (e["account_id"], body))
     bad = [("oracle-0", b"{not json"),
            (events[0]["account_id"], dict(events[0], event_id="neg", quantity=Decimal("-1"))),
            (events[1]["account_id"], dict(events[1], event_id="no-type", event_type=None))]
@@ -116,11 +121,13 @@ def oracle(on_topic: list[tuple[int, int, int, bytes]]) -> tuple[dict, dict, dic
             body = json.loads(value, parse_float=Decimal, parse_int=Decimal)
         except ValueError:
             continue
-        if body.get("event_type") != "usage" or body["quantity"] < 0:
-            continue                                           # bad (or not usage, which this workload lacks)
+        usage = body.get("event_type") == "usage"
+        if (usage and body["quantity"] < 0) or (not usage and body.get("event_type") != "subscription.started"):
+            continue                                           # bad
         identity = (body["account_id"], body["event_id"])
-        if identity not in first:                              # identity: the first copy in Kafka order wins
-            first[identity] = (body, (ts, partition, offset))
+        if identity not in first:                              # identity: the first copy in Kafka order wins,
+            first[identity] = (body, (ts, partition, offset))  # whatever its event type
+    first = {identity: v for identity, v in first.items() if v[0]["event_type"] == "usage"}
 
     def at(body: dict) -> datetime:
         return datetime.fromisoformat(body["occurred_at"]).astimezone(UTC)
