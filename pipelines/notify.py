@@ -402,9 +402,10 @@ def close_publishers() -> None:
         _PUBLISHERS.clear()
 
 
-def read_topic(settings: Settings, topic: str, *, timeout_s: float = 10.0) -> list[dict]:
+def read_topic(settings: Settings, topic: str, *, timeout_s: float = 10.0, raw: bool = False) -> list[dict]:
     """Every committed record of a topic, decoded (tests, the bench and audits):
-    key, value (parsed JSON), headers, partition, offset, timestamp_ms."""
+    key, value (parsed JSON, or the bytes as sent with raw=True), headers, partition,
+    offset, timestamp_ms."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
@@ -423,7 +424,7 @@ def read_topic(settings: Settings, topic: str, *, timeout_s: float = 10.0) -> li
             for records in consumer.poll(timeout_ms=200).values():
                 for r in records:
                     out.append({"key": r.key.decode("utf-8") if r.key is not None else None,
-                                "value": json.loads(r.value) if r.value is not None else None,
+                                "value": r.value if raw or r.value is None else json.loads(r.value),
                                 "headers": {k: v.decode("utf-8", "replace") for k, v in (r.headers or [])},
                                 "partition": r.partition, "offset": r.offset, "timestamp_ms": r.timestamp})
         return out

@@ -1,7 +1,7 @@
 """Silver and gold against an independent reading of DESIGN section 4.
 
 The oracle below is plain Python written from the design brief, sharing no code with the
-pipeline: it reads back what is on the topic (Kafka order = timestamp, partition, offset),
+pipeline: it takes the records on the topic as sent (Kafka order = timestamp, partition, offset),
 keeps the first copy of each (account_id, event_id), applies the two default rules on event
 time (UTC) and sums the kept usage per UTC day. The workload is seeded and adversarial:
 events of one rule key arrive out of event-time order and spread over three runs of the
@@ -17,8 +17,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from kafka import KafkaConsumer, TopicPartition
-
+from pipelines.notify import read_topic
 from tests.integration.helpers import context, encode, rows, run, send
 
 UTC = timezone.utc
@@ -100,19 +99,6 @@ def workload(seed: int = 2026) -> tuple[list[tuple[str, dict | bytes]], int]:
     return records, len(bad)
 
 
-def read_topic(settings, topic: str) -> list[tuple[int, int, int, bytes]]:
-    """Every record on the topic: (timestamp ms, partition, offset, value)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             consumer_timeout_ms=5_000)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        return [(m.timestamp, m.partition, m.offset, m.value) for m in consumer]
-    finally:
-        consumer.close()
-
-
 def oracle(on_topic: list[tuple[int, int, int, bytes]]) -> tuple[dict, dict, dict]:
     """DESIGN section 4 by hand -> (kept usage by identity, daily usage, drops per rule)."""
     first: dict[tuple[str, str], tuple[dict, tuple]] = {}
@@ -171,7 +157,8 @@ def test_silver_and_gold_match_an_independent_reading_of_the_contract(spark, kaf
         send(settings, records[start:start + third])
         run(spark, ctx, "bronze", "silver", "gold")
 
-    on_topic = read_topic(settings, topic)
+    on_topic = [(r["timestamp_ms"], r["partition"], r["offset"], r["value"])
+                for r in read_topic(settings, topic, raw=True)]
     assert sorted(v for *_, v in on_topic) == sorted(encode(v) for _, v in records)
     kept, daily, dropped = oracle(on_topic)
 
