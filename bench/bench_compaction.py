@@ -28,7 +28,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench_common import delete_topic, machine_info, machine_line, positive_int, say  # noqa: E402
-from profile_silver import Timings, bronze_in_batches, timed_actions, timed_batches  # noqa: E402
+from profile_silver import (  # noqa: E402
+    Timings, batches_with_rows, bronze_in_batches, timed_actions, timed_batches,
+)
 
 from pipelines.jobs import silver as silver_job  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
@@ -67,7 +69,7 @@ def run_silver(spark, settings: Settings, args: argparse.Namespace, compact: boo
         run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)), ["silver"],
                  reporter=ProgressReporter(quiet=True), log=say)
     spark.conf.unset(AUTO_COMPACT)
-    batches = sorted({b for b, where in timings.by_line if not where.startswith("write_batch:")})
+    batches = batches_with_rows(timings)
     history = [sum(sum(v) for (b, where), v in timings.by_line.items() if b == batch and "self._history(" in where)
                for batch in batches]
     lake = Lake(settings)

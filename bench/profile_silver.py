@@ -158,12 +158,16 @@ def timed_batches(timings: Timings, cls=silver_job.SilverBatchWriter, method: st
         setattr(cls, method, original)
 
 
-def report(timings: Timings, skip_first: int, top: int, job: str = "silver", entry: str = "write_batch:") -> str:
-    # Stateful streams also run empty micro-batches (to move the watermark), and a change
-    # feed can bring a batch with nothing to do: only the lines of the foreachBatch body's
-    # entry method ran. Left out.
+def batches_with_rows(timings: Timings, entry: str = "write_batch:") -> list[int]:
+    """The timed batch ids in which some line beyond the foreachBatch body's entry method ran.
+    Stateful streams also run empty micro-batches (to move the watermark), and a change feed
+    can bring a batch with nothing to do: only the entry's own lines ran in those."""
     with_rows = {batch for batch, where in timings.by_line if not where.startswith(entry)}
-    batches = sorted(b for b in timings.batch_total if b in with_rows)[skip_first:]
+    return sorted(b for b in timings.batch_total if b in with_rows)
+
+
+def report(timings: Timings, skip_first: int, top: int, job: str = "silver", entry: str = "write_batch:") -> str:
+    batches = batches_with_rows(timings, entry)[skip_first:]
     if not batches:
         return "no micro-batch with rows left after --skip-first"
     lines: dict[str, list[float]] = defaultdict(list)
