@@ -1,4 +1,4 @@
-"""The `notify` stream: usage alerts and reactive notifications, exactly once, in seconds.
+"""The `notify` stream: usage alerts and reactive notifications, exactly once.
 
 Reads the change data feeds of silver.usage_events and silver.account_events as one Delta
 stream. Each micro-batch (foreachBatch, the batch's own session):
@@ -13,6 +13,9 @@ stream. Each micro-batch (foreachBatch, the batch's own session):
 
 A crash anywhere replays the batch from the checkpoint: staging finds the ids present and
 publishing finds the records on the topic, so nothing is sent twice.
+
+Latency: a crossing reaches the topic one bronze, one silver and one notify micro-batch
+after the event; about half a minute on the 2-core machine (bench/bench_alert_latency.py).
 """
 from __future__ import annotations
 
