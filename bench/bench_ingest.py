@@ -618,7 +618,11 @@ def main(argv: list[str] | None = None) -> int:
 
         say("starting Spark (one session for every stage)")
         from pipelines.session import build_spark
-        spark = build_spark("bench-ingest")
+        # Auto compaction (on in local sessions) would merge bronze's per-version files before
+        # silver's first read, and silver would take 80 % of the run in one micro-batch: the
+        # dedup state could no longer be watched across batches, and the figures would not
+        # compare with earlier runs. Compaction's own effect is bench/bench_compaction.py's.
+        spark = build_spark("bench-ingest", extra_conf={"spark.databricks.delta.autoCompact.enabled": "false"})
         machine = machine_info(spark, kafka=True)
         say("warm-up: a 2,000-record-per-partition Kafka batch read written to Delta (not timed)")
         warm_up(spark, settings, topic, offsets, lake)
