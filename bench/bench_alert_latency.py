@@ -22,7 +22,10 @@ One process, one SparkSession:
 3. report   median, p95, max, and a count check: every crossing alerted exactly once.
 
 Outputs: --out/alerts-<stamp>/summary.json, results.md (also printed, ready to paste into
-bench/RESULTS.md; nothing is appended automatically). The lake is deleted unless --keep.
+bench/RESULTS.md; nothing is appended automatically), crossings.csv (each crossing's send
+time and latency) and timeline.png: each crossing's latency against its send time, over
+the micro-batches of the three streams, which shows where the time goes. The lake is
+deleted unless --keep.
 """
 from __future__ import annotations
 
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # Where the time goes: each stream's micro-batch durations (Spark keeps the last 100).
         batches = {q.name: sorted(p["durationMs"]["triggerExecution"] / 1000 for p in q.recentProgress
                                   if p.get("numInputRows")) for q in queries}
+        spans = {q.name: batch_spans(q.recentProgress) for q in queries}
     finally:
         for q in queries:
             q.stop()
@@ -173,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         producer.close()
 
     latencies = []
+    timed: list[tuple[str, float, float]] = []   # (event id, sent at, latency)
     per_trigger: dict[str, int] = {}
     for arrived, value in alerts:
         trigger = value["trigger_event_ids"][0]
         per_trigger[trigger] = per_trigger.get(trigger, 0) + 1
         if per_trigger[trigger] == 1 and trigger in sent_at:
             latencies.append(arrived - sent_at[trigger])
+            timed.append((trigger, sent_at[trigger], arrived - sent_at[trigger]))
     duplicates = sum(n - 1 for n in per_trigger.values())
     result = {
         "command": command_line(), "machine": machine, "started_utc": stamp,
@@ -194,11 +200,65 @@ def main(argv: list[str] | None = None) -> int:
     lat = result["latency_s"]
     table = (f"crossings {len(accounts)}, alerts {len(alerts)}, duplicates {duplicates}, missing {result['missing']}\n"
              f"latency s: median {lat['median']:.2f}, p95 {lat['p95']:.2f}, min {lat['min']:.2f}, max {lat['max']:.2f}")
+    write_crossings(run_dir / "crossings.csv", timed)
+    plot_timeline(timed, spans, run_dir / "timeline.png", lat)
     write_outputs(run_dir, result, results_markdown(result), table)
     if not args.keep:
         shutil.rmtree(lake_root, ignore_errors=True)
     spark.stop()
     return 0 if duplicates == 0 and result["missing"] == 0 else 1
+
+
+def batch_spans(progress: list[dict]) -> list[tuple[float, float]]:
+    """(start, end) in epoch seconds of each micro-batch that had input."""
+    out = []
+    for p in progress:
+        if p.get("numInputRows"):
+            start = datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+            out.append((start, start + p["durationMs"]["triggerExecution"] / 1000))
+    return out
+
+
+def write_crossings(path: Path, timed: list[tuple[str, float, float]]) -> None:
+    first = min((t for _, t, _ in timed), default=0.0)
+    lines = ["event_id,sent_s,latency_s"] + [f"{e},{t - first:.3f},{lat:.3f}" for e, t, lat in sorted(timed, key=lambda x: x[1])]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_timeline(timed: list[tuple[str, float, float]], spans: dict[str, list[tuple[float, float]]],
+                  path: Path, lat: dict) -> None:
+    """Top: each crossing's latency at its send time. Bottom: each stream's micro-batches with
+    input over the same clock, so a crossing's wait can be read against the batches it needed."""
+    if not timed:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = min(t for _, t, _ in timed)
+    last = max(t + latency for _, t, latency in timed)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=[3, 1.3])
+    top.scatter([t - first for _, t, _ in timed], [latency for *_, latency in timed], s=12, label="one crossing")
+    for name, value, style in (("median", lat["median"], "--"), ("p95", lat["p95"], ":")):
+        top.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{name} {value:.1f} s")
+    top.set_ylabel("alert latency (s)")
+    top.set_ylim(bottom=0)
+    top.grid(alpha=0.3)
+    top.legend(loc="lower right", fontsize=8)
+    top.set_title(f"usage-alert latency, {len(timed)} crossings: each event waits for a bronze, a silver and a notify micro-batch")
+    names = list(spans)
+    for row, name in enumerate(names):
+        bars = [(s - first, e - s) for s, e in spans[name] if e >= first and s <= last]
+        bottom.broken_barh(bars, (row - 0.35, 0.7), facecolors=f"C{row + 1}", edgecolors="white", linewidth=0.5)
+    bottom.set_yticks(range(len(names)), names)
+    bottom.set_ylim(-0.6, len(names) - 0.4)
+    bottom.invert_yaxis()
+    bottom.set_xlabel("seconds since the first crossing event was sent")
+    bottom.set_title("micro-batches with input (start to end)", fontsize=9)
+    bottom.set_xlim(-2, last - first + 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def results_markdown(r: dict) -> str:
