@@ -221,7 +221,8 @@ def batch_spans(progress: list[dict]) -> list[tuple[float, float]]:
 
 def write_crossings(path: Path, timed: list[tuple[str, float, float]]) -> None:
     first = min((t for _, t, _ in timed), default=0.0)
-    lines = ["event_id,sent_s,latency_s"] + [f"{e},{t - first:.3f},{lat:.3f}" for e, t, lat in sorted(timed, key=lambda x: x[1])]
+    rows = sorted(timed, key=lambda row: row[1])
+    lines = ["event_id,sent_s,latency_s"] + [f"{e},{t - first:.3f},{lat:.3f}" for e, t, lat in rows]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -245,7 +246,8 @@ def plot_timeline(timed: list[tuple[str, float, float]], spans: dict[str, list[t
     top.set_ylim(bottom=0)
     top.grid(alpha=0.3)
     top.legend(loc="lower right", fontsize=8)
-    top.set_title(f"usage-alert latency, {len(timed)} crossings: each event waits for a bronze, a silver and a notify micro-batch")
+    top.set_title(f"usage-alert latency, {len(timed)} crossings: each event waits for a bronze, "
+                  "a silver and a notify micro-batch")
     names = list(spans)
     for row, name in enumerate(names):
         bars = [(s - first, e - s) for s, e in spans[name] if e >= first and s <= last]
