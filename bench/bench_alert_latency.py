@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(arrivals, "usage.quota_threshold", len(accounts), args.timeout, queries)
         time.sleep(max(3.0, 2 * args.interval))   # let any duplicate show up before counting
         alerts = arrivals.of_type("usage.quota_threshold")
-        # Where the time goes: each stream's micro-batch durations (Spark keeps the last 100).
-        batches = {q.name: sorted(p["durationMs"]["triggerExecution"] / 1000 for p in q.recentProgress
-                                  if p.get("numInputRows")) for q in queries}
+        # Where the time goes: each stream's micro-batches with input (Spark keeps the last 100).
         spans = {q.name: batch_spans(q.recentProgress) for q in queries}
     finally:
         for q in queries:
@@ -176,16 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         arrivals.stopping.set()
         producer.close()
 
-    latencies = []
     timed: list[tuple[str, float, float]] = []   # (event id, sent at, latency)
     per_trigger: dict[str, int] = {}
     for arrived, value in alerts:
         trigger = value["trigger_event_ids"][0]
         per_trigger[trigger] = per_trigger.get(trigger, 0) + 1
         if per_trigger[trigger] == 1 and trigger in sent_at:
-            latencies.append(arrived - sent_at[trigger])
             timed.append((trigger, sent_at[trigger], arrived - sent_at[trigger]))
     duplicates = sum(n - 1 for n in per_trigger.values())
+    latencies = [latency for *_, latency in timed]
+    batches = {name: sorted(end - start for start, end in s) for name, s in spans.items()}
     result = {
         "command": command_line(), "machine": machine, "started_utc": stamp,
         "crossings": len(accounts), "interval_s": args.interval, "processing_time": args.processing_time,
