@@ -59,6 +59,9 @@ class PiiConfig:
     salt_env: str
     keys: tuple[PiiKey, ...]
     patterns: tuple[PiiPattern, ...]
+    # A regex every value that any pattern could match also matches (checked by the tests
+    # for the shipped patterns): properties with no match and no listed key skip the work.
+    screen: str | None = None
 
     def salt(self) -> str:
         salt = os.environ.get(self.salt_env)
@@ -73,7 +76,7 @@ def parse_pii_config(doc: object, where: str = "pii config") -> PiiConfig:
         raise PiiConfigError(f"{where}: expected a mapping at the top level")
     if type(doc.get("version")) is not int or doc.get("version") != 1:
         raise PiiConfigError(f"{where}: version must be 1, got {doc.get('version')!r}")
-    if unknown := set(doc) - {"version", "salt_env", "keys", "patterns"}:
+    if unknown := set(doc) - {"version", "salt_env", "keys", "patterns", "screen"}:
         raise PiiConfigError(f"{where}: unknown keys {sorted(unknown)}")
     salt_env = doc.get("salt_env")
     if not isinstance(salt_env, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", salt_env):
@@ -124,7 +127,15 @@ def parse_pii_config(doc: object, where: str = "pii config") -> PiiConfig:
         if not isinstance(in_text, bool):
             raise PiiConfigError(f"{at}: in_text must be true or false")
         patterns.append(PiiPattern(raw["kind"], regex, in_text))
-    return PiiConfig(salt_env=salt_env, keys=tuple(keys), patterns=tuple(patterns))
+    screen = doc.get("screen")
+    if screen is not None:
+        if not isinstance(screen, str) or not screen or "'" in screen:
+            raise PiiConfigError(f"{where}: screen must be a non-empty regex without quotes")
+        try:
+            re.compile(screen)
+        except re.error as exc:
+            raise PiiConfigError(f"{where}: screen does not compile: {exc}") from None
+    return PiiConfig(salt_env=salt_env, keys=tuple(keys), patterns=tuple(patterns), screen=screen)
 
 
 def load_pii_config(path: Path | str | None = None) -> PiiConfig:
@@ -163,6 +174,19 @@ def _kind(config: PiiConfig, key: Column, value: Column) -> Column:
 # Hidden columns of the staged transform below.
 _ENTRIES = "_pii_entries"
 _MADE = "_pii_made"
+_CLEAR = "_pii_clear"
+
+
+def _clear(config: PiiConfig, text: Column) -> Column:
+    """True when the properties text cannot hold anything personal: no listed key anywhere
+    (as a JSON key, any case) and nothing the screen matches. Most events carry a couple of
+    plain attributes, and this one pass over the text spares them the per-entry regexes."""
+    if config.screen is None:
+        return F.lit(False)
+    keys = "|".join(re.escape(k.name) for k in config.keys)
+    listed = f'(?i)"(?:{keys})"' if keys else None
+    clear = ~text.rlike(config.screen)
+    return clear & ~text.rlike(listed) if listed else clear
 
 
 def with_protected_properties(config: PiiConfig, salt: str, column: str = "properties"):
@@ -200,21 +224,24 @@ def with_protected_properties(config: PiiConfig, salt: str, column: str = "prope
         )
 
     def transform(df: DataFrame) -> DataFrame:
-        entries = F.map_entries(F.try_variant_get(F.try_parse_json(F.col(column)), "$", "map<string,variant>"))
+        entries = F.when(~F.col(_CLEAR), F.map_entries(
+            F.try_variant_get(F.try_parse_json(F.col(column)), "$", "map<string,variant>")))
         # Resolved by name in each projection that uses them: the de-duplication below
         # reads the generated entries as first made, `kept` and the result the de-duplicated.
         made = F.col(_MADE)
         made_keys = F.transform(made, lambda g: g["key"])
         kept = F.filter(F.col(_ENTRIES), lambda e: e["kind"].isNull() & ~F.array_contains(made_keys, e["key"]))
         return (
-            df.withColumn(_ENTRIES, F.transform(entries, with_kind))
+            df.withColumn(_CLEAR, F.coalesce(_clear(config, F.col(column)), F.lit(False)))
+            .withColumn(_ENTRIES, F.transform(entries, with_kind))
             .withColumn(_MADE, F.flatten(F.transform(F.col(_ENTRIES), generated)))
             # Two sources could name the same generated key ("a" as email and "a_domain" as
             # anything); the first wins, as a map cannot hold a key twice.
             .withColumn(_MADE, F.filter(made, lambda e, i: ~F.array_contains(F.slice(made_keys, 1, i), e["key"])))
-            .withColumn(column, F.when(F.col(_ENTRIES).isNotNull(), F.to_json(F.map_from_entries(F.concat(
-                F.transform(kept, lambda e: entry(e["key"], e["value"])), made)))))
-            .drop(_ENTRIES, _MADE)
+            .withColumn(column, F.when(F.col(_CLEAR), F.col(column)).when(
+                F.col(_ENTRIES).isNotNull(), F.to_json(F.map_from_entries(F.concat(
+                    F.transform(kept, lambda e: entry(e["key"], e["value"])), made)))))
+            .drop(_ENTRIES, _MADE, _CLEAR)
         )
 
     return transform

@@ -135,12 +135,24 @@ def misplaced(verdict: bool | None, homes: list[str]) -> str | None:
     return None
 
 
+TYPED = ["_problem", "event_id", "account_id", "event_type", "occurred_at", "schema_version", "source", "event_date",
+         "product", "metric", "quantity", "dedup_key", "plan_id", "amount_value", "amount_currency", "properties",
+         "is_late"]
+
+
 def parse_all(spark, values: list[tuple[bytes | None, bytes | None]]) -> dict[int, object]:
+    """Each record parsed, by index. Also checks the fast path changes no outcome: every
+    typed column and every reason equals what the exact path alone gives."""
     rows = [(i, k, v, "t", 0, i, INGESTED.replace(tzinfo=None)) for i, (k, v) in enumerate(values)]
     df = local_frame(spark, rows, "i long, key binary, value binary, topic string, partition int, offset long, "
                                   "ingested_at timestamp")
     parsed = df.transform(parse_events(load_contract(1), SilverConfig()))
-    # Bounded driver read of a test frame: a few hundred rows of typed columns.
+    exact = df.transform(parse_events(load_contract(1), SilverConfig(), fast_path=False))
+    # Bounded driver reads of a test frame: a few hundred rows of typed columns.
+    typed = [F.col(c).cast("string").alias(c) if c in ("occurred_at", "event_date") else c for c in TYPED]
+    both = {r.i: r for r in exact.select("i", *typed).collect()}
+    for r in parsed.select("i", *typed).collect():
+        assert r == both[r.i], f"record {r.i} {values[r.i][1]!r:.300}: fast {r} != exact {both[r.i]}"
     out = parsed.select("i", "_problem", "event_id", "account_id", "event_type",
                         F.col("occurred_at").cast("string").alias("occurred_at"), "schema_version",
                         "quantity", "product", "metric", "amount_value", "amount_currency",
@@ -183,6 +195,22 @@ def test_the_seeded_corpus_is_accounted_for(spark):
                      "duplicated_key", "not_json_object", "bad_values", "random_bytes"):
         assert not any(by_category[category]), category
     assert all(by_category["good"]) and len(by_category["good"]) > 30
+
+
+def test_the_fast_path_certifies_generated_traffic(spark):
+    """Ordinary producer traffic never needs the exact path: every good generated record is
+    certified by the fast one (a record it cannot vouch for would cost the diagnostics)."""
+    from pipelines.produce import GeneratorOptions, generate
+    generated = list(generate(GeneratorOptions(count=300, seed=11, now=INGESTED.replace(tzinfo=None),
+                                               start=INGESTED.replace(tzinfo=None) - timedelta(hours=48))))
+    values = [(r.key, r.value) for r in generated]
+    parse_all(spark, values)  # the two paths agree
+    rows = [(i, k, v, "t", 0, i, INGESTED.replace(tzinfo=None)) for i, (k, v) in enumerate(values)]
+    df = local_frame(spark, rows, "i long, key binary, value binary, topic string, partition int, offset long, "
+                                  "ingested_at timestamp")
+    good = [i for i, r in enumerate(generated) if not r.kind.startswith("bad:")]
+    certified = df.transform(parse_events(load_contract(1), SilverConfig())).filter(F.col("_certified"))
+    assert sorted(r.i for r in certified.select("i").collect()) == good
 
 
 def test_every_huge_number_in_a_numeric_field_agrees_with_the_judge(spark):
