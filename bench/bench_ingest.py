@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="maxFilesPerTrigger of the silver job (default: 5 x --partitions: a bronze version "
                         "is one file per Kafka partition, so ~5 bronze versions per silver micro-batch)")
     p.add_argument("--raw-batch", type=positive_int, default=None,
-                   help="maxOffsetsPerTrigger of the raw copy (default: none, one batch)")
+                   help="maxOffsetsPerTrigger of the raw copy (default: the silver micro-batch size, "
+                        "--bronze-batch x files per silver trigger / partitions, so both run the same cuts)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out", help="output folder (default: bench/out)")
     p.add_argument("--keep", action="store_true", help="keep the bench lake and the bench topic (default: delete both)")
     p.add_argument("--produce-only", action="store_true",
@@ -107,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bronze_batch = max(1, math.ceil(args.events / 50 * 1.01))
     if args.silver_files_per_trigger is None:
         args.silver_files_per_trigger = 5 * args.partitions
+    if args.raw_batch is None:
+        args.raw_batch = args.bronze_batch * max(1, args.silver_files_per_trigger // args.partitions)
     return args
 
 

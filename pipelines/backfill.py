@@ -301,7 +301,7 @@ def run_backfill(spark: SparkSession, ctx: JobContext, bronze_range: BronzeRange
             # batch id = usage_events' version before the replay: a retry after a crash that
             # committed nothing reuses it (ops.silver_batches appends once), a retry after
             # partial commits replays only what is still missing under a new id.
-            S.SilverBatchWriter(ctx).write_batch(todo, before[S.USAGE], bronze_range.key())
+            S.SilverBatchWriter(ctx, claims=False).write_batch(todo, before[S.USAGE], bronze_range.key())
         result.silver_versions = {t: (before[t], _version(spark, ctx, t)) for t in S.TABLES}
 
         # Gold: the days of the range's usage events as silver now holds them, plus every

@@ -109,7 +109,7 @@ def load_dedup_rules(path: Path | str | None = None) -> tuple[DedupRule, ...]:
 
 @dataclass(frozen=True)
 class SilverConfig:
-    watermark_delay: timedelta = timedelta(minutes=10)
+    watermark_delay: timedelta = timedelta(hours=26)
     late_threshold: timedelta = timedelta(hours=1)
     future_tolerance: timedelta = timedelta(hours=24)
 

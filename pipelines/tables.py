@@ -34,6 +34,7 @@ class TableSpec:
     comment: str
     columns: tuple[ColumnSpec, ...]
     change_data_feed: bool = False
+    partitioned_by: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -65,7 +66,7 @@ def parse_table_specs(doc: dict) -> dict[str, TableSpec]:
         split_table_name(name)
         if not isinstance(body, dict):
             raise TableSpecError(f"table {name}: expected a mapping with columns, got {body!r}")
-        unknown = set(body) - {"comment", "columns", "groups", "groups_after", "change_data_feed"}
+        unknown = set(body) - {"comment", "columns", "groups", "groups_after", "change_data_feed", "partitioned_by"}
         if unknown:
             raise TableSpecError(f"table {name}: unknown keys {sorted(unknown)}")
         cols: list[ColumnSpec] = []
@@ -83,7 +84,12 @@ def parse_table_specs(doc: dict) -> dict[str, TableSpec]:
             raise TableSpecError(f"table {name}: duplicated columns {sorted(dupes)}")
         if not cols:
             raise TableSpecError(f"table {name}: no columns")
-        specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), bool(body.get("change_data_feed")))
+        partitioned_by = tuple(body.get("partitioned_by") or ())
+        if set(partitioned_by) - set(names):
+            raise TableSpecError(f"table {name}: partition columns {sorted(set(partitioned_by) - set(names))} "
+                                 "are not columns of the table")
+        specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), bool(body.get("change_data_feed")),
+                                partitioned_by)
     return specs
 
 
@@ -144,7 +150,8 @@ class Lake:
             # catalog table is `catalog.schema.table`.
             columns = ", ".join(f"`{c.name}` {c.type} COMMENT {_sql_string(c.comment)}" for c in table.columns)
             properties = " TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')" if table.change_data_feed else ""
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name} ({columns}) USING DELTA "
+            partitions = f" PARTITIONED BY ({', '.join(table.partitioned_by)})" if table.partitioned_by else ""
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name} ({columns}) USING DELTA{partitions} "
                       f"COMMENT {_sql_string(table.comment)}{properties}")
             return
         builder = DeltaTable.createIfNotExists(spark).location(self.path(name)).comment(table.comment)
@@ -152,6 +159,8 @@ class Lake:
             builder = builder.addColumn(col.name, col.type, comment=col.comment)
         if table.change_data_feed:
             builder = builder.property("delta.enableChangeDataFeed", "true")
+        if table.partitioned_by:
+            builder = builder.partitionedBy(*table.partitioned_by)
         builder.execute()
 
     def read(self, spark: SparkSession, name: str) -> DataFrame:

@@ -83,8 +83,14 @@ class NotifyWriter:
         lifecycle = lake.read(spark, ACCOUNT).join(F.broadcast(accounts), on="account_id", how="left_semi").localCheckpoint()
         segments = (lifecycle.transform(filter_plan_events).transform(with_plan_rank(plans))
                     .transform(plan_changes).transform(plan_segments))
+        # The touched periods' days, so the read below prunes silver's event_date partitions.
+        days = keys.select(F.explode(F.sequence(
+            F.to_date(F.concat(F.col("period"), F.lit("-01"))),
+            F.date_sub(F.add_months(F.to_date(F.concat(F.col("period"), F.lit("-01"))), 1), 1))).alias("event_date")
+        ).distinct()
         usage = (
             lake.read(spark, USAGE)
+            .join(F.broadcast(days), on="event_date", how="left_semi")
             .withColumn("period", period_of(F.col("occurred_at")))
             .join(F.broadcast(keys), on=["account_id", "metric", "period"], how="left_semi")
             .select("account_id", "event_id", "product", "metric", "occurred_at", "quantity")

@@ -3,31 +3,43 @@
 Shape of one run:
 
     bronze (Delta stream)
-      -> parse_events            typed columns + the first contract violation, if any
-      -> hot-path identity dedup dropDuplicatesWithinWatermark on (identity, payload hash),
-                                 watermark on ingestion time
-      -> foreachBatch            quarantine bad rows; first copy per identity by Kafka order;
-                                 guard against silver history; custom rules over the keys the
-                                 batch touches (history + new rows); idempotent MERGEs
+      -> silver_input            typed columns + the first contract violation (fast path for
+                                 good records), personal data protected, hot-path keys
+      -> with_state_claims       each good record claims its copy (identity + bytes) and its
+                                 event (identity) in the dedup state; bad records their own key
+      -> drop_hot_duplicates     dropDuplicatesWithinWatermark on the claims, watermark on
+                                 ingestion time, horizon H
+      -> foreachBatch            plan the batch from its own rows and the few silver rows its
+                                 keys can touch (pruned by event date), then write it
 
-Why the hot path keys on the payload hash too: inside one micro-batch Spark keeps whichever
-copy its shuffle delivers first, not the first in Kafka order. Keying on (identity, payload)
-only ever merges byte-identical copies, where the choice cannot change what is billed;
-copies that differ reach foreachBatch, where the first in Kafka order wins explicitly.
+A micro-batch costs what its own rows cost (DESIGN section 8):
+
+- Byte-identical re-sends within H never reach the batch (their copy claim is dropped).
+- A copy whose event claim was dropped is a conflicting copy of an event seen within H:
+  it goes to silver.duplicates without a look at silver.
+- An event claim that survives means no copy was seen within H; only a record whose first
+  copy may have left the state (its occurred_at older than ingested_at - H + future
+  tolerance, dedup.with_needs_lookup) is looked up in silver, pruned to its event date.
+- Custom rules read only the touched keys' stored events within their period or window.
+- Steady state is one idempotent append per table (txnAppId = query id, txnVersion = batch
+  id). A MERGE runs only when a rule decision about a stored event changes (a late event
+  re-anchors a key) or a backfill brings an earlier copy than the one silver holds.
 
 Why the watermark is on ingestion time: bronze's ingested_at only moves forward, so no row
 is ever behind the watermark and Spark's stateful operator never silently drops a late
 event. Event-time lateness is measured (is_late) and counted, not used to discard.
 
-Every write is a MERGE keyed on identity or Kafka coordinates, so replaying a batch after
-a crash, or rebuilding silver from bronze with a fresh checkpoint, converges on the same
-tables.
+A replayed micro-batch (a crash before its checkpoint commit) meets the same state and the
+same silver rows, minus its own: history reads leave out rows with the batch's own Kafka
+coordinates, so the replay plans exactly what the first attempt planned, and every write
+is either skipped by its transaction id or keyed on coordinates.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -49,9 +61,14 @@ QUARANTINE = "silver.quarantine"
 BATCHES = "ops.silver_batches"
 TABLES = (USAGE, ACCOUNT, DUPLICATES, QUARANTINE, BATCHES)
 COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
-# MERGE conditions: a copy is found by its Kafka coordinates, an event by its identity.
 SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
 SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)
+# Stored silver rows carry where they are: kept (usage_events) or dropped by a rule (duplicates).
+IN_USAGE = "usage"
+IN_DUPLICATES = "duplicates"
+# Future occurred_at is quarantined after this many days; a retry chain's stored events can
+# lie up to that far ahead of today.
+_FUTURE_DAYS = 2
 
 
 def read_bronze(spark: SparkSession, ctx: JobContext) -> DataFrame:
@@ -72,19 +89,21 @@ def with_hot_path_keys(df: DataFrame) -> DataFrame:
 
 
 def drop_hot_duplicates(watermark_delay_seconds: int):
+    """The hot state: claims (dedup.with_state_claims) seen within the horizon are dropped."""
+
     def transform(df: DataFrame) -> DataFrame:
         return (
-            df.withWatermark("ingested_at", f"{watermark_delay_seconds} seconds")
-            .withColumn("_payload", F.coalesce("payload_sha256", F.lit("")))
-            .dropDuplicatesWithinWatermark(["_identity", "_payload"])
-            .drop("_payload")
+            df.transform(D.with_state_claims)
+            .withWatermark("ingested_at", f"{watermark_delay_seconds} seconds")
+            .dropDuplicatesWithinWatermark([D.STATE_KEY])
+            .drop(D.STATE_KEY)
         )
 
     return transform
 
 
 def silver_input(bronze: DataFrame, ctx: JobContext) -> DataFrame:
-    """Bronze rows -> parsed rows after the hot-path dedup (works on batch or stream)."""
+    """Bronze rows -> parsed rows with hot-path keys (works on batch or stream)."""
     pii = load_pii_config()
     return (
         bronze.transform(parse_events(load_contract(1), ctx.silver))
@@ -107,216 +126,310 @@ def _with_missing_columns(df: DataFrame, columns: list[str], table: str) -> Data
     return df.withColumns({c: F.lit(None).cast(types[c]) for c in columns if c not in df.columns})
 
 
-def _select_for(df: DataFrame, table: str, *extra: str) -> DataFrame:
+def select_for(df: DataFrame, table: str, *extra: str) -> DataFrame:
     cols = spec(table).column_names
     return _with_missing_columns(df, cols, table).select(*cols, *extra)
 
 
-class SilverBatchWriter:
-    """foreachBatch body. Uses the batch's own session; holds no Spark state itself."""
+def _dates_between(start: Column, end: Column) -> Column:
+    return F.explode(F.sequence(F.to_date(start), F.to_date(end)))
 
-    def __init__(self, ctx: JobContext):
+
+# -- the plan: pure, from the batch and the history rows it reads -----------------------------
+@dataclass
+class SilverPlan:
+    """What one batch writes where. Frames only; `corrections` says whether any stored row
+    moves (the MERGE path) or the batch is pure appends."""
+    quarantine: DataFrame
+    usage: DataFrame            # rows to add to usage_events (+ `_replaces`: an earlier copy of a stored one)
+    account: DataFrame          # rows to add to account_events (+ `_replaces`)
+    duplicates: DataFrame       # rows to add to (or update in) silver.duplicates
+    usage_deletes: DataFrame    # coordinates of stored usage rows a rule now drops
+    revived: DataFrame          # coordinates of duplicates rows a rule now keeps
+    identity_duplicates: DataFrame
+    decided: DataFrame
+    unruled: DataFrame          # new usage events no custom rule governs (counted in the batch record)
+
+
+class SilverBatchWriter:
+    """foreachBatch body. Uses the batch's own session; holds no Spark state itself.
+
+    `claims=False` is the backfill's mode: a static slice has no dedup state, so every
+    record is looked up in silver, unpruned (a batch job, for exactness)."""
+
+    def __init__(self, ctx: JobContext, *, claims: bool = True):
         self.ctx = ctx
         self.lake = ctx.lake
+        self.claims = claims
 
-    # -- one read of current silver state, narrowed to the keys a batch touches ----------
-    def _history(self, spark: SparkSession, keys: DataFrame, rule_keys: DataFrame) -> DataFrame:
-        """The silver rows a batch's dedup depends on, in one scan of each table: rows of the
-        batch's identities (any table: `_by_identity`) and rows of its custom-rule keys
-        (usage_events and the rule-dropped duplicates: `_by_rule`). `_in` names the table
-        holding each row."""
+    # -- history reads, each pruned to what the batch can touch ---------------------------
+    def _stored(self, spark: SparkSession, table: str, dates: DataFrame | None, own: DataFrame) -> DataFrame:
+        df = self.lake.read(spark, table)
+        if dates is not None:
+            # A join on the partition column with a broadcast side: Spark prunes partitions
+            # (dynamic partition pruning), so only the touched event dates are read.
+            df = df.join(F.broadcast(dates), on="event_date", how="left_semi")
+        return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
+
+    def _identity_history(self, spark: SparkSession, probe: DataFrame, own: DataFrame) -> DataFrame:
+        """Kept copies (any silver table but conflicting-copy rows) of the probed identities."""
+        dates = probe.select("event_date").distinct() if self.claims else None
+        keys = probe.select(*D.IDENTITY).distinct()
+        cols = [*D.IDENTITY, *D.ORDER_COLUMNS, "payload_sha256"]
+        stored = None
+        for table in (USAGE, ACCOUNT, DUPLICATES):
+            part = self._stored(spark, table, dates, own)
+            if table == DUPLICATES:
+                part = part.filter(F.col("rule") != D.IDENTITY_RULE)
+            part = part.join(F.broadcast(keys), on=D.IDENTITY, how="left_semi").select(*cols)
+            stored = part if stored is None else stored.unionByName(part)
+        return stored
+
+    def _rule_history(self, spark: SparkSession, new_rule_events: DataFrame, own: DataFrame) -> DataFrame:
+        """Stored events of the touched rule keys within each new event's scope."""
+        rules = self.ctx.rules
+        scoped = new_rule_events.transform(D.with_rule_scope(rules))
+        horizon = F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS")
+        scopes = scoped.select(*D.RULE_KEY, "_scope_start",
+                               F.coalesce("_scope_end", horizon).alias("_scope_end")).distinct()
+        dates = scopes.select(_dates_between(F.col("_scope_start"), F.col("_scope_end")).alias("event_date")).distinct()
         usage_cols = spec(USAGE).column_names
-        known = (
-            self.lake.read(spark, USAGE).select(*usage_cols).withColumn("_in", F.lit(USAGE))
-            .unionByName(self.lake.read(spark, DUPLICATES).filter(F.col("rule") != D.IDENTITY_RULE)
-                         .select(*usage_cols, "rule", "duplicate_of").withColumn("_in", F.lit(DUPLICATES)),
-                         allowMissingColumns=True)
-            .transform(D.with_rule_name(self.ctx.rules))
-            .unionByName(self.lake.read(spark, ACCOUNT).select(*D.IDENTITY, *D.ORDER_COLUMNS, "payload_sha256")
-                         .withColumn("_in", F.lit(ACCOUNT)), allowMissingColumns=True)
-        )
-        return (
-            known.join(F.broadcast(keys.withColumn("_by_identity", F.lit(True))), on=D.IDENTITY, how="left")
-            .join(F.broadcast(rule_keys.withColumn("_by_rule", F.lit(True))), on=D.RULE_KEY, how="left")
-            .filter(F.col("_by_identity") | F.col("_by_rule"))
-        )
+        kept = self._stored(spark, USAGE, dates, own).select(*usage_cols).withColumns(
+            {"_in": F.lit(IN_USAGE), "rule": F.lit(None).cast("string"), "duplicate_of": F.lit(None).cast("string")})
+        dropped = (self._stored(spark, DUPLICATES, dates, own).filter(F.col("rule") != D.IDENTITY_RULE)
+                   .select(*usage_cols, "rule", "duplicate_of").withColumn("_in", F.lit(IN_DUPLICATES)))
+        stored = kept.unionByName(dropped).transform(D.with_rule_name(rules)).filter(F.col("_rule").isNotNull())
+        in_scope = (F.col("occurred_at") >= F.col("_scope_start")) & (F.col("occurred_at") < F.col("_scope_end"))
+        return (stored.join(F.broadcast(scopes), on=D.RULE_KEY, how="inner").filter(in_scope)
+                .drop("_scope_start", "_scope_end").dropDuplicates([*COORDINATES, "_in"]))
 
     # -- the batch ---------------------------------------------------------------------
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         self.write_batch(batch_df, batch_id, _query_id(batch_df.sparkSession))
 
     def write_batch(self, batch_df: DataFrame, batch_id: int, query_id: str) -> None:
-        """One batch of silver_input rows, written under (query_id, batch_id). The stream
-        calls it per micro-batch; a backfill calls it once on a static bronze slice, so both
-        apply exactly the same dedup and MERGEs."""
+        """One batch of claimed silver_input rows (or, for the backfill, plain silver_input
+        rows), written under (query_id, batch_id)."""
         spark = batch_df.sparkSession
-        # Materialise the batch once and cut its lineage: every DataFrame below derives from
-        # it, and without the cut each of them would re-analyse the whole parse plan (a
-        # few hundred expressions) before running.
+        # Materialised once; every frame below derives from it.
         batch = batch_df.localCheckpoint(eager=True)
         try:
-            # Stateful streams run empty batches to move the watermark; nothing to write.
-            if not batch.isEmpty():
-                self._process(spark, batch, batch_id, query_id)
+            if not batch.isEmpty():   # stateful streams run empty batches to move the watermark
+                plan = self.plan(spark, batch)
+                self._write(spark, plan, batch, batch_id, query_id)
         finally:
             batch.unpersist()
 
-    def _process(self, spark: SparkSession, batch: DataFrame, batch_id: int, query_id: str) -> None:
+    def plan(self, spark: SparkSession, batch: DataFrame) -> SilverPlan:
         rules = self.ctx.rules
-        usage_cols = spec(USAGE).column_names
-
-        quarantine = batch.transform(filter_bad).transform(to_quarantine_rows)
-        # Materialised: the first copies feed the history read and the classification, the
-        # repeated ones the duplicates, and each would otherwise sort the batch again.
-        good = batch.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank).localCheckpoint()
+        silver = self.ctx.silver
+        if self.claims:
+            copies = batch.transform(D.filter_copy_claims).drop(D.CLAIM)
+            claimed = D.event_claims(batch).withColumn("_claimed", F.lit(True))
+        else:
+            copies, claimed = batch, None
+        own = copies.select(*COORDINATES)
+        quarantine = copies.transform(filter_bad).transform(to_quarantine_rows)
+        good = copies.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
+        if claimed is not None:
+            good = (good.join(F.broadcast(claimed), on=D.IDENTITY, how="left")
+                    .withColumn("_claimed", F.coalesce("_claimed", F.lit(False)))
+                    .transform(D.with_needs_lookup(int(silver.watermark_delay.total_seconds()),
+                                                   int(silver.future_tolerance.total_seconds())))
+                    .withColumn("_needs_lookup", F.col("_claimed") & F.col("_needs_lookup")))
+        else:
+            good = good.withColumns({"_claimed": F.lit(True), "_needs_lookup": F.lit(True)})
+        good = good.transform(D.with_rule_name(rules)).localCheckpoint()
         first = good.transform(D.filter_first_copies)
+        # One small aggregate decides which history reads the batch needs at all.
+        profile = first.agg(
+            F.count(F.when(F.col("_claimed") & F.col("_needs_lookup"), 1)).alias("probe"),
+            F.count(F.when(F.col("_claimed") & F.col("_rule").isNotNull(), 1)).alias("rule"),
+        ).first()
+
         in_batch_copies = good.transform(D.filter_repeated_copies)
-
-        keys = first.select(*D.IDENTITY).distinct()
-        # The rule keys of every first copy: a superset of those the rules will recompute
-        # (late copies among them are dropped below), so one history read serves both checks.
-        maybe_rule_keys = (
-            first.transform(D.with_rule_name(rules)).filter(F.col("_rule").isNotNull()).select(*D.RULE_KEY).distinct()
-        )
-        # Each intermediate result feeds several writes; materialising it once (and cutting
-        # its lineage) keeps every MERGE from recomputing windows and history joins.
-        history = self._history(spark, keys, maybe_rule_keys).localCheckpoint()
-        identity_history = (
-            history.filter(F.col("_by_identity")).select(*D.IDENTITY, *D.ORDER_COLUMNS, "payload_sha256")
-            .transform(D.history_first_copies)
-        )
-        classified = first.transform(D.with_history_order(identity_history)).localCheckpoint()
+        # An unclaimed event was seen within H in an earlier batch: its copies here differ
+        # from every copy seen since (identical ones lost their copy claim), so each is a
+        # conflicting copy of the kept one.
+        recent_copies = first.filter(~F.col("_claimed")).withColumns({
+            "rule": F.lit(D.IDENTITY_RULE), "duplicate_of": F.col("event_id"), "_decision": F.lit(D.DROPPED),
+            "_kept_payload": F.lit(None).cast("string")})
+        candidates = first.filter(F.col("_claimed"))
+        if profile["probe"]:
+            # The rare rows whose first copy may have left the state: one pruned look at silver.
+            seen = (self._identity_history(spark, candidates.filter(F.col("_needs_lookup")), own)
+                    .transform(D.history_first_copies))
+            classified = candidates.join(F.broadcast(seen), on=D.IDENTITY, how="left")
+        else:
+            classified = candidates.withColumns({"_seen_order": F.lit(None).cast(first.schema["_order"].dataType),
+                                                 "_seen_payload": F.lit(None).cast("string")})
+        classified = classified.withColumn(
+            "_replaces", F.coalesce(F.col("_order") < F.col("_seen_order"), F.lit(False))).localCheckpoint()
         new_events = classified.transform(D.filter_new_events)
-        late_copies = classified.transform(D.filter_late_copies)
-        identity_duplicates = in_batch_copies.unionByName(late_copies).localCheckpoint()
-        conflicting_copies = identity_duplicates.transform(D.filter_conflicting_copies)
+        late_copies = classified.transform(D.filter_late_copies).drop("_replaces")
+        identity_duplicates = (in_batch_copies.unionByName(late_copies, allowMissingColumns=True)
+                               .unionByName(recent_copies, allowMissingColumns=True))
+        conflicting = identity_duplicates.filter(~F.col("_kept_payload").eqNullSafe(F.col("payload_sha256")))
 
-        usage_new = new_events.filter(F.col("event_type") == "usage").transform(D.with_rule_name(rules))
-        account_new = _select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT).localCheckpoint()
+        usage_new = new_events.filter(F.col("event_type") == "usage")
+        account = select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT, "_replaces")
+        usage_cols = spec(USAGE).column_names
+        unruled = usage_new.filter(F.col("_rule").isNull()).select(*usage_cols, "_replaces")
+        rule_new = usage_new.filter(F.col("_rule").isNotNull()).transform(D.with_kafka_order)
+        if not profile["rule"]:
+            return SilverPlan(
+                quarantine=quarantine, usage=unruled, account=account,
+                duplicates=select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update"),
+                usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
+                identity_duplicates=identity_duplicates,
+                decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string")}).limit(0),
+                unruled=unruled,
+            )
 
-        rule_input = usage_new.filter(F.col("_rule").isNotNull())
-        rule_keys = rule_input.select(*D.RULE_KEY).distinct()
-        rule_history = (
-            history.filter(F.col("_in") != ACCOUNT).join(F.broadcast(rule_keys), on=D.RULE_KEY, how="left_semi")
-            .select(*usage_cols, "_rule", "_in", "rule", "duplicate_of")
-        ).localCheckpoint()
-        candidates = (
-            rule_history.drop("_in", "rule", "duplicate_of")
-            .unionByName(rule_input.select(*usage_cols, "_rule"))
+        stored = (self._rule_history(spark, rule_new, own)
+                  .withColumn("_stored_kept", F.col("_in") == IN_USAGE)
+                  .transform(D.with_kafka_order)
+                  .transform(D.filter_retry_candidates(rules, rule_new))
+                  .localCheckpoint())
+        decided = (
+            stored.select(*usage_cols, "_rule")
+            .unionByName(rule_new.select(*usage_cols, "_rule"))
             .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
-        )
-        decided = candidates.transform(D.apply_dedup_rules(rules)).localCheckpoint()
-        # Kept now but held in silver.duplicates: an earlier event re-anchored the rule. A
-        # crash between two writes can leave a row in both tables, so this is matched on
-        # coordinates against the duplicates rows, not on which copy the ranking picked.
-        revived = (
-            D.filter_kept(decided).select(*COORDINATES)
-            .join(rule_history.filter(F.col("_in") == DUPLICATES).select(*COORDINATES), on=COORDINATES, how="left_semi")
-        )
-
-        # The rules re-decide every stored event of the keys they touch, and most decisions
-        # stand. A row a MERGE matches still makes Delta rewrite its whole file even when
-        # no clause fires, so decisions the tables already hold stay out of the sources.
-        stored_kept = rule_history.filter(F.col("_in") == USAGE).select(*COORDINATES)
-        stored_dropped = rule_history.filter(F.col("_in") == DUPLICATES).select(*COORDINATES, "rule", "duplicate_of")
-        usage_unruled = (
-            usage_new.filter(F.col("_rule").isNull()).withColumn("_decision", F.lit(D.KEPT))
-            .select(*usage_cols, "_decision")
-        )
-        usage_source = (
-            usage_unruled
-            .unionByName(D.filter_dropped(decided).select(*usage_cols, "_decision"))
-            .unionByName(D.filter_kept(decided).join(stored_kept, on=COORDINATES, how="left_anti")
-                         .select(*usage_cols, "_decision"))
+            .transform(D.apply_dedup_rules(rules))
         ).localCheckpoint()
-        duplicates_source = (
-            _select_for(conflicting_copies, DUPLICATES, "_decision")
-            .unionByName(_select_for(
-                D.filter_dropped(decided).join(stored_dropped, on=[*COORDINATES, "rule", "duplicate_of"], how="left_anti"),
-                DUPLICATES, "_decision"))
-        ).localCheckpoint()
-        kept_usage = usage_unruled.unionByName(D.filter_kept(decided).select(*usage_cols, "_decision"))
+        # Where each decided event is stored now (a crash between two writes of a correction
+        # can leave it in both tables), so that only what changes is written.
+        placed = stored.groupBy(*COORDINATES).agg(
+            F.max(F.col("_in") == IN_USAGE).alias("_in_usage"),
+            F.max(F.col("_in") == IN_DUPLICATES).alias("_in_duplicates"),
+            F.max_by("duplicate_of", F.col("_in") == IN_DUPLICATES).alias("_stored_duplicate_of"))
+        placed_decisions = (
+            decided.join(placed, on=COORDINATES, how="left")
+            .join(rule_new.select(*COORDINATES, "_replaces"), on=COORDINATES, how="left")
+            .withColumns({"_in_usage": F.coalesce("_in_usage", F.lit(False)),
+                          "_in_duplicates": F.coalesce("_in_duplicates", F.lit(False)),
+                          "_replaces": F.coalesce("_replaces", F.lit(False))})
+        )
+        kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
+        usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
+        changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
+        duplicates = (
+            select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update")
+            .unionByName(select_for(dropped.filter(changed_drop).withColumn("_update", F.col("_in_duplicates")),
+                                    DUPLICATES, "_update"))
+        )
+        return SilverPlan(
+            quarantine=quarantine, usage=usage, account=account, duplicates=duplicates,
+            usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
+            revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
+            identity_duplicates=identity_duplicates, decided=decided, unruled=unruled,
+        )
 
-        self._merge_quarantine(spark, quarantine)
-        # Order matters for crash safety: a row moving between usage_events and
-        # duplicates is first written to its new table and only then removed from the
-        # old one, so a crash in between leaves it in both (harmless, repaired by the
-        # replay), never in neither.
-        self._upsert_duplicates(spark, duplicates_source)
-        self._merge_usage(spark, usage_source)
-        self._delete_revived_duplicates(spark, revived)
-        self._merge_account(spark, account_new)
-        self._record_batch(spark, query_id, batch_id, batch, identity_duplicates, decided, kept_usage, account_new)
+    # -- writes, in the crash-safe order ----------------------------------------------------
+    def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, batch_id: int, query_id: str) -> None:
+        # One small aggregate decides which path each table takes: appends, or the MERGEs
+        # of the correction path.
+        def count(df: DataFrame, name: str, cond: Column | None = None) -> DataFrame:
+            return df.agg(F.count(F.lit(1) if cond is None else F.when(cond, 1)).alias(name))
 
-    # -- writes --------------------------------------------------------------------------
-    def _merge_quarantine(self, spark: SparkSession, rows: DataFrame) -> None:
-        if rows.isEmpty():
-            return
-        (self.lake.delta(spark, QUARANTINE).alias("t").merge(rows.alias("s"), SAME_COPY)
-         .whenNotMatchedInsertAll().execute())
+        sizes = (
+            count(plan.quarantine, "quarantine")
+            .crossJoin(count(plan.usage, "usage")).crossJoin(count(plan.usage, "usage_replaces", F.col("_replaces")))
+            .crossJoin(count(plan.account, "account"))
+            .crossJoin(count(plan.account, "account_replaces", F.col("_replaces")))
+            .crossJoin(count(plan.duplicates, "duplicates"))
+            .crossJoin(count(plan.duplicates, "duplicate_updates", F.col("_update")))
+            .crossJoin(count(plan.usage_deletes, "usage_deletes")).crossJoin(count(plan.revived, "revived"))
+            .crossJoin(count(plan.identity_duplicates, "identity_duplicates"))
+            .crossJoin(count(plan.unruled, "unruled"))
+        ).first().asDict()
+        txn = (query_id, batch_id)
+        if sizes["quarantine"]:
+            self._append(spark, plan.quarantine, QUARANTINE, txn)
+        # Crash safety: a row moving between usage_events and duplicates is written to its
+        # new table before it leaves the old one, so a crash in between leaves it in both
+        # (harmless: the replay's plan repairs it), never in neither.
+        if sizes["usage_deletes"] or sizes["revived"] or sizes["duplicate_updates"]:
+            self._upsert_duplicates(spark, plan.duplicates)
+        elif sizes["duplicates"]:
+            self._append(spark, plan.duplicates, DUPLICATES, txn)
+        if sizes["usage_replaces"] or sizes["usage_deletes"]:
+            self._merge_usage(spark, plan.usage, plan.usage_deletes)
+        elif sizes["usage"]:
+            self._write_usage(spark, plan.usage, txn)
+        if sizes["revived"]:
+            self._delete_revived_duplicates(spark, plan.revived)
+        if sizes["account_replaces"]:
+            self._merge_account(spark, plan.account)
+        elif sizes["account"]:
+            self._append(spark, plan.account, ACCOUNT, txn)
+        self._record_batch(query_id, batch_id, batch, plan, sizes)
+
+    def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple[str, int]) -> None:
+        """An idempotent append: a replayed batch finds its version committed and adds nothing."""
+        query_id, batch_id = txn
+        self.lake.save(rows.select(*spec(table).column_names).write.format("delta").mode("append")
+                       .option("txnAppId", query_id).option("txnVersion", batch_id), table)
+
+    def _write_usage(self, spark: SparkSession, rows: DataFrame, txn: tuple[str, int]) -> None:
+        self._append(spark, rows, USAGE, txn)
 
     def _upsert_duplicates(self, spark: SparkSession, source: DataFrame) -> None:
-        if source.isEmpty():
-            return
+        cols = spec(DUPLICATES).column_names
         (self.lake.delta(spark, DUPLICATES).alias("t").merge(source.alias("s"), SAME_COPY)
-         .whenMatchedUpdate(condition=f"s._decision = '{D.DROPPED}'",
-                            set={"rule": "s.rule", "duplicate_of": "s.duplicate_of"})
-         .whenNotMatchedInsert(condition=f"s._decision = '{D.DROPPED}'",
-                               values={c: f"s.{c}" for c in spec(DUPLICATES).column_names})
+         .whenMatchedUpdate(set={"rule": "s.rule", "duplicate_of": "s.duplicate_of"})
+         .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
          .execute())
 
     def _delete_revived_duplicates(self, spark: SparkSession, revived: DataFrame) -> None:
-        if revived.isEmpty():
-            return
         (self.lake.delta(spark, DUPLICATES).alias("t").merge(revived.alias("s"), SAME_COPY)
          .whenMatchedDelete().execute())
 
-    def _merge_usage(self, spark: SparkSession, source: DataFrame) -> None:
-        if source.isEmpty():
-            return
-        earlier = f"{_order_sql('s')} < {_order_sql('t')}"
-        (self.lake.delta(spark, USAGE).alias("t").merge(source.alias("s"), SAME_EVENT)
-         .whenMatchedDelete(condition=f"s._decision = '{D.DROPPED}'")
-         .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in spec(USAGE).column_names})
-         .whenNotMatchedInsert(condition=f"s._decision = '{D.KEPT}'",
-                               values={c: f"s.{c}" for c in spec(USAGE).column_names})
+    def _merge_usage(self, spark: SparkSession, rows: DataFrame, deletes: DataFrame) -> None:
+        """The correction path: rows a rule now drops leave, an earlier copy replaces the one
+        stored (a backfill), new and revived rows come in."""
+        cols = spec(USAGE).column_names
+        source = (rows.select(*cols).withColumn("_delete", F.lit(False))
+                  .unionByName(deletes.withColumn("_delete", F.lit(True)), allowMissingColumns=True))
+        on = f"(({SAME_EVENT}) AND NOT s._delete) OR (({SAME_COPY}) AND s._delete)"
+        (self.lake.delta(spark, USAGE).alias("t").merge(source.alias("s"), on)
+         .whenMatchedDelete(condition="s._delete")
+         .whenMatchedUpdate(condition=f"{_order_sql('s')} < {_order_sql('t')}", set={c: f"s.{c}" for c in cols})
+         .whenNotMatchedInsert(condition="NOT s._delete", values={c: f"s.{c}" for c in cols})
          .execute())
 
     def _merge_account(self, spark: SparkSession, source: DataFrame) -> None:
-        if source.isEmpty():
-            return
+        cols = spec(ACCOUNT).column_names
         earlier = f"{_order_sql('s')} < {_order_sql('t')}"
-        (self.lake.delta(spark, ACCOUNT).alias("t").merge(source.alias("s"), SAME_EVENT)
-         .whenMatchedUpdateAll(condition=earlier)
-         .whenNotMatchedInsertAll()
+        (self.lake.delta(spark, ACCOUNT).alias("t").merge(source.select(*cols).alias("s"), SAME_EVENT)
+         .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in cols})
+         .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
          .execute())
 
-    def _record_batch(self, spark, query_id, batch_id, batch, identity_duplicates, decided, kept_usage,
-                      account_new) -> None:
-        bad = filter_bad(batch)
-        reasons = bad.groupBy(F.col("_problem.reason").alias("r")).count().agg(
+    def _record_batch(self, query_id: str, batch_id: int, batch: DataFrame, plan: SilverPlan, sizes: dict) -> None:
+        copies = batch.transform(D.filter_copy_claims) if self.claims else batch
+        reasons = filter_bad(copies).groupBy(F.col("_problem.reason").alias("r")).count().agg(
             F.map_from_entries(F.collect_list(F.struct("r", "count"))).alias("quarantined"))
-        drops = decided.filter(F.col("_decision") == D.DROPPED).groupBy("rule").count().agg(
+        drops = D.filter_dropped(plan.decided).groupBy("rule").count().agg(
             F.map_from_entries(F.collect_list(F.struct("rule", "count"))).alias("rule_drops"))
-        totals = batch.agg(
+        totals = copies.agg(
             F.count(F.lit(1)).alias("rows_in"),
             F.count(F.when(F.col("_problem").isNull() & F.col("is_late"), 1)).alias("late_events"),
         )
+        # Kept usage: new events without a rule and every event the rules (re)decided as kept.
+        kept = D.filter_kept(plan.decided).agg(F.count(F.lit(1)).alias("kept_by_rules"))
         row = (
-            totals.crossJoin(reasons).crossJoin(drops)
-            .crossJoin(identity_duplicates.agg(F.count(F.lit(1)).alias("identity_duplicates")))
-            .crossJoin(kept_usage.agg(F.count(F.lit(1)).alias("kept_usage")))
-            .crossJoin(account_new.agg(F.count(F.lit(1)).alias("account_events")))
+            totals.crossJoin(reasons).crossJoin(drops).crossJoin(kept)
             .select(
                 F.lit(query_id).alias("query_id"), F.lit(batch_id).cast("bigint").alias("batch_id"),
                 "rows_in", "quarantined",
-                "identity_duplicates", "rule_drops", "late_events",
-                F.col("kept_usage").alias("usage_events"),
-                "account_events", F.current_timestamp().alias("processed_at"),
+                F.lit(sizes["identity_duplicates"]).cast("bigint").alias("identity_duplicates"),
+                "rule_drops", "late_events",
+                (F.col("kept_by_rules") + F.lit(sizes["unruled"])).cast("bigint").alias("usage_events"),
+                F.lit(sizes["account"]).cast("bigint").alias("account_events"),
+                F.current_timestamp().alias("processed_at"),
             )
         )
-        # Delta's idempotent-write options: a replayed batch finds its version committed
-        # for this query and appends nothing (cheaper than a MERGE on every batch).
         self.lake.save(row.write.format("delta").mode("append")
                        .option("txnAppId", query_id).option("txnVersion", batch_id).option("mergeSchema", "true"),
                        BATCHES)

@@ -194,3 +194,107 @@ def filter_kept(df: DataFrame) -> DataFrame:
 
 def filter_dropped(df: DataFrame) -> DataFrame:
     return df.filter(F.col("_decision") == DROPPED)
+
+
+# -- the hot state's two claims -------------------------------------------------------------
+# Each good record claims two keys in the stream's dedup state (dropDuplicatesWithinWatermark,
+# horizon H of ingestion time): its copy (identity and payload bytes) and its event (identity
+# alone). A copy claim that survives is the first time these bytes were seen within H; an
+# event claim that survives says no copy of the identity was seen within H before this
+# micro-batch. Together they tell, without reading silver, a new event from a conflicting
+# copy of a recent one; only a record whose first copy may have left the state needs a look
+# at silver (with_needs_lookup).
+CLAIM = "_claim"
+COPY_CLAIM = "copy"
+EVENT_CLAIM = "event"
+STATE_KEY = "_state_key"
+# Columns an event claim does not need through the state's shuffle.
+_HEAVY = ("key", "value", "headers", "properties")
+
+
+def with_state_claims(df: DataFrame) -> DataFrame:
+    """Hot-path keyed rows (_identity, payload_sha256, _problem) -> one copy claim per row
+    and, for good rows, one event claim; `_state_key` is what the dedup state holds."""
+    good = F.col("_problem").isNull()
+    copy_key = F.concat_ws("\u0000", F.lit(COPY_CLAIM), "_identity", F.coalesce("payload_sha256", F.lit("")))
+    event_key = F.concat_ws("\u0000", F.lit(EVENT_CLAIM), "_identity")
+    claims = F.when(good, F.array(F.struct(F.lit(COPY_CLAIM).alias("c"), copy_key.alias("k")),
+                                  F.struct(F.lit(EVENT_CLAIM).alias("c"), event_key.alias("k"))))
+    claims = claims.otherwise(F.array(F.struct(F.lit(COPY_CLAIM).alias("c"), copy_key.alias("k"))))
+    exploded = df.withColumn("_c", F.explode(claims)).withColumns({CLAIM: F.col("_c.c"), STATE_KEY: F.col("_c.k")})
+    light = {c: F.when(F.col(CLAIM) == COPY_CLAIM, F.col(c)) for c in _HEAVY if c in df.columns}
+    return exploded.drop("_c").withColumns(light)
+
+
+def filter_copy_claims(df: DataFrame) -> DataFrame:
+    return df.filter(F.col(CLAIM) == COPY_CLAIM)
+
+
+def event_claims(df: DataFrame) -> DataFrame:
+    """The identities whose event claim survived: new to the hot state in this batch."""
+    return df.filter(F.col(CLAIM) == EVENT_CLAIM).select(*IDENTITY).distinct()
+
+
+def with_needs_lookup(horizon_seconds: int, future_tolerance_seconds: int):
+    """_needs_lookup: whether the row's first copy may have left the hot state.
+
+    A copy whose first copy left the state arrived more than H after it; the first copy's
+    occurred_at was at most the future tolerance after its own ingestion, so (copies carry
+    their event's occurred_at) this one's occurred_at is older than
+    ingested_at - H + future_tolerance. Rows at or after that bound cannot be such copies.
+    """
+    bound = horizon_seconds - future_tolerance_seconds
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.withColumn("_needs_lookup",
+                             F.col("occurred_at") < F.col("ingested_at") - F.expr(f"INTERVAL {bound} SECONDS"))
+
+    return transform
+
+
+def with_rule_scope(rules: tuple[DedupRule, ...]):
+    """_scope_start/_scope_end: the event-time span of stored events a new rule event's
+    decision can depend on or change. A calendar-period rule: the event's period. A retry
+    window: from one window before the event onwards (the chain may cascade forward)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        start = F.lit(None).cast("timestamp")
+        end = F.lit(None).cast("timestamp")
+        for r in rules:
+            is_rule = F.col("_rule") == r.name
+            if r.kind == "once_per_calendar_period":
+                bucket = F.date_trunc(r.period, F.col("occurred_at"))
+                start = F.when(is_rule, bucket).otherwise(start)
+                end = F.when(is_rule, bucket + F.expr(f"INTERVAL 1 {r.period.upper()}")).otherwise(end)
+            else:
+                start = F.when(is_rule, F.col("occurred_at") - F.expr(
+                    f"INTERVAL {int(r.window.total_seconds())} SECONDS")).otherwise(start)
+        return df.withColumns({"_scope_start": start, "_scope_end": end})
+
+    return transform
+
+
+def filter_retry_candidates(rules: tuple[DedupRule, ...], new_events: DataFrame):
+    """Stored events of retry-window keys -> those a refold over the new events needs.
+
+    The fold is sequential in event time, so nothing before a key's first new event moves;
+    it starts from the last stored event kept before that point (the anchor in force) and
+    runs over everything after it. Calendar-period rules keep all their stored rows.
+    """
+    retry = [r.name for r in rules if r.kind != "once_per_calendar_period"]
+    pos = F.struct(F.col("occurred_at"), F.col("_order"))
+
+    def transform(stored: DataFrame) -> DataFrame:
+        if not retry:
+            return stored
+        first_new = (new_events.filter(F.col("_rule").isin(*retry)).groupBy(*RULE_KEY)
+                     .agg(F.min(pos).alias("_first_new")))
+        marked = stored.join(first_new, on=RULE_KEY, how="left")
+        anchor = (marked.filter(F.col("_first_new").isNotNull() & F.col("_stored_kept") & (pos < F.col("_first_new")))
+                  .groupBy(*RULE_KEY).agg(F.max(pos).alias("_anchor")))
+        marked = marked.join(anchor, on=RULE_KEY, how="left")
+        from_here = F.coalesce(F.col("_anchor"), F.col("_first_new"))
+        keep = ~F.col("_rule").isin(*retry) | (pos >= from_here)
+        return marked.filter(keep).drop("_first_new", "_anchor")
+
+    return transform

@@ -1,7 +1,7 @@
 """Stopping and crashing the pipeline never changes what it produces.
 
 The interrupted run is stopped between micro-batches, crashed in the middle of a
-micro-batch (after some of its MERGEs committed), restarted from its checkpoints, fed
+micro-batch (after some of its writes committed), restarted from its checkpoints, fed
 more records and run to the end. Its tables must equal, row for row, those of one
 uninterrupted run over the same Kafka records.
 """
@@ -71,15 +71,15 @@ def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_s
         time.sleep(0.1)
     query.stop()
 
-    # 2. Crashed in the middle of a batch: the duplicates upsert commits, the usage MERGE dies.
-    merge_usage = silver.SilverBatchWriter._merge_usage
+    # 2. Crashed in the middle of a batch: quarantine and duplicates commit, the usage write dies.
+    write_usage = silver.SilverBatchWriter._write_usage
 
-    def crash_in_merge(self, spark_, source):
-        monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", merge_usage)
-        raise Crash("injected crash between two MERGEs of one micro-batch")
+    def crash_in_write(self, spark_, *args):
+        monkeypatch.setattr(silver.SilverBatchWriter, "_write_usage", write_usage)
+        raise Crash("injected crash between two writes of one micro-batch")
 
-    monkeypatch.setattr(silver.SilverBatchWriter, "_merge_usage", crash_in_merge)
-    with pytest.raises(Exception, match="injected crash between two MERGEs"):
+    monkeypatch.setattr(silver.SilverBatchWriter, "_write_usage", crash_in_write)
+    with pytest.raises(Exception, match="injected crash between two writes"):
         run(spark, ctx, "silver")
 
     # 3. Crashed after all of a batch's writes, before its checkpoint commit: replayed.

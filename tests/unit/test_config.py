@@ -43,7 +43,7 @@ def test_default_dedup_rules_are_the_design_rules():
 
 def test_default_pipeline_config():
     assert load_pipeline_config() == SilverConfig(
-        watermark_delay=timedelta(minutes=10), late_threshold=timedelta(hours=1),
+        watermark_delay=timedelta(hours=26), late_threshold=timedelta(hours=1),
         future_tolerance=timedelta(hours=24),
     )
     assert load_pipeline_config(str(DEFAULT_PIPELINE)) == load_pipeline_config()
@@ -221,13 +221,13 @@ def test_parse_duration(text, expected):
 @pytest.mark.parametrize("doc", [{"version": 1}, {"version": 1, "silver": {}}], ids=["absent", "empty"])
 def test_pipeline_defaults(doc):
     assert parse_pipeline_config(doc) == SilverConfig()
-    assert SilverConfig() == SilverConfig(timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
+    assert SilverConfig() == SilverConfig(timedelta(hours=26), timedelta(hours=1), timedelta(hours=24))
 
 
 def test_pipeline_overrides_only_what_is_given():
     config = parse_pipeline_config({"version": 1, "silver": {"late_threshold": "30 minutes",
                                                               "future_tolerance": "2 days"}})
-    assert config == SilverConfig(watermark_delay=timedelta(minutes=10), late_threshold=timedelta(minutes=30),
+    assert config == SilverConfig(watermark_delay=timedelta(hours=26), late_threshold=timedelta(minutes=30),
                                   future_tolerance=timedelta(days=2))
 
 

@@ -555,7 +555,8 @@ def _hot_path(df, ctx):
 
 
 def _summary(rows):
-    """(e1 coordinates, e2 coordinates, bad (partition, offset, reason)) of surviving rows."""
+    """(e1 coordinates, e2 coordinates, bad (partition, offset, reason)) of surviving copies."""
+    rows = [r for r in rows if r["_claim"] == "copy"]
     e1 = sorted((r["partition"], r["offset"]) for r in rows if r["event_id"] == "e1" and r["reason"] is None)
     e2 = sorted((r["partition"], r["offset"]) for r in rows if r["event_id"] == "e2" and r["reason"] is None)
     bad = sorted((r["partition"], r["offset"], r["reason"]) for r in rows if r["reason"] is not None)
@@ -610,7 +611,7 @@ def test_hot_path_dedup_as_a_stream(spark, tmp_path):
     seen: list[tuple[int, object]] = []
 
     def collect(batch_df, batch_id):
-        for r in batch_df.select("partition", "offset", "event_id", "_problem.reason",
+        for r in batch_df.select("partition", "offset", "event_id", "_problem.reason", "_claim",
                                  "kafka_topic", "kafka_partition", "kafka_offset").collect():
             seen.append((batch_id, r))
 
@@ -637,7 +638,9 @@ def test_hot_path_dedup_as_a_stream(spark, tmp_path):
     assert len(e1) == 1 and e1[0] in {(0, 0), (0, 1)}
     assert e2 == [(0, 2), (1, 0)]
     assert bad == FIRST_BAD
+    # One event claim per good identity new to the state; none for bad records.
+    assert sorted(r["event_id"] for r in first if r["_claim"] == "event") == ["e1", "e2"]
     # Second batch, within the watermark delay: identical re-sends of good events are
     # dropped by the state; bad records pass again (each is its own record).
     assert _summary(later) == ([], [], [(2, 1, parse.INVALID_JSON), (2, 3, parse.NEGATIVE_QUANTITY)])
-    assert len(later) == 2
+    assert len(later) == 2, "the state holds both claims of e1 and e2: nothing of them comes through"
