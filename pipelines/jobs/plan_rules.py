@@ -41,8 +41,11 @@ ACCOUNT = "silver.account_events"
 DECISIONS = "gold.plan_decisions"
 FRAUD_FLAGS = "gold.fraud_flags"
 NOTIFICATION_TYPE = "plan.auto_changed"
-# What makes a re-evaluated decision different from the stored one.
-_VALUES = ["metric", "evidence", "effective_at", "state", "reason", "event_id", "decided_at"]
+# What makes a re-evaluated decision different from the stored one. Not decided_at, nor
+# effective_at (an upgrade's is its decided_at; a downgrade's is fixed by the period in
+# decision_id): both follow the run's clock, so comparing them would rewrite every
+# skipped or proposed row on every run. They say when the decision last changed.
+_VALUES = ["metric", "evidence", "state", "reason", "event_id"]
 
 
 @dataclass

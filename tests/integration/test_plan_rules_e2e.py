@@ -116,9 +116,10 @@ def test_decisions_are_applied_and_emitted_once(spark, settings, monkeypatch):
     assert all(eid.startswith("plan-rules-") for *_, eid in events)
     assert notes(settings) == [("plan.auto_changed", a) for a in ("cleared", "down", "up")]
 
-    # Rerun: nothing written, nothing sent.
+    # Rerun an hour later: nothing new, so nothing written (not even the skipped rows'
+    # decided_at), nothing sent.
     before = version(spark, settings, "gold.plan_decisions")
-    again = run_plan_rules(spark, ctx, now=AS_OF, log=quiet)
+    again = run_plan_rules(spark, ctx, now=AS_OF + timedelta(hours=1), log=quiet)
     assert (again.events_sent, again.notifications_sent) == (0, 0)
     assert version(spark, settings, "gold.plan_decisions") == before
 

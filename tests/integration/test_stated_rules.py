@@ -5,7 +5,7 @@ here are dry runs or apply nothing, so nothing is published."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -13,6 +13,7 @@ from chispa import assert_df_equality
 
 from pipelines.jobs.common import JobContext
 from pipelines.jobs.billing import run_billing
+from pipelines.jobs.plan_rules import run_plan_rules
 from pipelines.settings import Settings
 from pipelines.tables import spec
 from tests.unit.frames import local_frame
@@ -54,6 +55,15 @@ def write_silver(spark, ctx, lifecycle=(), usage=()):
         for i, (eid, acct, at, q) in enumerate(usage)]
     local_frame(spark, used, spec("silver.usage_events").struct_type()).write.format("delta").mode("append") \
         .save(lake.path("silver.usage_events"))
+
+
+def history_version(spark, ctx, table: str) -> int:
+    return spark.sql(f"DESCRIBE HISTORY delta.`{ctx.lake.path(table)}` LIMIT 1").first()["version"]
+
+
+def decisions(spark, ctx, *cols: str, where: str = "true") -> list[tuple]:
+    df = ctx.lake.read(spark, "gold.plan_decisions").filter(where)
+    return sorted(tuple(r) for r in df.select(*cols).collect())
 
 
 def base_lines(spark, ctx, where: str = "true") -> list[tuple]:
@@ -137,3 +147,35 @@ def test_a_cancellation_drops_a_pending_downgrade(spark, ctx):
         ("b", "2026-01", "pro", ts("2026-01-20T00:00:00"), ts("2026-02-01T00:00:00")),
         ("b", "2026-02", "pro", ts("2026-02-01T00:00:00"), ts("2026-03-01T00:00:00")),
     ]
+
+
+# --------------------------------------------------------------------------- plan rules
+
+MARCH_12 = datetime(2026, 3, 12, 9, 0, tzinfo=UTC)   # 11 full days of March, 9 h into the 12th
+
+
+def test_a_rerun_that_finds_nothing_new_commits_no_version(spark, ctx):
+    write_silver(spark, ctx, lifecycle=[
+        ("s-up", "up", "subscription.started", "2025-12-01T00:00:00", "basic"),
+        ("c-con", "con", "account.created", "2025-12-01T00:00:00", None, '{"contract": true}'),
+        ("s-con", "con", "subscription.started", "2025-12-01T00:00:00", "basic"),
+    ], usage=[("u-up", "up", "2026-03-02T10:00:00", "150"), ("u-con", "con", "2026-03-02T10:00:00", "5000")])
+    run_plan_rules(spark, ctx, now=MARCH_12, dry_run=True, log=quiet)
+    first = decisions(spark, ctx, "account_id", "rule", "state", "decided_at", "effective_at", "updated_at")
+    # Proposed and skipped, upgrades and downgrades: every kind a rerun re-evaluates.
+    assert [r[:3] for r in first] == [("con", "auto_downgrade", "skipped"), ("con", "auto_upgrade", "skipped"),
+                                      ("up", "auto_downgrade", "skipped"), ("up", "auto_upgrade", "proposed")]
+    version = history_version(spark, ctx, "gold.plan_decisions")
+
+    # Half an hour later, nothing new in silver: the same decisions, no table version.
+    run_plan_rules(spark, ctx, now=MARCH_12 + timedelta(minutes=30), dry_run=True, log=quiet)
+    assert history_version(spark, ctx, "gold.plan_decisions") == version
+    assert decisions(spark, ctx, "account_id", "rule", "state", "decided_at", "effective_at", "updated_at") == first
+    assert {r[3] for r in first} == {ts("2026-03-12T09:00:00")}
+
+    # A new usage event is something new: the rows it changes are rewritten, one version.
+    write_silver(spark, ctx, usage=[("u-up2", "up", "2026-03-12T09:10:00", "1")])
+    run_plan_rules(spark, ctx, now=MARCH_12 + timedelta(minutes=40), dry_run=True, log=quiet)
+    assert history_version(spark, ctx, "gold.plan_decisions") == version + 1
+    assert decisions(spark, ctx, "account_id", "rule", "decided_at", where="decided_at > '2026-03-12 09:00:00'") == [
+        ("up", "auto_downgrade", ts("2026-03-12T09:40:00"))]   # its hysteresis figure moved; nothing else did
