@@ -76,15 +76,22 @@ def _text(col: Column) -> Column:
 
 def plan_moves(excluded_plans: tuple[str, ...]):
     """plans (plan_id, plan_rank) -> plan_id, plan_rank, up_plan, down_plan: the next plan
-    up and down by rank among the plans rules may move accounts to (null: none)."""
+    up and down by rank among the plans rules may move accounts to (null: none).
+
+    An excluded plan is never a target, but it has neighbours like any other plan: the
+    rules evaluate its accounts both ways, so that decide() records either move as
+    skipped for the excluded plan, not one direction only."""
 
     def transform(plans: DataFrame) -> DataFrame:
-        allowed = plans.filter(~F.col("plan_id").isin(*excluded_plans)) if excluded_plans else plans
+        excluded = F.col("plan_id").isin(*excluded_plans) if excluded_plans else F.lit(False)
+        target = F.when(~excluded, F.col("plan_id"))
         # A handful of plans: one partition is the point, not a hazard.
         w = Window.partitionBy(F.lit(0)).orderBy("plan_rank")
-        moves = allowed.select("plan_id", F.lead("plan_id").over(w).alias("up_plan"),
-                               F.lag("plan_id").over(w).alias("down_plan"))
-        return plans.select("plan_id", "plan_rank").join(moves, on="plan_id", how="left")
+        above = w.rowsBetween(1, Window.unboundedFollowing)
+        below = w.rowsBetween(Window.unboundedPreceding, -1)
+        return plans.select("plan_id", "plan_rank",
+                            F.first(target, ignorenulls=True).over(above).alias("up_plan"),
+                            F.last(target, ignorenulls=True).over(below).alias("down_plan"))
 
     return transform
 

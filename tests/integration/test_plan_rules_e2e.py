@@ -100,6 +100,7 @@ def test_decisions_are_applied_and_emitted_once(spark, settings, monkeypatch):
         ("con", "auto_downgrade", "basic", "starter", "skipped", "account flag contract"),
         ("con", "auto_upgrade", "basic", "pro", "skipped", "account flag contract"),
         ("down", "auto_downgrade", "pro", "basic", "applied", None),
+        ("ent", "auto_downgrade", "enterprise", "advanced", "skipped", "excluded plan enterprise"),
         ("ent", "auto_upgrade", "enterprise", None, "skipped", "excluded plan enterprise"),
         ("fraudy", "auto_downgrade", "basic", "starter", "skipped", "open fraud flag velocity"),
         ("fraudy", "auto_upgrade", "basic", "pro", "skipped", "open fraud flag velocity"),

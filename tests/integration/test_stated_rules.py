@@ -179,3 +179,19 @@ def test_a_rerun_that_finds_nothing_new_commits_no_version(spark, ctx):
     assert history_version(spark, ctx, "gold.plan_decisions") == version + 1
     assert decisions(spark, ctx, "account_id", "rule", "decided_at", where="decided_at > '2026-03-12 09:00:00'") == [
         ("up", "auto_downgrade", ts("2026-03-12T09:40:00"))]   # its hysteresis figure moved; nothing else did
+
+
+def test_excluded_plans_are_recorded_both_ways(spark, ctx):
+    write_silver(spark, ctx, lifecycle=[
+        ("s-hot", "ent-hot", "subscription.started", "2025-06-01T00:00:00", "enterprise"),
+        ("s-idle", "ent-idle", "subscription.started", "2025-06-01T00:00:00", "enterprise"),
+    ], usage=[("u-hot1", "ent-hot", "2026-01-15T10:00:00", "900000"),
+              ("u-hot2", "ent-hot", "2026-02-15T10:00:00", "900000"),
+              ("u-hot3", "ent-hot", "2026-03-02T10:00:00", "900000"),
+              ("u-idle", "ent-idle", "2026-01-15T10:00:00", "3")])   # far under advanced's quota
+    run_plan_rules(spark, ctx, now=MARCH_12, log=quiet)
+    assert decisions(spark, ctx, "account_id", "rule", "from_plan", "to_plan", "state", "reason") == [
+        # No plan above enterprise; below it the rule measures against advanced.
+        ("ent-hot", "auto_upgrade", "enterprise", None, "skipped", "excluded plan enterprise"),
+        ("ent-idle", "auto_downgrade", "enterprise", "advanced", "skipped", "excluded plan enterprise"),
+    ]

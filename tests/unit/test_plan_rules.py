@@ -52,10 +52,14 @@ def current_frame(spark, rows):
     return local_frame(spark, [(a, p, ts(s)) for a, p, s in rows], CURRENT)
 
 
-def test_plan_moves_skip_excluded_plans(catalog):
-    *_, moves = catalog
+def test_plan_moves_skip_excluded_plans(spark, catalog):
+    plans, _, moves = catalog
+    # An excluded plan is no target, but has neighbours: its accounts are evaluated both ways.
     assert sorted(tuple(r) for r in moves.select("plan_id", "up_plan", "down_plan").collect()) == [
-        ("basic", "pro", None), ("enterprise", None, None), ("pro", None, "basic")]
+        ("basic", "pro", None), ("enterprise", None, "pro"), ("pro", None, "basic")]
+    middle = plans.transform(R.plan_moves(("pro",)))
+    assert sorted(tuple(r) for r in middle.select("plan_id", "up_plan", "down_plan").collect()) == [
+        ("basic", "enterprise", None), ("enterprise", None, "basic"), ("pro", "enterprise", "basic")]
 
 
 def test_upgrade_actual_usage_just_under_at_and_over_the_quota(spark, catalog):
@@ -130,9 +134,10 @@ def test_downgrade_under_at_and_over_the_lower_quota_share_in_each_full_period(s
     current = current_frame(spark, rows)
     rules = replace(RULES, upgrade=UpgradeRule(D("1.0"), "projected", 2))
     got = {r["account_id"]: r for r in current.transform(R.downgrade_candidates(usage, prices, moves, rules, win)).collect()}
-    assert sorted(got) == ["hot", "idle", "old-usage", "under", "warm"]
+    # "top" is on the excluded enterprise plan: still a candidate (to pro), decide() skips it.
+    assert sorted(got) == ["hot", "idle", "old-usage", "top", "under", "warm"]
     assert {(r["from_plan"], r["to_plan"], r["effective_at"]) for r in got.values()} == {
-        ("pro", "basic", ts("2026-04-01T00:00:00"))}
+        ("pro", "basic", ts("2026-04-01T00:00:00")), ("enterprise", "pro", ts("2026-04-01T00:00:00"))}
     assert got["hot"]["hysteresis"] == ("hysteresis: open-period billable_tickets at projected 101.857143 "
                                         "is over the upgrade threshold 100 of basic")
     assert got["warm"]["hysteresis"] is None
