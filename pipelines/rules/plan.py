@@ -96,6 +96,19 @@ def plan_moves(excluded_plans: tuple[str, ...]):
     return transform
 
 
+def pending_downgrades(as_of: datetime):
+    """plan changes (periods.plan_changes over the lifecycle events up to as_of) ->
+    account_id, pending_plan, pending_at: the downgrade each account has booked for a
+    later period start. A downgrade is the only change the timeline puts after its
+    event, so a change after as_of from events up to as_of is a pending downgrade."""
+
+    def transform(changes: DataFrame) -> DataFrame:
+        return (changes.filter((F.col("effective_at") > _ts(as_of)) & F.col("plan_id").isNotNull())
+                .select("account_id", F.col("plan_id").alias("pending_plan"), F.col("effective_at").alias("pending_at")))
+
+    return transform
+
+
 def plan_in_force(as_of: datetime):
     """plan segments (periods.plan_segments: account_id, plan_id, start, end) -> the plan in
     force at as_of: account_id, plan_id, plan_since."""
@@ -282,16 +295,22 @@ def with_decision_id(period: str):
     return transform
 
 
-def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: DataFrame, fraud: DataFrame):
+def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: DataFrame, fraud: DataFrame,
+           pending: DataFrame):
     """candidates -> gold.plan_decisions rows (without updated_at/published_at).
 
     prior: earlier decisions (decision_id, account_id, rule, to_plan, period, state);
     flagged: account_id, flag (lifecycle properties naming an excluded flag);
-    fraud: account_id, fraud_rule (accounts with an open fraud flag).
+    fraud: account_id, fraud_rule (accounts with an open fraud flag);
+    pending: account_id, pending_plan, pending_at (pending_downgrades).
     The first reason that applies skips a candidate: excluded plan, excluded account,
-    account flag, open fraud flag, no plan to move to, hysteresis, cooldown (the reasons
-    that depend on the account and the rule come before the one that depends on history,
-    so a skipped decision keeps its reason from one run to the next)."""
+    account flag, open fraud flag, no plan to move to, hysteresis, cooldown, pending
+    downgrade (the reasons that depend on the account and the rule come before the ones
+    that depend on history, so a skipped decision keeps its reason from one run to the
+    next; cooldown before pending, so that the downgrade a rule itself applied reads as
+    the cooldown it is). A pending downgrade is the merchant's (or an earlier run's)
+    choice for the next period: an upgrade would cancel it and another downgrade would
+    replace it, so no rule overrides it."""
     ex: Exclusions = rules.exclusions
     oldest = f"{win.closed_period_start(rules.cooldown_periods - 1):%Y-%m}"
 
@@ -308,6 +327,11 @@ def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: Data
             .filter(F.col("_prior_id") != F.col("decision_id"))
             .groupBy("decision_id").agg(F.min("_cooldown").alias("_cooldown"))
         )
+        # The decision's own earlier application is what left the pending downgrade.
+        own = prior.filter(F.col("state") == APPLIED).select("decision_id", F.lit(True).alias("_own"))
+        booked = pending.groupBy("account_id").agg(F.min_by(F.concat(
+            F.lit("pending downgrade to "), F.col("pending_plan"), F.lit(" from "),
+            F.date_format("pending_at", "yyyy-MM-dd")), F.col("pending_at")).alias("_pending"))
         flags = flagged.groupBy("account_id").agg(F.min("flag").alias("_flag"))
         frauds = fraud.groupBy("account_id").agg(F.min("fraud_rule").alias("_fraud"))
         excluded_plan = F.col("from_plan").isin(*ex.plans) if ex.plans else F.lit(False)
@@ -320,10 +344,13 @@ def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: Data
             .when(F.col("to_plan").isNull(), F.lit("no plan to move to"))
             .when(F.col("hysteresis").isNotNull(), F.col("hysteresis"))
             .when(F.col("_cooldown").isNotNull(), F.col("_cooldown"))
+            .when(F.col("_pending").isNotNull() & F.col("_own").isNull(), F.col("_pending"))
         )
         state = F.when(reason.isNotNull(), F.lit(SKIPPED)).when(F.lit(rules.dry_run), F.lit(PROPOSED)).otherwise(F.lit(APPLIED))
         return (
             c.join(cooldown, on="decision_id", how="left")
+            .join(own, on="decision_id", how="left")
+            .join(booked, on="account_id", how="left")
             .join(flags, on="account_id", how="left")
             .join(frauds, on="account_id", how="left")
             .withColumns({"reason": reason, "period": F.lit(win.period), "decided_at": _ts(win.as_of)})

@@ -195,3 +195,27 @@ def test_excluded_plans_are_recorded_both_ways(spark, ctx):
         ("ent-hot", "auto_upgrade", "enterprise", None, "skipped", "excluded plan enterprise"),
         ("ent-idle", "auto_downgrade", "enterprise", "advanced", "skipped", "excluded plan enterprise"),
     ]
+
+
+def test_a_rule_does_not_override_a_pending_downgrade(spark, ctx):
+    write_silver(spark, ctx, lifecycle=[
+        # Idle on pro, and the merchant already asked for starter from April.
+        ("s-down", "down", "subscription.started", "2025-12-15T00:00:00", "pro"),
+        ("m-down", "down", "plan.changed", "2026-03-05T00:00:00", "starter"),
+        # Busy on basic, and the merchant already asked for starter from April.
+        ("s-up", "up", "subscription.started", "2025-12-15T00:00:00", "basic"),
+        ("m-up", "up", "plan.changed", "2026-03-03T00:00:00", "starter"),
+        # The same downgrade asked after the run's as-of is not pending yet.
+        ("s-next", "next", "subscription.started", "2025-12-15T00:00:00", "pro"),
+        ("m-next", "next", "plan.changed", "2026-03-12T10:00:00", "starter"),
+    ], usage=[("u-up", "up", "2026-03-02T10:00:00", "900")])
+    run_plan_rules(spark, ctx, now=MARCH_12, dry_run=True, log=quiet)
+    pending = "pending downgrade to starter from 2026-04-01"
+    assert decisions(spark, ctx, "account_id", "rule", "from_plan", "to_plan", "state", "reason") == [
+        ("down", "auto_downgrade", "pro", "basic", "skipped", pending),
+        ("next", "auto_downgrade", "pro", "basic", "proposed", None),
+        ("up", "auto_downgrade", "basic", "starter", "skipped", "hysteresis: open-period billable_tickets at "
+                                                                "projected 2536.363636 is over the upgrade "
+                                                                "threshold 50 of starter"),
+        ("up", "auto_upgrade", "basic", "pro", "skipped", pending),
+    ]
