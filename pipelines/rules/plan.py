@@ -254,8 +254,14 @@ def downgrade_candidates(usage: DataFrame, prices: DataFrame, moves: DataFrame, 
 
 def _open_period_over_upgrade(usage: DataFrame, prices: DataFrame, rule: UpgradeRule, win: Evaluation):
     """account_id, to_plan -> account_id, hysteresis: the first metric whose open-period
-    usage (as the upgrade rule measures it, up to as_of) is already over the upgrade
-    threshold of to_plan."""
+    usage is already over the upgrade threshold of to_plan.
+
+    Measured at run time, not at the end of the last full day as the upgrade rule
+    measures: usage from the period start up to as_of, the current partial day included,
+    with the upgrade rule's basis (projected over the full days elapsed; actual on the
+    period's first day, when none has elapsed). Counting today's usage over the full days
+    only leans towards keeping a busy account where it is, the cheap mistake: a downgrade
+    held back one run is decided again at the next."""
 
     def transform(moves_to: DataFrame) -> DataFrame:
         so_far = (

@@ -114,7 +114,8 @@ def test_decisions_are_applied_and_emitted_once(spark, settings, monkeypatch):
     events = plan_events(settings)
     assert [(k, p, d) for k, p, d, _ in events] == [
         ("cleared", "basic", "upgrade"), ("down", "basic", "downgrade"), ("up", "pro", "upgrade")]
-    assert all(eid.startswith("plan-rules-") for *_, eid in events)
+    ids = dict(rows(spark, settings, "gold.plan_decisions", "decision_id", "event_id", where="state = 'applied'"))
+    assert sorted(eid for *_, eid in events) == sorted(f"plan-rules-{d}" for d in ids) == sorted(ids.values())
     assert notes(settings) == [("plan.auto_changed", a) for a in ("cleared", "down", "up")]
 
     # Rerun an hour later: nothing new, so nothing written (not even the skipped rows'

@@ -12,8 +12,9 @@ import pytest
 from chispa import assert_df_equality
 
 from pipelines.jobs.common import JobContext
+from pipelines.jobs.plan_rules import compute_decisions, decisions_outbox, run_plan_rules
 from pipelines.jobs.billing import run_billing
-from pipelines.jobs.plan_rules import run_plan_rules
+from pipelines.rules.config import load_plan_rules
 from pipelines.settings import Settings
 from pipelines.tables import spec
 from tests.unit.frames import local_frame
@@ -194,6 +195,37 @@ def test_excluded_plans_are_recorded_both_ways(spark, ctx):
         # No plan above enterprise; below it the rule measures against advanced.
         ("ent-hot", "auto_upgrade", "enterprise", None, "skipped", "excluded plan enterprise"),
         ("ent-idle", "auto_downgrade", "enterprise", "advanced", "skipped", "excluded plan enterprise"),
+    ]
+
+
+def test_the_emitted_event_id_is_plan_rules_and_the_decision_id(spark, ctx):
+    write_silver(spark, ctx, lifecycle=[("s-up", "up", "subscription.started", "2025-12-01T00:00:00", "basic")],
+                 usage=[("u-up", "up", "2026-03-02T10:00:00", "150")])
+    ctx.lake.ensure(spark, "gold.plan_decisions")
+    applied = compute_decisions(spark, ctx, load_plan_rules(), MARCH_12).filter("state = 'applied'")
+    outbox = decisions_outbox("billing.events")
+    (row,) = [r.asDict() for r in applied.select(*outbox.select).collect()]
+    key, value = outbox.render(row)
+    event = json.loads(value)
+    assert (key, event["event_type"], event["source"]) == (b"up", "plan.changed", "plan-rules")
+    assert event["event_id"] == row["event_id"] == "plan-rules-" + row["decision_id"]
+    assert event["properties"]["decision_id"] == row["decision_id"]
+
+
+def test_hysteresis_counts_the_open_period_up_to_the_run_partial_day_included(spark, ctx):
+    # pro since December, no usage in January and February: both qualify to go down to basic
+    # (upgrade threshold 300 tickets, projected). 120 tickets today x 31 / 11 full days =
+    # 338.18 > 300: counted before the run's as-of, not after it.
+    write_silver(spark, ctx, lifecycle=[
+        ("s-today", "today", "subscription.started", "2025-12-15T00:00:00", "pro"),
+        ("s-later", "later", "subscription.started", "2025-12-15T00:00:00", "pro"),
+    ], usage=[("u-today", "today", "2026-03-12T08:00:00", "120"),
+              ("u-later", "later", "2026-03-12T09:00:01", "120")])
+    run_plan_rules(spark, ctx, now=MARCH_12, dry_run=True, log=quiet)
+    assert decisions(spark, ctx, "account_id", "rule", "to_plan", "state", "reason") == [
+        ("later", "auto_downgrade", "basic", "proposed", None),
+        ("today", "auto_downgrade", "basic", "skipped", "hysteresis: open-period billable_tickets at projected "
+                                                        "338.181818 is over the upgrade threshold 300 of basic"),
     ]
 
 
