@@ -9,7 +9,10 @@ events in silver.account_events:
 - plan.changed to a lower-ranked plan (a downgrade): applies from the next period start;
   a later change before then replaces it (an upgrade, or a change back to the plan in force,
   cancels it);
-- subscription.cancelled: nothing is billed from the event's time on.
+- subscription.cancelled: nothing is billed from the event's time on, and a downgrade
+  still pending is dropped (a new subscription.started brings its own plan);
+- plan.changed with no subscription active (before the first subscription.started, or
+  after a cancellation): ignored, since the account holds no plan to change.
 
 Whether a change is an upgrade depends on the plan in force when it happens, which depends
 on every earlier event, so the timeline is a fold over each account's events in event-time
@@ -81,10 +84,12 @@ def _fold_step(acc: Column, e: Column) -> Column:
     active = acc["active"]
 
     kind = e["kind"]
-    is_change = kind == CHANGED
+    # A plan change needs a subscription to change: with none active (never started, or
+    # cancelled) the account holds no plan, so the event changes nothing and bills nothing.
+    is_change = (kind == CHANGED) & active
     unranked = rank.isNull() | e["rank"].isNull()
-    at_once = (kind == STARTED) | (is_change & (~active | unranked | (e["rank"] > rank)))
-    downgrade = is_change & active & ~unranked & (e["rank"] < rank)
+    at_once = (kind == STARTED) | (is_change & (unranked | (e["rank"] > rank)))
+    downgrade = is_change & ~unranked & (e["rank"] < rank)
     cancel = (kind == CANCELLED) & active
     clears_pending = at_once | (kind == CANCELLED) | (is_change & ~downgrade)
 

@@ -41,8 +41,11 @@ ACCOUNT = "silver.account_events"
 DECISIONS = "gold.plan_decisions"
 FRAUD_FLAGS = "gold.fraud_flags"
 NOTIFICATION_TYPE = "plan.auto_changed"
-# What makes a re-evaluated decision different from the stored one.
-_VALUES = ["metric", "evidence", "effective_at", "state", "reason", "event_id", "decided_at"]
+# What makes a re-evaluated decision different from the stored one. Not decided_at, nor
+# effective_at (an upgrade's is its decided_at; a downgrade's is fixed by the period in
+# decision_id): both follow the run's clock, so comparing them would rewrite every
+# skipped or proposed row on every run. They say when the decision last changed.
+_VALUES = ["metric", "evidence", "state", "reason", "event_id"]
 
 
 @dataclass
@@ -93,10 +96,13 @@ def compute_decisions(spark: SparkSession, ctx: JobContext, rules: PlanRules, as
     plans, prices = plans_frame(spark, catalog), prices_frame(spark, catalog).select("plan_id", "metric", "included")
     win = R.Evaluation.at(as_of)
     accounts = lake.read(spark, ACCOUNT)
-    current = (
-        accounts.transform(filter_plan_events).transform(with_plan_rank(plans)).transform(plan_changes)
-        .transform(plan_segments).transform(R.plan_in_force(win.as_of))
+    # The timeline as of the evaluation: a change after it is neither in force nor pending.
+    changes = (
+        accounts.filter(F.col("occurred_at") <= F.lit(win.as_of)).transform(filter_plan_events)
+        .transform(with_plan_rank(plans)).transform(plan_changes)
     ).localCheckpoint()
+    current = changes.transform(plan_segments).transform(R.plan_in_force(win.as_of))
+    pending = changes.transform(R.pending_downgrades(win.as_of))
     moves = plans.transform(R.plan_moves(rules.exclusions.plans))
     usage = lake.read(spark, USAGE).select("account_id", "metric", "occurred_at", "quantity")
     candidates = (
@@ -109,7 +115,8 @@ def compute_decisions(spark: SparkSession, ctx: JobContext, rules: PlanRules, as
         fraud = spark.createDataFrame([], "account_id string, fraud_rule string")
     flagged = accounts.transform(R.flagged_accounts(rules.exclusions.account_flags))
     prior = lake.read(spark, DECISIONS)
-    return candidates.transform(R.decide(rules, win, prior=prior, flagged=flagged, fraud=fraud)).localCheckpoint()
+    return candidates.transform(R.decide(rules, win, prior=prior, flagged=flagged, fraud=fraud,
+                                         pending=pending)).localCheckpoint()
 
 
 def notifications_for(decisions: DataFrame) -> DataFrame:

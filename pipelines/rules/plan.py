@@ -76,15 +76,35 @@ def _text(col: Column) -> Column:
 
 def plan_moves(excluded_plans: tuple[str, ...]):
     """plans (plan_id, plan_rank) -> plan_id, plan_rank, up_plan, down_plan: the next plan
-    up and down by rank among the plans rules may move accounts to (null: none)."""
+    up and down by rank among the plans rules may move accounts to (null: none).
+
+    An excluded plan is never a target, but it has neighbours like any other plan: the
+    rules evaluate its accounts both ways, so that decide() records either move as
+    skipped for the excluded plan, not one direction only."""
 
     def transform(plans: DataFrame) -> DataFrame:
-        allowed = plans.filter(~F.col("plan_id").isin(*excluded_plans)) if excluded_plans else plans
+        excluded = F.col("plan_id").isin(*excluded_plans) if excluded_plans else F.lit(False)
+        target = F.when(~excluded, F.col("plan_id"))
         # A handful of plans: one partition is the point, not a hazard.
         w = Window.partitionBy(F.lit(0)).orderBy("plan_rank")
-        moves = allowed.select("plan_id", F.lead("plan_id").over(w).alias("up_plan"),
-                               F.lag("plan_id").over(w).alias("down_plan"))
-        return plans.select("plan_id", "plan_rank").join(moves, on="plan_id", how="left")
+        above = w.rowsBetween(1, Window.unboundedFollowing)
+        below = w.rowsBetween(Window.unboundedPreceding, -1)
+        return plans.select("plan_id", "plan_rank",
+                            F.first(target, ignorenulls=True).over(above).alias("up_plan"),
+                            F.last(target, ignorenulls=True).over(below).alias("down_plan"))
+
+    return transform
+
+
+def pending_downgrades(as_of: datetime):
+    """plan changes (periods.plan_changes over the lifecycle events up to as_of) ->
+    account_id, pending_plan, pending_at: the downgrade each account has booked for a
+    later period start. A downgrade is the only change the timeline puts after its
+    event, so a change after as_of from events up to as_of is a pending downgrade."""
+
+    def transform(changes: DataFrame) -> DataFrame:
+        return (changes.filter((F.col("effective_at") > _ts(as_of)) & F.col("plan_id").isNotNull())
+                .select("account_id", F.col("plan_id").alias("pending_plan"), F.col("effective_at").alias("pending_at")))
 
     return transform
 
@@ -234,8 +254,14 @@ def downgrade_candidates(usage: DataFrame, prices: DataFrame, moves: DataFrame, 
 
 def _open_period_over_upgrade(usage: DataFrame, prices: DataFrame, rule: UpgradeRule, win: Evaluation):
     """account_id, to_plan -> account_id, hysteresis: the first metric whose open-period
-    usage (as the upgrade rule measures it, up to as_of) is already over the upgrade
-    threshold of to_plan."""
+    usage is already over the upgrade threshold of to_plan.
+
+    Measured at run time, not at the end of the last full day as the upgrade rule
+    measures: usage from the period start up to as_of, the current partial day included,
+    with the upgrade rule's basis (projected over the full days elapsed; actual on the
+    period's first day, when none has elapsed). Counting today's usage over the full days
+    only leans towards keeping a busy account where it is, the cheap mistake: a downgrade
+    held back one run is decided again at the next."""
 
     def transform(moves_to: DataFrame) -> DataFrame:
         so_far = (
@@ -275,16 +301,22 @@ def with_decision_id(period: str):
     return transform
 
 
-def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: DataFrame, fraud: DataFrame):
+def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: DataFrame, fraud: DataFrame,
+           pending: DataFrame):
     """candidates -> gold.plan_decisions rows (without updated_at/published_at).
 
     prior: earlier decisions (decision_id, account_id, rule, to_plan, period, state);
     flagged: account_id, flag (lifecycle properties naming an excluded flag);
-    fraud: account_id, fraud_rule (accounts with an open fraud flag).
+    fraud: account_id, fraud_rule (accounts with an open fraud flag);
+    pending: account_id, pending_plan, pending_at (pending_downgrades).
     The first reason that applies skips a candidate: excluded plan, excluded account,
-    account flag, open fraud flag, no plan to move to, hysteresis, cooldown (the reasons
-    that depend on the account and the rule come before the one that depends on history,
-    so a skipped decision keeps its reason from one run to the next)."""
+    account flag, open fraud flag, no plan to move to, hysteresis, cooldown, pending
+    downgrade (the reasons that depend on the account and the rule come before the ones
+    that depend on history, so a skipped decision keeps its reason from one run to the
+    next; cooldown before pending, so that the downgrade a rule itself applied reads as
+    the cooldown it is). A pending downgrade is the merchant's (or an earlier run's)
+    choice for the next period: an upgrade would cancel it and another downgrade would
+    replace it, so no rule overrides it."""
     ex: Exclusions = rules.exclusions
     oldest = f"{win.closed_period_start(rules.cooldown_periods - 1):%Y-%m}"
 
@@ -301,6 +333,11 @@ def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: Data
             .filter(F.col("_prior_id") != F.col("decision_id"))
             .groupBy("decision_id").agg(F.min("_cooldown").alias("_cooldown"))
         )
+        # The decision's own earlier application is what left the pending downgrade.
+        own = prior.filter(F.col("state") == APPLIED).select("decision_id", F.lit(True).alias("_own"))
+        booked = pending.groupBy("account_id").agg(F.min_by(F.concat(
+            F.lit("pending downgrade to "), F.col("pending_plan"), F.lit(" from "),
+            F.date_format("pending_at", "yyyy-MM-dd")), F.col("pending_at")).alias("_pending"))
         flags = flagged.groupBy("account_id").agg(F.min("flag").alias("_flag"))
         frauds = fraud.groupBy("account_id").agg(F.min("fraud_rule").alias("_fraud"))
         excluded_plan = F.col("from_plan").isin(*ex.plans) if ex.plans else F.lit(False)
@@ -313,10 +350,13 @@ def decide(rules: PlanRules, win: Evaluation, *, prior: DataFrame, flagged: Data
             .when(F.col("to_plan").isNull(), F.lit("no plan to move to"))
             .when(F.col("hysteresis").isNotNull(), F.col("hysteresis"))
             .when(F.col("_cooldown").isNotNull(), F.col("_cooldown"))
+            .when(F.col("_pending").isNotNull() & F.col("_own").isNull(), F.col("_pending"))
         )
         state = F.when(reason.isNotNull(), F.lit(SKIPPED)).when(F.lit(rules.dry_run), F.lit(PROPOSED)).otherwise(F.lit(APPLIED))
         return (
             c.join(cooldown, on="decision_id", how="left")
+            .join(own, on="decision_id", how="left")
+            .join(booked, on="account_id", how="left")
             .join(flags, on="account_id", how="left")
             .join(frauds, on="account_id", how="left")
             .withColumns({"reason": reason, "period": F.lit(win.period), "decided_at": _ts(win.as_of)})

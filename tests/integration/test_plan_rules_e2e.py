@@ -100,6 +100,7 @@ def test_decisions_are_applied_and_emitted_once(spark, settings, monkeypatch):
         ("con", "auto_downgrade", "basic", "starter", "skipped", "account flag contract"),
         ("con", "auto_upgrade", "basic", "pro", "skipped", "account flag contract"),
         ("down", "auto_downgrade", "pro", "basic", "applied", None),
+        ("ent", "auto_downgrade", "enterprise", "advanced", "skipped", "excluded plan enterprise"),
         ("ent", "auto_upgrade", "enterprise", None, "skipped", "excluded plan enterprise"),
         ("fraudy", "auto_downgrade", "basic", "starter", "skipped", "open fraud flag velocity"),
         ("fraudy", "auto_upgrade", "basic", "pro", "skipped", "open fraud flag velocity"),
@@ -113,12 +114,14 @@ def test_decisions_are_applied_and_emitted_once(spark, settings, monkeypatch):
     events = plan_events(settings)
     assert [(k, p, d) for k, p, d, _ in events] == [
         ("cleared", "basic", "upgrade"), ("down", "basic", "downgrade"), ("up", "pro", "upgrade")]
-    assert all(eid.startswith("plan-rules-") for *_, eid in events)
+    ids = dict(rows(spark, settings, "gold.plan_decisions", "decision_id", "event_id", where="state = 'applied'"))
+    assert sorted(eid for *_, eid in events) == sorted(f"plan-rules-{d}" for d in ids) == sorted(ids.values())
     assert notes(settings) == [("plan.auto_changed", a) for a in ("cleared", "down", "up")]
 
-    # Rerun: nothing written, nothing sent.
+    # Rerun an hour later: nothing new, so nothing written (not even the skipped rows'
+    # decided_at), nothing sent.
     before = version(spark, settings, "gold.plan_decisions")
-    again = run_plan_rules(spark, ctx, now=AS_OF, log=quiet)
+    again = run_plan_rules(spark, ctx, now=AS_OF + timedelta(hours=1), log=quiet)
     assert (again.events_sent, again.notifications_sent) == (0, 0)
     assert version(spark, settings, "gold.plan_decisions") == before
 

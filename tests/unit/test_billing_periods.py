@@ -109,6 +109,17 @@ def test_cancellation_bills_up_to_its_time_and_drops_a_pending_downgrade(spark):
     ])
 
 
+def test_a_plan_change_with_no_active_subscription_changes_nothing(spark):
+    check(spark, [("never", "plan.changed", "2026-01-03T00:00:00", "pro"),
+                  ("a", "subscription.started", "2026-01-01T00:00:00", "pro"),
+                  ("a", "subscription.cancelled", "2026-01-10T00:00:00", None),
+                  ("a", "plan.changed", "2026-01-20T00:00:00", "basic"),
+                  ("a", "subscription.started", "2026-02-05T00:00:00", "starter")], [
+        ("a", "pro", "2026-01", "2026-01-01T00:00:00", "2026-01-10T00:00:00"),
+        ("a", "starter", "2026-02", "2026-02-05T00:00:00", "2026-03-01T00:00:00"),
+    ], horizon=datetime(2026, 2, 10))
+
+
 def test_events_are_folded_in_event_time_order_not_arrival_order(spark):
     check(spark, [("a", "plan.changed", "2026-01-16T00:00:00", "pro"),          # arrived first
                   ("a", "subscription.started", "2026-01-01T00:00:00", "basic")], [

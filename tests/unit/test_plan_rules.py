@@ -52,10 +52,14 @@ def current_frame(spark, rows):
     return local_frame(spark, [(a, p, ts(s)) for a, p, s in rows], CURRENT)
 
 
-def test_plan_moves_skip_excluded_plans(catalog):
-    *_, moves = catalog
+def test_plan_moves_skip_excluded_plans(spark, catalog):
+    plans, _, moves = catalog
+    # An excluded plan is no target, but has neighbours: its accounts are evaluated both ways.
     assert sorted(tuple(r) for r in moves.select("plan_id", "up_plan", "down_plan").collect()) == [
-        ("basic", "pro", None), ("enterprise", None, None), ("pro", None, "basic")]
+        ("basic", "pro", None), ("enterprise", None, "pro"), ("pro", None, "basic")]
+    middle = plans.transform(R.plan_moves(("pro",)))
+    assert sorted(tuple(r) for r in middle.select("plan_id", "up_plan", "down_plan").collect()) == [
+        ("basic", "enterprise", None), ("enterprise", None, "basic"), ("pro", "enterprise", "basic")]
 
 
 def test_upgrade_actual_usage_just_under_at_and_over_the_quota(spark, catalog):
@@ -130,9 +134,10 @@ def test_downgrade_under_at_and_over_the_lower_quota_share_in_each_full_period(s
     current = current_frame(spark, rows)
     rules = replace(RULES, upgrade=UpgradeRule(D("1.0"), "projected", 2))
     got = {r["account_id"]: r for r in current.transform(R.downgrade_candidates(usage, prices, moves, rules, win)).collect()}
-    assert sorted(got) == ["hot", "idle", "old-usage", "under", "warm"]
+    # "top" is on the excluded enterprise plan: still a candidate (to pro), decide() skips it.
+    assert sorted(got) == ["hot", "idle", "old-usage", "top", "under", "warm"]
     assert {(r["from_plan"], r["to_plan"], r["effective_at"]) for r in got.values()} == {
-        ("pro", "basic", ts("2026-04-01T00:00:00"))}
+        ("pro", "basic", ts("2026-04-01T00:00:00")), ("enterprise", "pro", ts("2026-04-01T00:00:00"))}
     assert got["hot"]["hysteresis"] == ("hysteresis: open-period billable_tickets at projected 101.857143 "
                                         "is over the upgrade threshold 100 of basic")
     assert got["warm"]["hysteresis"] is None
@@ -153,13 +158,18 @@ def prior_frame(spark, rows):
                                     "period string, state string")
 
 
-def decisions(spark, cands, rules=RULES, prior=(), flagged=(), fraud=(), as_of="2026-01-10T00:00:00"):
+def decided(spark, cands, rules=RULES, prior=(), flagged=(), fraud=(), pending=(), as_of="2026-01-10T00:00:00"):
     win = R.Evaluation.at(at(as_of))
-    out = cands.transform(R.decide(
+    return cands.transform(R.decide(
         rules, win, prior=prior_frame(spark, list(prior)),
         flagged=local_frame(spark, list(flagged), "account_id string, flag string"),
-        fraud=local_frame(spark, list(fraud), "account_id string, fraud_rule string")))
-    return {r["account_id"]: r for r in out.collect()}
+        fraud=local_frame(spark, list(fraud), "account_id string, fraud_rule string"),
+        pending=local_frame(spark, [(a, p, ts(t)) for a, p, t in pending],
+                            "account_id string, pending_plan string, pending_at timestamp"))).collect()
+
+
+def decisions(spark, cands, **kw):
+    return {r["account_id"]: r for r in decided(spark, cands, **kw)}
 
 
 def test_decisions_skip_with_the_first_reason_that_applies(spark):
@@ -198,6 +208,39 @@ def test_decisions_skip_with_the_first_reason_that_applies(spark):
     }
     assert got["ok"]["event_id"] == "plan-rules-" + got["ok"]["decision_id"] and got["ent"]["event_id"] is None
     assert got["again"]["decision_id"] == again_id and got["ok"]["period"] == "2026-01"
+
+
+def test_a_pending_downgrade_holds_both_rules_but_not_a_decision_already_applied(spark):
+    up, down = R.UPGRADE, R.DOWNGRADE
+    cands = candidates(spark, [
+        ("asked", up, "basic", "pro", None),         # the merchant asked for starter: no upgrade over it
+        ("asked", down, "basic", "starter", None),   # nor a downgrade, even to the plan asked for
+        ("own", down, "pro", "basic", None),         # this decision's own application left the pending one
+        ("cool", up, "basic", "pro", None),          # an earlier rule's downgrade: the cooldown says so first
+        ("hyst", down, "pro", "basic", "hysteresis: x"),
+    ])
+    own_id = R.with_decision_id("2026-01")(candidates(spark, [("own", down, "pro", "basic", None)])).first()["decision_id"]
+    feb = "2026-02-01T00:00:00"
+    got = decided(spark, cands, prior=[(own_id, "own", down, "basic", "2026-01", "applied"),
+                                       ("x1", "cool", down, "starter", "2026-01", "applied")],
+                  pending=[("asked", "starter", feb), ("own", "basic", feb), ("cool", "starter", feb),
+                           ("hyst", "starter", feb)])
+    pending = "pending downgrade to starter from 2026-02-01"
+    assert sorted((r["account_id"], r["rule"], r["state"], r["reason"]) for r in got) == [
+        ("asked", down, "skipped", pending), ("asked", up, "skipped", pending),
+        ("cool", up, "skipped", "cooldown: auto_downgrade to starter applied in 2026-01"),
+        ("hyst", down, "skipped", "hysteresis: x"),
+        ("own", down, "applied", None),
+    ]
+
+
+def test_pending_downgrades_are_the_changes_after_as_of(spark):
+    changes = local_frame(spark, [("a", ts("2026-01-01T00:00:00"), "pro"), ("a", ts("2026-02-01T00:00:00"), "basic"),
+                                  ("b", ts("2026-01-01T00:00:00"), "pro"), ("b", ts("2026-01-05T00:00:00"), None),
+                                  ("c", ts("2026-01-10T00:00:00"), "pro")],
+                          "account_id string, effective_at timestamp, plan_id string")
+    got = changes.transform(R.pending_downgrades(at("2026-01-10T00:00:00"))).collect()
+    assert [tuple(r) for r in got] == [("a", "basic", ts("2026-02-01T00:00:00"))]
 
 
 def test_a_longer_cooldown_reaches_back_and_a_dry_run_only_proposes(spark):
