@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 JARS_STAMP := jvm/target/.resolved
 
-.PHONY: setup venv jars kafka-start kafka-stop test test-unit drill demo bench lock clean docs
+.PHONY: setup venv jars kafka-start kafka-stop test test-unit drill wheel-smoke demo bench lock clean docs
 
 setup: venv jars
 
@@ -49,6 +49,13 @@ test-unit: setup
 # `make test`. bench/drill_crash.py runs it at full size.
 drill: setup
 	@$(PY) -m pytest -q -m drill tests/integration/test_crash_drill.py
+
+# The wheel as Databricks gets it: built as the bundle builds it, installed into a fresh
+# virtualenv outside the checkout (the `local` extra, pinned by requirements.lock), every
+# bundle entry point run from there against a small lake and the local broker. A few
+# minutes; CI runs it after `make test`.
+wheel-smoke: setup kafka-start
+	@$(PY) scripts/wheel_smoke.py
 
 demo: setup
 	@$(LAKEHOUSE) demo

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="streams: bronze, silver, gold; batch: billing (invoice lines), export (files + ledger)"
                           "; stream notify (usage alerts, reactive notifications); batch plan-rules "
                           "(auto-upgrade/downgrade decisions, plan.changed events)"
-                          "; batch quality (quality/*.yaml suites), fraud (gold.fraud_flags)")
+                          "; batch quality (pipelines/conf/quality/*.yaml suites), fraud (gold.fraud_flags)")
     run.add_argument("--continuous", action="store_true", help="keep streaming jobs running")
     run.add_argument("--processing-time", default="2 seconds", help="micro-batch interval in --continuous mode")
     run.add_argument("--max-offsets-per-trigger", type=int, help="cap Kafka records per bronze micro-batch")

@@ -3,17 +3,24 @@
 Config is data: the files live in pipelines/conf/ (shipped in the wheel) and any of them
 can be replaced by a path given on the command line. Every error names the file and the
 offending entry.
+
+Every data file a job reads (this folder, the quality suites in conf/quality/, the schemas
+in _schemas/) is found through the package, never through a checkout's layout, so a
+checkout, a wheel installed anywhere and a Databricks cluster read the same files.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+# A wheel installs as plain files (never zipped), so the package's folder is a real Path.
+PACKAGE_DIR = Path(str(resources.files("pipelines")))
+CONF_DIR = PACKAGE_DIR / "conf"
 DEFAULT_DEDUP_RULES = CONF_DIR / "dedup_rules.yaml"
 DEFAULT_PIPELINE = CONF_DIR / "pipeline.yaml"
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-from pipelines.settings import REPO_ROOT
+from pipelines.config import PACKAGE_DIR
 
 SUPPORTED_KEYWORDS = {
     "type", "description", "minLength", "maxLength", "enum", "const", "minimum", "format",
@@ -69,11 +68,10 @@ class EventContract:
 
 
 def schemas_dir() -> Path:
-    """schemas/ in a checkout; the copy packed into the wheel elsewhere."""
-    checkout = REPO_ROOT / "schemas"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(resources.files("pipelines") / "_schemas"))
+    """The schemas, through the package: pipelines/_schemas is a symlink to the repository's
+    schemas/ (kept at the top for producers, who validate against it with any tool), and
+    the wheel build follows it, so the wheel carries the files themselves."""
+    return PACKAGE_DIR / "_schemas"
 
 
 def _field(name: str, body: dict, required: bool, required_for: frozenset[str]) -> FieldSpec:

@@ -4,6 +4,10 @@ Each is `lakehouse run <jobs>` with the caller's extra arguments appended, so a 
 behaves the same under its own name, under `lakehouse run`, locally and on Databricks.
 The table in ENTRY_POINTS is what pyproject.toml's [project.scripts] and the bundle's
 tasks name; tests check the three agree.
+
+A failure raises (SystemExit with the exit code, or the exception itself) and success
+returns None: python_wheel_task calls the function and ignores what it returns, so a
+returned code would mark a refused export or a failed quality gate as a successful run.
 """
 from __future__ import annotations
 
@@ -23,35 +27,37 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _run(script: str, argv: list[str] | None) -> int:
+def _run(script: str, argv: list[str] | None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    return cli.main(["run", *ENTRY_POINTS[script], *args])
+    code = cli.main(["run", *ENTRY_POINTS[script], *args])
+    if code:
+        raise SystemExit(code)
 
 
-def ingest(argv: list[str] | None = None) -> int:
+def ingest(argv: list[str] | None = None) -> None:
     """bronze -> silver -> gold; pass --continuous to keep streaming (the bundle does)."""
-    return _run("lakehouse-ingest", argv)
+    _run("lakehouse-ingest", argv)
 
 
-def notify(argv: list[str] | None = None) -> int:
-    return _run("lakehouse-notify", argv)
+def notify(argv: list[str] | None = None) -> None:
+    _run("lakehouse-notify", argv)
 
 
-def billing(argv: list[str] | None = None) -> int:
-    return _run("lakehouse-billing", argv)
+def billing(argv: list[str] | None = None) -> None:
+    _run("lakehouse-billing", argv)
 
 
-def export(argv: list[str] | None = None) -> int:
-    return _run("lakehouse-export", argv)
+def export(argv: list[str] | None = None) -> None:
+    _run("lakehouse-export", argv)
 
 
-def plan_rules(argv: list[str] | None = None) -> int:
-    return _run("lakehouse-plan-rules", argv)
+def plan_rules(argv: list[str] | None = None) -> None:
+    _run("lakehouse-plan-rules", argv)
 
 
-def quality(argv: list[str] | None = None) -> int:
-    return _run("lakehouse-quality", argv)
+def quality(argv: list[str] | None = None) -> None:
+    _run("lakehouse-quality", argv)
 
 
-def fraud(argv: list[str] | None = None) -> int:
-    return _run("lakehouse-fraud", argv)
+def fraud(argv: list[str] | None = None) -> None:
+    _run("lakehouse-fraud", argv)

@@ -30,6 +30,10 @@ _LOGIN_MODULES = {
     "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
     "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
 }
+# The Databricks Runtime ships its Kafka client relocated under this package, so there the
+# unshaded login module class does not exist and the Kafka source cannot log in; Databricks'
+# own Kafka examples name kafkashaded.org.apache.kafka.common.security.plain.PlainLoginModule.
+DATABRICKS_SHADED_PREFIX = "kafkashaded."
 MASK = "***"
 
 SecretGetter = Callable[[str, str], str]
@@ -69,6 +73,7 @@ class KafkaAuth:
     username: str | None = None
     password: Secret | None = None
     ssl_ca_location: str | None = None
+    shaded_client: bool = False  # on a Databricks Runtime (DATABRICKS_RUNTIME_VERSION set)
 
     @property
     def uses_sasl(self) -> bool:
@@ -89,7 +94,8 @@ class KafkaAuth:
         protocol = (get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
         if protocol not in PROTOCOLS:
             raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(PROTOCOLS)}")
-        auth = cls(security_protocol=protocol, ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"))
+        auth = cls(security_protocol=protocol, ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"),
+                   shaded_client=get("DATABRICKS_RUNTIME_VERSION") is not None)
         if not auth.uses_sasl:
             stray = [n for n in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD") if get(n)]
             if stray:
@@ -115,7 +121,8 @@ class KafkaAuth:
             raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_PASSWORD or "
                                  "KAFKA_SASL_SECRET_SCOPE + KAFKA_SASL_SECRET_KEY")
         return cls(security_protocol=protocol, sasl_mechanism=mechanism, username=username,
-                   password=Secret(password), ssl_ca_location=auth.ssl_ca_location)
+                   password=Secret(password), ssl_ca_location=auth.ssl_ca_location,
+                   shaded_client=auth.shaded_client)
 
     def jaas_config(self) -> str:
         """The Java clients' login line; quotes and backslashes in the credentials are escaped."""
@@ -123,7 +130,10 @@ class KafkaAuth:
             return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
         assert self.username is not None and self.password is not None and self.sasl_mechanism is not None
-        return (f"{_LOGIN_MODULES[self.sasl_mechanism]} required username={quoted(self.username)} "
+        module = _LOGIN_MODULES[self.sasl_mechanism]
+        if self.shaded_client:
+            module = DATABRICKS_SHADED_PREFIX + module
+        return (f"{module} required username={quoted(self.username)} "
                 f"password={quoted(self.password.reveal())};")
 
     def spark_options(self) -> dict[str, str]:

@@ -11,10 +11,11 @@ import yaml
 from pyspark.sql import SparkSession
 
 from pipelines.analyst import ReadOnlyQueryError, check_read_only
+from pipelines.config import CONF_DIR
 from pipelines.settings import split_table_name
 from pipelines.tables import Lake, _sql_string as _quote, table_specs
 
-DEFAULT_PATH = Path(__file__).resolve().parent / "conf" / "views.yaml"
+DEFAULT_PATH = CONF_DIR / "views.yaml"
 LAYER = "analyst"
 _NAME = re.compile(r"^analyst\.[a-z][a-z0-9_]*$")
 _COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")

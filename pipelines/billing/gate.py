@@ -10,7 +10,7 @@ Two kinds of checks, each a pure function returning a DataFrame of failures (emp
   quality suite can take them over without rewriting them.
 
 `check_export_gate` runs, through the quality suites' GX adapter, every critical check of
-quality/*.yaml gated on `export` (these two among them, as the derived datasets
+the quality suites gated on `export` (these two among them, as the derived datasets
 `period_usage_mismatches` and `invoice_line_failures`, plus silver's checks on the periods'
 events) over the periods an export would carry, and raises `ExportRefused` (listing the
 first failures of each check) before anything is written.
@@ -238,7 +238,7 @@ def check_export_gate(spark: SparkSession, lake: Lake, periods: list[str], *, no
                       extra_lines: DataFrame | None = None, max_shown: int = 5) -> None:
     """Raise ExportRefused when a critical check of the quality suites gated on `export`
     fails for `periods`: gold reconciles with silver, the critical line checks, and the
-    silver checks over the periods' events (quality/*.yaml, run through the GX adapter).
+    silver checks over the periods' events (the quality suites, run through the GX adapter).
     `extra_lines` are lines about to be written (adjustments)."""
     if not periods:
         return

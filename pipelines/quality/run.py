@@ -166,7 +166,7 @@ def run_quality(spark: SparkSession, lake: Lake, *, checks: tuple[Check, ...] | 
     results = run_checks(Inputs.of(spark, lake, now=now), checks)
     report = QualityReport(f"q-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", now, tuple(results))
     lake.ensure(spark, RESULTS)
-    _result_rows(spark, report).write.format("delta").mode("append").save(lake.path(RESULTS))
+    lake.save(_result_rows(spark, report).write.format("delta").mode("append"), RESULTS)
     return report
 
 

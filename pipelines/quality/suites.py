@@ -1,6 +1,7 @@
-"""Quality suites (quality/<layer>.yaml) loaded and validated: every error names the file
-and the check. Expectation types and arguments are checked against great-expectations on
-load (through the adapter), so a typo fails before any data is read."""
+"""Quality suites (pipelines/conf/quality/<layer>.yaml, shipped in the wheel) loaded and
+validated: every error names the file and the check. Expectation types and arguments are
+checked against great-expectations on load (through the adapter), so a typo fails before
+any data is read."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import ConfigError
-from pipelines.settings import REPO_ROOT
+from pipelines.config import CONF_DIR, ConfigError
 
-QUALITY_DIR = REPO_ROOT / "quality"
+QUALITY_DIR = CONF_DIR / "quality"
 SEVERITIES = ("critical", "warning")
 GATES = ("export",)
 _KEYS = {"name", "description", "severity", "table", "dataset", "expect", "kwargs", "gates"}
@@ -89,7 +89,7 @@ def parse_suite(doc: object, where: str, *, check_expectations: bool = True) -> 
 
 
 def load_suites(folder: Path | str | None = None, *, check_expectations: bool = True) -> tuple[Check, ...]:
-    """Every quality/*.yaml, in name order; check names are unique across suites (they key
+    """Every suite (*.yaml) of `folder` (default: the shipped suites), in name order; check names are unique across suites (they key
     ops.quality_results and the gate's refusals)."""
     folder = Path(folder or QUALITY_DIR)
     files = sorted(folder.glob("*.yaml"))

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines import contract as C
 from pipelines.contract import ContractError, load_contract, parse_contract
+from pipelines.settings import REPO_ROOT
 
 EVENT_TYPES = ("usage", "account.created", "subscription.started", "plan.changed", "subscription.cancelled",
                "purchase.completed")
@@ -242,7 +243,7 @@ def test_load_contract_reads_the_versioned_file(tmp_path, monkeypatch):
     assert (contract.version, contract.event_types) == (42, ("usage", "plan.changed"))
 
 
-def test_schemas_dir_is_the_checkout():
-    from pipelines.settings import REPO_ROOT
-
-    assert C.schemas_dir() == REPO_ROOT / "schemas"
+def test_the_package_schemas_are_the_checkout_schemas():
+    """One copy: the package's _schemas is the repository's schemas/, not a second tree."""
+    assert C.schemas_dir().is_symlink()
+    assert C.schemas_dir().resolve() == (REPO_ROOT / "schemas").resolve()

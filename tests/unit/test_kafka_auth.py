@@ -35,6 +35,16 @@ def test_sasl_ssl_options_for_spark_and_kafka_python():
     }
 
 
+@pytest.mark.parametrize("mechanism, module", [
+    ("PLAIN", "kafkashaded.org.apache.kafka.common.security.plain.PlainLoginModule"),
+    ("SCRAM-SHA-512", "kafkashaded.org.apache.kafka.common.security.scram.ScramLoginModule"),
+])
+def test_on_databricks_the_login_module_is_the_runtimes_shaded_class(mechanism, module):
+    env = {**SASL, "KAFKA_SASL_MECHANISM": mechanism, "DATABRICKS_RUNTIME_VERSION": "18.0"}
+    jaas = KafkaAuth.from_env(env).spark_options()["kafka.sasl.jaas.config"]
+    assert jaas == f'{module} required username="billing" password="pa\\"ss\\\\w0rd-s3cret";'
+
+
 def test_password_never_in_repr_str_or_logs(caplog):
     auth = KafkaAuth.from_env(SASL)
     with caplog.at_level(logging.DEBUG):

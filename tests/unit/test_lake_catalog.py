@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from pipelines.quality.run import RESULTS, run_quality
+from pipelines.quality.suites import load_suites
 from pipelines.settings import Settings
 from pipelines.tables import Lake, spec
 
@@ -57,3 +59,13 @@ def test_catalog_tables_are_created_read_and_written_by_name(spark, catalog_lake
     assert spark.catalog.tableExists(table)
     comments = {f.name: f.metadata.get("comment") for f in lake.read(spark, name).schema.fields}
     assert comments == {c.name: c.comment for c in spec(name).columns}
+
+
+def test_quality_results_go_to_the_catalog_table(spark, catalog_lake):
+    """ops.quality_results through the mapping like every table, not into a folder."""
+    checks = tuple(c for c in load_suites() if c.suite == "bronze")
+    report = run_quality(spark, catalog_lake, checks=checks)
+    assert catalog_lake.exists(spark, RESULTS)
+    written = catalog_lake.read(spark, RESULTS).select("run_id").collect()
+    assert [r.run_id for r in written] == [report.run_id] * len(checks)
+    assert not (catalog_lake.settings.lake_root_abs / "ops").exists(), "no folder under the lake root in catalog mode"
