@@ -333,6 +333,13 @@ def silver_accounting(spark, ctx: JobContext, counts: dict, hot_dropped: int) ->
     except Exception as exc:  # noqa: BLE001 - informative only; the tables belong to the pipeline
         say(f"accounting skipped: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
         return out
+    # Each record makes a copy claim and (if good) an event claim in the state, so the
+    # operator's dropped-rows metric counts claims; the records it dropped are the bronze
+    # rows whose copy claim never reached a batch.
+    bronze_rows = ctx.lake.read(spark, "bronze.events").count()
+    hot_dropped = bronze_rows - int(ops["rows_in"] or 0)
+    out["hot_path_dropped_claims"] = out["hot_path_dropped"]
+    out["hot_path_dropped"] = hot_dropped
     out.update({
         "duplicates_by_rule": by_rule,
         "rule_dropped": sum(n for rule, n in by_rule.items() if rule != "identity"),

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +54,9 @@ def profile_parser(description: str, top: int = 25) -> argparse.ArgumentParser:
     p.add_argument("--batches", type=positive_int, default=6, help="bronze versions = silver micro-batches")
     p.add_argument("--accounts", type=positive_int, default=50)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--span-hours", type=float, default=48.0,
+                   help="event-time span of the generated stream, ending now (a live stream: a few hours; "
+                        "older events are the ones silver looks up)")
     p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
     p.add_argument("--top", type=positive_int, default=top, help="lines shown")
     return p
@@ -68,7 +71,8 @@ def bronze_in_batches(spark, settings: Settings, args: argparse.Namespace) -> in
     bronze over them in --batches micro-batches, so bronze has that many versions; returns
     the events sent."""
     kafka_local.ensure_topics(settings, {settings.events_topic: 1})
-    options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
+    options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC),
+                               span=timedelta(hours=args.span_hours))
     sent = send(generate(options), settings, topic=settings.events_topic)
     say(f"produced {sent:,} events into {settings.events_topic}")
     per_trigger = -(-sent // args.batches)

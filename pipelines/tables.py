@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import yaml
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.contract import schemas_dir
@@ -104,6 +105,27 @@ def spec(name: str) -> TableSpec:
         return table_specs()[name]
     except KeyError:
         raise TableSpecError(f"unknown table {name!r}; known: {sorted(table_specs())}") from None
+
+
+# No stored event is older (the contract's floor for occurred_at, parse.MIN_OCCURRED_AT).
+MIN_EVENT_DATE = "2000-01-01"
+
+
+def filter_touched_partitions(keys: DataFrame, on: list[str]):
+    """A table partitioned by event_date -> its rows whose `on` columns match a row of `keys`
+    (a small frame holding event_date), reading only the partitions of keys' dates.
+
+    The pruning is Spark's dynamic partition pruning: the broadcast keys become a filter on
+    the scan at run time. Spark plans it only when the keys side looks selective, which a
+    plain frame of dates does not; a range filter on event_date that every stored event
+    passes (none is older than the contract's floor) says so, and changes no result.
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        selective = keys.filter(F.col("event_date") >= F.lit(MIN_EVENT_DATE).cast("date"))
+        return df.join(F.broadcast(selective), on=on, how="left_semi")
+
+    return transform
 
 
 def _sql_string(text: str) -> str:

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.jobs.common import JobContext, apply_trigger
-from pipelines.tables import spec
+from pipelines.tables import filter_touched_partitions, spec
 from pipelines.transforms.gold import DAILY_KEYS, aggregate_daily_usage, touched_daily_keys, with_recomputed_totals
 
 JOB = "gold"
@@ -42,10 +42,11 @@ class DailyUsageWriter:
         lake = self.ctx.lake
         touched = changes.transform(touched_daily_keys).localCheckpoint()
         try:
+            # Only the touched days' partitions of silver are read.
             current = (
                 lake.read(spark, SOURCE)
-                .join(F.broadcast(touched.withColumnRenamed("usage_date", "event_date")),
-                      on=["account_id", "product", "metric", "event_date"], how="left_semi")
+                .transform(filter_touched_partitions(touched.withColumnRenamed("usage_date", "event_date"),
+                                                     ["account_id", "product", "metric", "event_date"]))
                 .transform(aggregate_daily_usage)
             )
             source = touched.transform(with_recomputed_totals(current)).localCheckpoint()

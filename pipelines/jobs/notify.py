@@ -29,6 +29,7 @@ from pipelines.jobs.common import JobContext, apply_trigger
 from pipelines.notify import publish_pending, stage_notifications
 from pipelines.rules import alerts as A
 from pipelines.rules.config import load_plan_rules
+from pipelines.tables import filter_touched_partitions
 
 JOB = "notify"
 USAGE = "silver.usage_events"
@@ -90,7 +91,7 @@ class NotifyWriter:
         ).distinct()
         usage = (
             lake.read(spark, USAGE)
-            .join(F.broadcast(days), on="event_date", how="left_semi")
+            .transform(filter_touched_partitions(days, ["event_date"]))
             .withColumn("period", period_of(F.col("occurred_at")))
             .join(F.broadcast(keys), on=["account_id", "metric", "period"], how="left_semi")
             .select("account_id", "event_id", "product", "metric", "occurred_at", "quantity")

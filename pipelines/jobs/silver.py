@@ -46,7 +46,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.contract import load_contract
 from pipelines.jobs.common import JobContext, apply_trigger
 from pipelines.pii import load_pii_config, with_protected_properties
-from pipelines.tables import spec
+from pipelines.tables import filter_touched_partitions, spec
 from pipelines.transforms import dedup as D
 from pipelines.transforms.parse import filter_bad, filter_good, parse_events, with_kafka_coordinates
 
@@ -166,9 +166,7 @@ class SilverBatchWriter:
     def _stored(self, spark: SparkSession, table: str, dates: DataFrame | None, own: DataFrame) -> DataFrame:
         df = self.lake.read(spark, table)
         if dates is not None:
-            # A join on the partition column with a broadcast side: Spark prunes partitions
-            # (dynamic partition pruning), so only the touched event dates are read.
-            df = df.join(F.broadcast(dates), on="event_date", how="left_semi")
+            df = df.transform(filter_touched_partitions(dates, ["event_date"]))
         return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
 
     def _identity_history(self, spark: SparkSession, probe: DataFrame, own: DataFrame) -> DataFrame:

@@ -45,13 +45,13 @@ def write_silver(spark, ctx, lifecycle=(), usage=()):
     for table in ("silver.account_events", "silver.usage_events"):
         lake.ensure(spark, table)
     accounts = [
-        (eid, acct, kind, ts(at), 1, "test", plan, None, None, (rest[0] if rest else None), False,
+        (eid, acct, kind, ts(at), ts(at).date(), 1, "test", plan, None, None, (rest[0] if rest else None), False,
          "billing.events", 0, i, ts(at), ts(at), None)
         for i, (eid, acct, kind, at, plan, *rest) in enumerate(lifecycle)]
     local_frame(spark, accounts, spec("silver.account_events").struct_type()).write.format("delta").mode("append") \
         .save(lake.path("silver.account_events"))
     used = [
-        (eid, acct, "usage", ts(at), 1, "test", ts(at).date(), "helpdesk", T, D(q), None, None, False,
+        (eid, acct, "usage", ts(at), ts(at).date(), 1, "test", "helpdesk", T, D(q), None, None, False,
          "billing.events", 1, i, ts(at), ts(at), None)
         for i, (eid, acct, at, q) in enumerate(usage)]
     local_frame(spark, used, spec("silver.usage_events").struct_type()).write.format("delta").mode("append") \
