@@ -8,7 +8,6 @@ state and merged in. Recomputing from state, not adding deltas, makes replays ha
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.jobs.common import JobContext, apply_trigger
