@@ -574,7 +574,7 @@ def results_markdown(r: dict) -> str:
         f"quarantine {t['silver.quarantine']:,}, duplicates {t['silver.duplicates']:,} "
         f"({', '.join(f'{k} {v:,}' for k, v in sorted(a.get('duplicates_by_rule', {}).items()))}); "
         f"identity copies dropped after the hot path {a.get('identity_dropped_after_hot_path', 0):,} "
-        f"(ops.silver_batches), by the hot path {s['hot_path_dropped_duplicates']:,}: "
+        f"(ops.silver_batches), by the hot path {a.get('hot_path_dropped', s['hot_path_dropped_duplicates']):,} (state claims dropped: {s['hot_path_dropped_duplicates']:,}): "
         f"{accounted} of {b['rows']:,} bronze rows accounted for. Against the generator's labels: "
         + ("; ".join(f"{name} {got:,}/{want:,}" + ("" if got == want else " MISMATCH")
                      for name, (got, want) in generator_checks(r).items()) or "n/a") + ".",

@@ -164,10 +164,18 @@ class SilverBatchWriter:
 
     # -- history reads, each pruned to what the batch can touch ---------------------------
     def _stored(self, spark: SparkSession, table: str, dates: DataFrame | None, own: DataFrame) -> DataFrame:
+        """A silver table's rows on the given dates, without the batch's own rows (a replay
+        of the batch must plan as its first attempt did). The stream's batch is one offset
+        range per Kafka partition, so its rows are told by a few ranges; a backfill slice is
+        not, and is told by its coordinates."""
         df = self.lake.read(spark, table)
         if dates is not None:
             df = df.transform(filter_touched_partitions(dates, ["event_date"]))
-        return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
+        if not self.claims:
+            return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
+        inside = ((df["kafka_topic"] == own["kafka_topic"]) & (df["kafka_partition"] == own["kafka_partition"])
+                  & df["kafka_offset"].between(own["_from"], own["_to"]))
+        return df.join(F.broadcast(own), on=inside, how="left_anti")
 
     def _identity_history(self, spark: SparkSession, probe: DataFrame, own: DataFrame) -> DataFrame:
         """Kept copies (any silver table but conflicting-copy rows) of the probed identities."""
@@ -188,8 +196,10 @@ class SilverBatchWriter:
         rules = self.ctx.rules
         scoped = new_rule_events.transform(D.with_rule_scope(rules))
         horizon = F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS")
-        scopes = scoped.select(*D.RULE_KEY, "_scope_start",
-                               F.coalesce("_scope_end", horizon).alias("_scope_end")).distinct()
+        # One span per key (its events' scopes together): a stored event inside the span but
+        # outside every scope is re-decided as it stands, which changes nothing.
+        scopes = scoped.groupBy(*D.RULE_KEY).agg(F.min("_scope_start").alias("_scope_start"),
+                                                 F.max(F.coalesce("_scope_end", horizon)).alias("_scope_end"))
         dates = scopes.select(_dates_between(F.col("_scope_start"), F.col("_scope_end")).alias("event_date")).distinct()
         usage_cols = spec(USAGE).column_names
         kept = self._stored(spark, USAGE, dates, own).select(*usage_cols).withColumns(
@@ -199,7 +209,7 @@ class SilverBatchWriter:
         stored = kept.unionByName(dropped).transform(D.with_rule_name(rules)).filter(F.col("_rule").isNotNull())
         in_scope = (F.col("occurred_at") >= F.col("_scope_start")) & (F.col("occurred_at") < F.col("_scope_end"))
         return (stored.join(F.broadcast(scopes), on=D.RULE_KEY, how="inner").filter(in_scope)
-                .drop("_scope_start", "_scope_end").dropDuplicates([*COORDINATES, "_in"]))
+                .drop("_scope_start", "_scope_end"))
 
     # -- the batch ---------------------------------------------------------------------
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -226,7 +236,10 @@ class SilverBatchWriter:
             claimed = D.event_claims(batch).withColumn("_claimed", F.lit(True))
         else:
             copies, claimed = batch, None
-        own = copies.select(*COORDINATES)
+        own = (copies.select(*COORDINATES) if not self.claims else
+               copies.groupBy("kafka_topic", "kafka_partition").agg(F.min("kafka_offset").alias("_from"),
+                                                                    F.max("kafka_offset").alias("_to")))
+        own = own.localCheckpoint()
         quarantine = copies.transform(filter_bad).transform(to_quarantine_rows)
         good = copies.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
         if claimed is not None:
@@ -325,6 +338,8 @@ class SilverBatchWriter:
 
     # -- writes, in the crash-safe order ----------------------------------------------------
     def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, batch_id: int, query_id: str) -> None:
+        # Each output is computed once (its count and its write read the same rows).
+        plan = SilverPlan(**{name: getattr(plan, name).localCheckpoint() for name in plan.__dataclass_fields__})
         # One small aggregate decides which path each table takes: appends, or the MERGEs
         # of the correction path.
         def count(df: DataFrame, name: str, cond: Column | None = None) -> DataFrame:

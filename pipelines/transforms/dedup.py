@@ -208,8 +208,8 @@ CLAIM = "_claim"
 COPY_CLAIM = "copy"
 EVENT_CLAIM = "event"
 STATE_KEY = "_state_key"
-# Columns an event claim does not need through the state's shuffle.
-_HEAVY = ("key", "value", "headers", "properties")
+# What an event claim carries through the state's shuffle; every other column is null in it.
+_CLAIM_COLUMNS = ("account_id", "event_id", "ingested_at", "_identity", "payload_sha256", "_problem")
 
 
 def with_state_claims(df: DataFrame) -> DataFrame:
@@ -222,7 +222,7 @@ def with_state_claims(df: DataFrame) -> DataFrame:
                                   F.struct(F.lit(EVENT_CLAIM).alias("c"), event_key.alias("k"))))
     claims = claims.otherwise(F.array(F.struct(F.lit(COPY_CLAIM).alias("c"), copy_key.alias("k"))))
     exploded = df.withColumn("_c", F.explode(claims)).withColumns({CLAIM: F.col("_c.c"), STATE_KEY: F.col("_c.k")})
-    light = {c: F.when(F.col(CLAIM) == COPY_CLAIM, F.col(c)) for c in _HEAVY if c in df.columns}
+    light = {c: F.when(F.col(CLAIM) == COPY_CLAIM, F.col(c)) for c in df.columns if c not in _CLAIM_COLUMNS}
     return exploded.drop("_c").withColumns(light)
 
 
@@ -289,12 +289,10 @@ def filter_retry_candidates(rules: tuple[DedupRule, ...], new_events: DataFrame)
             return stored
         first_new = (new_events.filter(F.col("_rule").isin(*retry)).groupBy(*RULE_KEY)
                      .agg(F.min(pos).alias("_first_new")))
-        marked = stored.join(first_new, on=RULE_KEY, how="left")
-        anchor = (marked.filter(F.col("_first_new").isNotNull() & F.col("_stored_kept") & (pos < F.col("_first_new")))
-                  .groupBy(*RULE_KEY).agg(F.max(pos).alias("_anchor")))
-        marked = marked.join(anchor, on=RULE_KEY, how="left")
-        from_here = F.coalesce(F.col("_anchor"), F.col("_first_new"))
-        keep = ~F.col("_rule").isin(*retry) | (pos >= from_here)
-        return marked.filter(keep).drop("_first_new", "_anchor")
+        per_key = Window.partitionBy(*RULE_KEY)
+        anchor = F.max(F.when(F.col("_stored_kept") & (pos < F.col("_first_new")), pos)).over(per_key)
+        keep = ~F.col("_rule").isin(*retry) | (pos >= F.coalesce(anchor, F.col("_first_new")))
+        return (stored.join(F.broadcast(first_new), on=RULE_KEY, how="left")
+                .withColumn("_keep", keep).filter(F.col("_keep")).drop("_first_new", "_keep"))
 
     return transform
