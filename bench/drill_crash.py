@@ -59,7 +59,7 @@ TABLES = ("silver.usage_events", "silver.account_events", "silver.duplicates", "
           "gold.daily_usage", "gold.period_usage", "gold.invoice_lines", "gold.billing_exports")
 # Columns that differ between two correct runs (see the module docstring).
 VOLATILE = {"ingested_at", "last_ingested_at", "computed_at", "staged_at", "delivered_at", "is_late",
-            "export_id", "provider_file", "finance_file"}
+            "export_id", "provider_file", "finance_file", "provider_sha256", "finance_sha256"}
 # Among byte-identical copies of one event, silver keeps whichever copy the hot-path dedup
 # meets first in its micro-batch, so the Kafka coordinates silver records for it depend on
 # how batches were cut (README, "What billed once means"); the event and its bytes do not.

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one readable line for known failures; traceback with -v
         known = {"KafkaLocalError", "ConfigError", "ContractError", "UnknownJobError", "SparkSetupError",
                  "TableSpecError", "ProduceError", "ReadOnlyQueryError", "RecordFileError",
-                 "BillingError", "CatalogError", "ExportRefused",
+                 "BillingError", "CatalogError", "ExportRefused", "ExportIntegrityError",
                  "QualityGateFailed", "FraudError",
                  "KafkaAuthError", "PiiConfigError",
                  "BackfillError", "ViewConfigError", "AuditError",

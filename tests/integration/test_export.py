@@ -1,11 +1,14 @@
 """Billing exports against real Delta tables in a temporary lake and real files: exactly
-once across reruns and crashes, adjustments after late changes, the gate, CSV safety."""
+once across reruns and crashes, adjustments after late changes, the gate, CSV safety, and
+durable, private files checked against the ledger's SHA-256 on every run."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import stat
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -126,7 +129,7 @@ def test_export_twice_exports_nothing_new(reference):
     assert [(r["idempotency_key"], r["account_id"], r["direction"], r["amount"], r["currency"]) for r in rows] == [
         ("B1", "acct-1", "charge", "10.00", "USD"), ("B2", "'=cmd()", "charge", "20.00", "EUR"),
         ("U1", "acct-1", "charge", "41.50", "USD")]
-    assert finance.startswith(b"export_id,idempotency_key,account_id,")
+    assert finance.startswith(b'"export_id","idempotency_key","account_id",')
 
 
 def test_crash_after_files_before_delivered_reruns_to_the_same_export(spark, tmp_path, monkeypatch, reference):
@@ -272,3 +275,97 @@ def test_crash_between_the_two_file_renames_is_repaired_by_the_rerun(spark, tmp_
     assert ledger(spark, lake) == reference["ledger"]
     assert export_files(exports_dir, export_id) == reference["files"]
     assert sorted(p.name for p in (exports_dir / export_id).iterdir()) == ["finance.csv", "provider.jsonl"]
+
+
+# ---------------------------------------------------------------- durable, private files
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def recorded_hashes(spark, lake: Lake, export_id: str) -> set[tuple]:
+    return {tuple(r) for r in lake.read(spark, "gold.billing_exports").filter(f"export_id = '{export_id}'")
+            .select("provider_sha256", "finance_sha256").distinct().collect()}
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_delivered_files_are_private_hashed_and_rebuilt_from_the_ledger_when_missing_or_altered(
+        spark, tmp_path, reference):
+    lake = seeded_lake(spark, tmp_path)
+    exports_dir = tmp_path / "exports"
+    first = run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    provider, finance = reference["files"]
+    assert files(first) == (provider, finance)
+    assert recorded_hashes(spark, lake, first.export_id) == {(sha256(provider), sha256(finance))}
+    assert (mode(first.provider_file), mode(first.finance_file)) == (0o600, 0o600)
+    assert (mode(exports_dir), mode(exports_dir / first.export_id)) == (0o700, 0o700)
+    assert first.repaired == ()
+
+    # after delivery: one file lost, the other edited by hand (finance "fixed" an amount)
+    first.provider_file.unlink()
+    altered = finance.replace(b'"10.00"', b'"1.00"')
+    first.finance_file.write_bytes(altered)
+    again = run_export(spark, lake, exports_dir=exports_dir, now=LATER)
+    assert (again.export_id, again.lines) == (None, 0)
+    assert again.repaired == (
+        f"{first.export_id}: provider.jsonl is missing; finance.csv was altered (SHA-256 {sha256(altered)}, "
+        f"ledger {sha256(finance)}); rebuilt from the ledger, SHA-256 verified",)
+    assert "REPAIRED delivered export(s): " + again.repaired[0] in again.render()
+    assert export_files(exports_dir, first.export_id) == (provider, finance)
+    assert (mode(first.provider_file), mode(first.finance_file)) == (0o600, 0o600)
+    assert ledger(spark, lake) == reference["ledger"]
+    assert recorded_hashes(spark, lake, first.export_id) == {(sha256(provider), sha256(finance))}
+    assert sorted(p.name for p in (exports_dir / first.export_id).iterdir()) == ["finance.csv", "provider.jsonl"]
+
+    assert run_export(spark, lake, exports_dir=exports_dir, now=LATER).repaired == ()
+
+
+def test_symlinks_planted_in_the_export_folder_are_never_followed(spark, tmp_path, reference):
+    lake = seeded_lake(spark, tmp_path)
+    exports_dir = tmp_path / "exports"
+    export_id = reference["first"].export_id
+    folder = exports_dir / export_id
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    # the temporary names the exporter used to write through, a random-looking one, a final name
+    for name in (".provider.jsonl.tmp", ".finance.csv.tmp", ".finance.csv.x8Kq2z_p.tmp", "provider.jsonl"):
+        (folder / name).symlink_to(victim)
+    result = run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    assert result.export_id == export_id
+    assert victim.read_text() == "not yours"
+    assert export_files(exports_dir, export_id) == reference["files"]
+    assert sorted(p.name for p in folder.iterdir()) == ["finance.csv", "provider.jsonl"]
+    assert all(stat.S_ISREG(os.lstat(folder / n).st_mode) and mode(folder / n) == 0o600
+               for n in ("finance.csv", "provider.jsonl"))
+
+
+def test_a_ledger_from_before_the_hashes_gets_the_columns_and_its_files_rebuilt_and_hashed(
+        spark, tmp_path, reference):
+    lake = seeded_lake(spark, tmp_path)
+    exports_dir = tmp_path / "exports"
+    first = run_export(spark, lake, exports_dir=exports_dir, now=NOW)
+    # the ledger and the files as the previous version left them: no hash columns, mode 0644
+    path = lake.path("gold.billing_exports")
+    old = lake.read(spark, "gold.billing_exports").drop("provider_sha256", "finance_sha256").localCheckpoint()
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    assert "provider_sha256" not in lake.read(spark, "gold.billing_exports").columns
+    for f in (first.provider_file, first.finance_file):
+        f.chmod(0o644)
+
+    again = run_export(spark, lake, exports_dir=exports_dir, now=LATER)
+    assert again.export_id is None
+    assert again.repaired == (
+        f"{first.export_id}: provider.jsonl has no SHA-256 in the ledger (delivered before hashes were kept); "
+        "finance.csv has no SHA-256 in the ledger (delivered before hashes were kept); "
+        "rebuilt from the ledger, SHA-256 verified",)
+    provider, finance = reference["files"]
+    assert export_files(exports_dir, first.export_id) == (provider, finance)
+    assert recorded_hashes(spark, lake, first.export_id) == {(sha256(provider), sha256(finance))}
+    assert (mode(first.provider_file), mode(first.finance_file)) == (0o600, 0o600)
+    assert ledger(spark, lake) == reference["ledger"]
+    assert run_export(spark, lake, exports_dir=exports_dir, now=LATER).repaired == ()

@@ -85,6 +85,23 @@ def test_v1_field_details(v1):
     assert v1.field("event_id").column == "event_id"
 
 
+ACCOUNT_IDS = [("acct_001", True), ("a", True), ("A1.b:c-d_e", True), ("a" * 64, True), ("0", True),
+               ("a" * 65, False), ("acct;=1+1", False), ("acct,1", False), ("=cmd()", False), ("+1", False),
+               ("-1", False), ("@x", False), (" =1", False), ("\t=1", False), ("acct 1", False), ("'x", False),
+               ('"x', False), ("_a", False), ("acct\n", False), ("acct\r", False), ("acct\u2028", False),
+               ("caf\u00e9", False), ("", False)]
+
+
+@pytest.mark.parametrize("account_id, good", ACCOUNT_IDS)
+def test_v1_account_id_pattern(v1, account_id, good):
+    """No spaces, quotes, list separators or formula characters; the pattern ends at the end
+    of the text in every engine that reads it (Python re and Java's rlike let `$` match before
+    a final newline, hence the lookahead)."""
+    pattern = v1.field("account_id").pattern
+    assert pattern == r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}(?![\s\S])"
+    assert bool(re.search(pattern, account_id)) is good
+
+
 def test_v1_amount_children(v1):
     amount = v1.field("amount")
     assert amount.json_type == "object"

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
+import os
+import stat
+import tempfile
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -11,8 +15,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import Row
 
-from pipelines.billing.export import (FINANCE_COLUMNS, adjustment_lines, finance_cells, neutralise_cell,
-                                      pending_lines, provider_record)
+from pipelines.billing import export
+from pipelines.billing.export import (FINANCE_COLUMNS, adjustment_lines, file_problem, finance_cells,
+                                      neutralise_cell, pending_lines, provider_record, sha256_file)
 from pipelines.billing.gate import CRITICAL_CHECKS, critical_line_failures, reconcile_period_usage
 from pipelines.tables import spec
 from tests.unit.frames import local_frame
@@ -149,8 +154,16 @@ def test_provider_record_minor_units_as_strings():
         provider_record(ledger_row(amount=Decimal("1.005")))
 
 
-@pytest.mark.parametrize("cell, shown", [("=cmd()", "'=cmd()"), ("+1", "'+1"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
-                                         ("\tx", "'\tx"), ("a=b", "a=b"), ("", "")])
+@pytest.mark.parametrize("cell, shown", [
+    ("=cmd()", "'=cmd()"), ("+1", "'+1"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("\rx", "'\rx"),
+    ("a=b", "a=b"), ("", ""), ("acct-1", "acct-1"),
+    # after leading whitespace or quote characters
+    (" =1+1", "' =1+1"), ("\t=1", "'\t=1"), ("\n-1", "'\n-1"), ('"=1', "'\"=1"), ("'+1", "''+1"), (" \"' @x", "' \"' @x"),
+    # at list separators: each piece a spreadsheet could split off
+    ("acct;=1+1", "acct;'=1+1"), ("a, =b", "a,' =b"), ("a;\t-1", "a;'\t-1"), ("=a;=b,=c", "'=a;'=b,'=c"),
+    ("a;b, c", "a;b, c"), ("usage changed after export: exported 41.50 USD, now 47.50 USD",
+                           "usage changed after export: exported 41.50 USD, now 47.50 USD"),
+])
 def test_neutralise_cell(cell, shown):
     assert neutralise_cell(cell) == shown
 
@@ -163,6 +176,153 @@ def test_finance_cells_sign_in_direction_column_and_formulas_neutralised():
     seen = dict(zip(FINANCE_COLUMNS, next(csv.reader(io.StringIO(buf.getvalue())))))
     assert (seen["account_id"], seen["amount"], seen["direction"], seen["reason"]) == ("'=cmd()", "6.50", "credit", "'-x")
     assert finance_cells(ledger_row())[FINANCE_COLUMNS.index("direction")] == "charge"
+
+
+# ---------------------------------------------------------------- durable, private files (no Spark)
+
+
+def _runs_a_formula(cell: str) -> bool:
+    """What a spreadsheet does with a cell it reads: text after a leading ' ; a formula
+    when, after whitespace and quotes, it starts with = + - @."""
+    stripped = cell.lstrip(" \t\r\n\"")
+    return not cell.startswith("'") and stripped[:1] in ("=", "+", "-", "@")
+
+
+def test_finance_csv_every_cell_quoted_and_safe_whatever_the_list_separator(tmp_path):
+    rows = [ledger_row(account_id="acct;=1+1", amount=Decimal("-6.5"), line_type="adjustment", adjusts_key="L0",
+                       reason="x, =HYPERLINK(1);-2"),
+            ledger_row(idempotency_key="L2", account_id=" =cmd()", amount=Decimal("12.34")),
+            ledger_row(idempotency_key="L3", account_id="\t@x", amount=Decimal("-0.5"))]
+    export._write_files(iter(rows), tmp_path / "e" / "provider.jsonl", tmp_path / "e" / "finance.csv")
+    text = (tmp_path / "e" / "finance.csv").read_bytes().decode("utf-8")
+    lines = text.split("\r\n")
+    assert lines[-1] == "" and len(lines) == 5
+    assert lines[0] == ",".join(f'"{c}"' for c in FINANCE_COLUMNS)
+    parsed = list(csv.reader(io.StringIO(text)))
+    cells = [dict(zip(FINANCE_COLUMNS, r)) for r in parsed[1:]]
+    assert [(c["account_id"], c["direction"], c["amount"]) for c in cells] == [
+        ("acct;'=1+1", "credit", "6.50"), ("' =cmd()", "charge", "12.34"), ("'\t@x", "credit", "0.50")]
+    assert cells[0]["reason"] == "x,' =HYPERLINK(1);'-2"
+    # amounts stay plain decimal numbers (the sign is `direction`)
+    assert all(Decimal(c["amount"]) >= 0 and c["amount"].replace(".", "").isdigit() for c in cells)
+    for line in lines[:-1]:  # every cell quoted
+        assert line.startswith('"') and line.endswith('"')
+    # read with either list separator, quote-aware or not, no piece runs as a formula
+    for delimiter in (",", ";"):
+        for row in csv.reader(io.StringIO(text), delimiter=delimiter):
+            assert not any(_runs_a_formula(c) for c in row), (delimiter, row)
+        for line in lines:
+            assert not any(_runs_a_formula(c.strip('"')) for c in line.split(delimiter)), (delimiter, line)
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def test_files_are_private_fsynced_and_the_folder_fsynced_after_the_renames(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", _fd_path(fd), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(export.os, "fsync", fsync)
+    monkeypatch.setattr(export.os, "replace", replace)
+    os.umask(old := os.umask(0))  # the most permissive umask: the modes must not depend on it
+    try:
+        written = export._write_files(iter([ledger_row()]), tmp_path / "exports" / "e1" / "provider.jsonl",
+                                      tmp_path / "exports" / "e1" / "finance.csv")
+    finally:
+        os.umask(old)
+    monkeypatch.undo()
+    folder = tmp_path / "exports" / "e1"
+    file_syncs = [c for c in calls if c[0] == "fsync" and not c[2]]
+    replaces = [c for c in calls if c[0] == "replace"]
+    # both temporary files fsynced (under random names in the folder), then renamed over the final names
+    assert [os.path.dirname(c[1]) for c in file_syncs] == [str(folder)] * 2
+    assert [c[1] for c in file_syncs] == [c[1] for c in replaces]
+    assert all(os.path.basename(c[1]).startswith((".provider.jsonl.", ".finance.csv.")) and c[1].endswith(".tmp")
+               for c in file_syncs)
+    assert [c[2] for c in replaces] == [str(folder / "provider.jsonl"), str(folder / "finance.csv")]
+    # the folder is fsynced after the last rename; the exports root after the folder was created
+    last_rename = calls.index(replaces[-1])
+    assert ("fsync", str(folder), True) in calls[last_rename:]
+    assert ("fsync", str(tmp_path / "exports"), True) in calls
+    assert ("fsync", str(tmp_path), True) in calls
+    for name in ("provider.jsonl", "finance.csv"):
+        assert stat.S_IMODE(os.lstat(folder / name).st_mode) == 0o600
+    assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(tmp_path / "exports").st_mode) == 0o700
+    assert sorted(os.listdir(folder)) == ["finance.csv", "provider.jsonl"]
+    assert (written.provider_sha256, written.finance_sha256) == (
+        sha256_file(folder / "provider.jsonl"), sha256_file(folder / "finance.csv"))
+    assert written.finance_sha256 == hashlib.sha256((folder / "finance.csv").read_bytes()).hexdigest()
+
+
+def test_a_planted_symlink_is_never_followed(tmp_path):
+    folder = tmp_path / "e1"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    # the old fixed temporary names, a random-looking one, and the final name itself
+    for name in (".provider.jsonl.tmp", ".finance.csv.tmp", ".finance.csv.k2j4h5g6.tmp", "finance.csv"):
+        (folder / name).symlink_to(victim)
+    export._write_files(iter([ledger_row()]), folder / "provider.jsonl", folder / "finance.csv")
+    assert victim.read_text() == "keep me"
+    for name in ("provider.jsonl", "finance.csv"):
+        info = os.lstat(folder / name)
+        assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+    # leftovers at temporary-like names are removed (unlink removes the link, not its target)
+    assert sorted(os.listdir(folder)) == ["finance.csv", "provider.jsonl"]
+
+
+def test_the_temporary_file_is_created_exclusively(tmp_path, monkeypatch):
+    """Even when a planted symlink has exactly the name the random generator draws, it is
+    neither opened nor followed: creation is O_EXCL|O_NOFOLLOW, and the next name is used."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / ".finance.csv.PLANTED.tmp").symlink_to(victim)
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: iter(["PLANTED", "fresh"]))
+    fd, path = export._private_temporary(tmp_path / "finance.csv")
+    with os.fdopen(fd, "w") as out:
+        out.write("data")
+    assert path == tmp_path / ".finance.csv.fresh.tmp"
+    assert victim.read_text() == "keep me" and stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+
+
+def test_a_folder_planted_as_a_symlink_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "e1").symlink_to(elsewhere)
+    with pytest.raises(export.ExportIntegrityError, match="not a directory"):
+        export._write_files(iter([ledger_row()]), tmp_path / "e1" / "provider.jsonl", tmp_path / "e1" / "finance.csv")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    folder = tmp_path / "e1"
+    with pytest.raises(ValueError, match="minor units"):
+        export._write_files(iter([ledger_row(), ledger_row(amount=Decimal("1.005"))]), folder / "provider.jsonl",
+                            folder / "finance.csv")
+    assert list(folder.iterdir()) == []
+
+
+def test_file_problem_names_what_is_wrong(tmp_path):
+    good = tmp_path / "finance.csv"
+    good.write_bytes(b"a,b\r\n")
+    digest = hashlib.sha256(b"a,b\r\n").hexdigest()
+    assert file_problem(good, digest) is None
+    assert file_problem(tmp_path / "gone.csv", digest) == "gone.csv is missing"
+    assert file_problem(good, "0" * 64) == f"finance.csv was altered (SHA-256 {digest}, ledger {'0' * 64})"
+    assert file_problem(good, None) == "finance.csv has no SHA-256 in the ledger (delivered before hashes were kept)"
+    link = tmp_path / "link.csv"
+    link.symlink_to(good)
+    assert file_problem(link, digest) == "link.csv is not a regular file (a symlink?)"
 
 
 # ---------------------------------------------------------------- gate
@@ -245,3 +405,20 @@ def test_critical_checks_pass_on_clean_lines(spark):
     lines = frame(spark, "gold.invoice_lines", [line("a", "1.00"), line("b", "0", line_type="base"),
                                                 line("c", "-3.00", line_type="adjustment", adjusts_key="a")])
     assert critical_line_failures(lines, now=NOW).count() == 0
+
+
+def test_a_file_system_that_cannot_sync_a_directory_is_warned_about_not_fatal(tmp_path, monkeypatch, caplog):
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(export.os, "fsync", fsync)
+    export.fsync_dir(tmp_path)
+    assert "cannot fsync directory" in caplog.text
+
+    def failing(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(export.os, "fsync", failing)
+    with pytest.raises(OSError, match="I/O error"):
+        export.fsync_dir(tmp_path)
