@@ -339,7 +339,9 @@ class SilverBatchWriter:
     # -- writes, in the crash-safe order ----------------------------------------------------
     def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, batch_id: int, query_id: str) -> None:
         # Each output is computed once (its count and its write read the same rows).
-        plan = SilverPlan(**{name: getattr(plan, name).localCheckpoint() for name in plan.__dataclass_fields__})
+        # (`decided` is already materialised by the plan.)
+        plan = SilverPlan(**{name: getattr(plan, name) if name == "decided" else getattr(plan, name).localCheckpoint()
+                             for name in plan.__dataclass_fields__})
         # One small aggregate decides which path each table takes: appends, or the MERGEs
         # of the correction path.
         def count(df: DataFrame, name: str, cond: Column | None = None) -> DataFrame:

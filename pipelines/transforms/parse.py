@@ -531,6 +531,7 @@ def parse_events(contract: EventContract, options: SilverConfig = SilverConfig()
 
     def transform(df: DataFrame) -> DataFrame:
         fast = _FastPath(contract, options)
+        staged, named = fast.stages()
         f = _Fields(root="_vs")
         checks = _checks(contract, f, options)
         occurred_at = f.timestamp("$.occurred_at")
@@ -560,7 +561,7 @@ def parse_events(contract: EventContract, options: SilverConfig = SilverConfig()
         parsed = (
             df.withColumns({"_containers": _containers(F.col("value").cast("string")), "_md5": F.md5(F.col("value"))})
             .withColumn("_w", _sealed_parse(F.col("value"))).withColumn("_v", _sealed_value())
-            .withColumns(fast.stages()[0]).withColumns(fast.stages()[1])
+            .withColumns(staged).withColumns(named)
             .withColumn("_certified", fast.certified() if fast_path else F.lit(False))
             .withColumn("_vs", F.when(~certified, F.col("_v")))
         )
