@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from pyspark import InheritableThread
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -163,19 +164,22 @@ class SilverBatchWriter:
         self.claims = claims
 
     # -- history reads, each pruned to what the batch can touch ---------------------------
-    def _stored(self, spark: SparkSession, table: str, dates: DataFrame | None, own: DataFrame) -> DataFrame:
-        """A silver table's rows on the given dates, without the batch's own rows (a replay
-        of the batch must plan as its first attempt did). The stream's batch is one offset
-        range per Kafka partition, so its rows are told by a few ranges; a backfill slice is
-        not, and is told by its coordinates."""
+    def _stored(self, spark: SparkSession, table: str, dates: DataFrame | Column | None, own) -> DataFrame:
+        """A silver table's rows on the given dates (a frame of dates, pruned at run time, or
+        a predicate on event_date, pruned when planned), without the batch's own rows (a
+        replay of the batch must plan as its first attempt did).
+
+        The stream's batch is one offset range per Kafka partition (`own`: a list of
+        (topic, partition, first, last), known before any read), so its rows are told by a
+        predicate; a backfill slice is not, and is told by its coordinates (a frame)."""
         df = self.lake.read(spark, table)
-        if dates is not None:
+        if isinstance(dates, Column):
+            df = df.filter(dates)
+        elif dates is not None:
             df = df.transform(filter_touched_partitions(dates, ["event_date"]))
         if not self.claims:
             return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
-        inside = ((df["kafka_topic"] == own["kafka_topic"]) & (df["kafka_partition"] == own["kafka_partition"])
-                  & df["kafka_offset"].between(own["_from"], own["_to"]))
-        return df.join(F.broadcast(own), on=inside, how="left_anti")
+        return df.filter(~_inside(own))
 
     def _identity_history(self, spark: SparkSession, probe: DataFrame, own: DataFrame) -> DataFrame:
         """Kept copies (any silver table but conflicting-copy rows) of the probed identities."""
@@ -191,8 +195,9 @@ class SilverBatchWriter:
             stored = part if stored is None else stored.unionByName(part)
         return stored
 
-    def _rule_history(self, spark: SparkSession, new_rule_events: DataFrame, own: DataFrame) -> DataFrame:
-        """Stored events of the touched rule keys within each new event's scope."""
+    def _rule_history(self, spark: SparkSession, new_rule_events: DataFrame, own, span: tuple | None) -> DataFrame:
+        """Stored events of the touched rule keys within each new event's scope. `span`: the
+        first and last event_date any scope can reach, when the batch knows them already."""
         rules = self.ctx.rules
         scoped = new_rule_events.transform(D.with_rule_scope(rules))
         horizon = F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS")
@@ -200,7 +205,11 @@ class SilverBatchWriter:
         # outside every scope is re-decided as it stands, which changes nothing.
         scopes = scoped.groupBy(*D.RULE_KEY).agg(F.min("_scope_start").alias("_scope_start"),
                                                  F.max(F.coalesce("_scope_end", horizon)).alias("_scope_end"))
-        dates = scopes.select(_dates_between(F.col("_scope_start"), F.col("_scope_end")).alias("event_date")).distinct()
+        if span is not None and span[0] is not None:
+            dates = F.col("event_date").between(F.lit(span[0]), F.lit(span[1]))
+        else:
+            dates = scopes.select(_dates_between(F.col("_scope_start"), F.col("_scope_end"))
+                                  .alias("event_date")).distinct()
         usage_cols = spec(USAGE).column_names
         kept = self._stored(spark, USAGE, dates, own).select(*usage_cols).withColumns(
             {"_in": F.lit(IN_USAGE), "rule": F.lit(None).cast("string"), "duplicate_of": F.lit(None).cast("string")})
@@ -236,10 +245,6 @@ class SilverBatchWriter:
             claimed = D.event_claims(batch).withColumn("_claimed", F.lit(True))
         else:
             copies, claimed = batch, None
-        own = (copies.select(*COORDINATES) if not self.claims else
-               copies.groupBy("kafka_topic", "kafka_partition").agg(F.min("kafka_offset").alias("_from"),
-                                                                    F.max("kafka_offset").alias("_to")))
-        own = own.localCheckpoint()
         quarantine = copies.transform(filter_bad).transform(to_quarantine_rows)
         good = copies.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
         if claimed is not None:
@@ -252,11 +257,23 @@ class SilverBatchWriter:
             good = good.withColumns({"_claimed": F.lit(True), "_needs_lookup": F.lit(True)})
         good = good.transform(D.with_rule_name(rules)).localCheckpoint()
         first = good.transform(D.filter_first_copies)
-        # One small aggregate decides which history reads the batch needs at all.
-        profile = first.agg(
-            F.count(F.when(F.col("_claimed") & F.col("_needs_lookup"), 1)).alias("probe"),
-            F.count(F.when(F.col("_claimed") & F.col("_rule").isNotNull(), 1)).alias("rule"),
+        # One small aggregate decides which history reads the batch needs at all, and what
+        # they may touch: the batch's own offset ranges and the rule scopes' dates.
+        rule_scope = (first.filter(F.col("_claimed") & F.col("_rule").isNotNull())
+                      .transform(D.with_rule_scope(rules)))
+        horizon = F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS")
+        profile = (
+            first.agg(F.count(F.when(F.col("_claimed") & F.col("_needs_lookup"), 1)).alias("probe"),
+                      F.count(F.when(F.col("_claimed") & F.col("_rule").isNotNull(), 1)).alias("rule"))
+            .crossJoin(rule_scope.agg(F.to_date(F.min("_scope_start")).alias("first_date"),
+                                      F.to_date(F.max(F.coalesce("_scope_end", horizon))).alias("last_date")))
+            .crossJoin(copies.groupBy("kafka_topic", "kafka_partition")
+                       .agg(F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
+                       .agg(F.collect_list(F.struct("kafka_topic", "kafka_partition", "first", "last")).alias("own")))
         ).first()
+        own = (copies.select(*COORDINATES) if not self.claims else
+               [tuple(r) for r in profile["own"]])
+        span = (profile["first_date"], profile["last_date"]) if self.claims else None
 
         in_batch_copies = good.transform(D.filter_repeated_copies)
         # An unclaimed event was seen within H in an earlier batch: its copies here differ
@@ -297,7 +314,7 @@ class SilverBatchWriter:
                 unruled=unruled,
             )
 
-        stored = (self._rule_history(spark, rule_new, own)
+        stored = (self._rule_history(spark, rule_new, own, span)
                   .withColumn("_stored_kept", F.col("_in") == IN_USAGE)
                   .transform(D.with_kafka_order)
                   .transform(D.filter_retry_candidates(rules, rule_new))
@@ -320,7 +337,7 @@ class SilverBatchWriter:
             .withColumns({"_in_usage": F.coalesce("_in_usage", F.lit(False)),
                           "_in_duplicates": F.coalesce("_in_duplicates", F.lit(False)),
                           "_replaces": F.coalesce("_replaces", F.lit(False))})
-        )
+        ).localCheckpoint()
         kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
         usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
         changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
@@ -338,27 +355,23 @@ class SilverBatchWriter:
 
     # -- writes, in the crash-safe order ----------------------------------------------------
     def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, batch_id: int, query_id: str) -> None:
-        # Each output is computed once (its count and its write read the same rows).
-        # (`decided` is already materialised by the plan.)
-        plan = SilverPlan(**{name: getattr(plan, name) if name == "decided" else getattr(plan, name).localCheckpoint()
-                             for name in plan.__dataclass_fields__})
-        # One small aggregate decides which path each table takes: appends, or the MERGEs
-        # of the correction path.
-        def count(df: DataFrame, name: str, cond: Column | None = None) -> DataFrame:
-            return df.agg(F.count(F.lit(1) if cond is None else F.when(cond, 1)).alias(name))
-
-        sizes = (
-            count(plan.quarantine, "quarantine")
-            .crossJoin(count(plan.usage, "usage")).crossJoin(count(plan.usage, "usage_replaces", F.col("_replaces")))
-            .crossJoin(count(plan.account, "account"))
-            .crossJoin(count(plan.account, "account_replaces", F.col("_replaces")))
-            .crossJoin(count(plan.duplicates, "duplicates"))
-            .crossJoin(count(plan.duplicates, "duplicate_updates", F.col("_update")))
-            .crossJoin(count(plan.usage_deletes, "usage_deletes")).crossJoin(count(plan.revived, "revived"))
-            .crossJoin(count(plan.identity_duplicates, "identity_duplicates"))
-            .crossJoin(count(plan.unruled, "unruled"))
-        ).first().asDict()
+        sizes = self._sizes(plan, batch)
         txn = (query_id, batch_id)
+        record = self._batch_record(spark, query_id, batch_id, sizes)
+        corrections = any(sizes[k] for k in ("usage_deletes", "revived", "duplicate_updates",
+                                             "usage_replaces", "account_replaces"))
+        if not corrections:
+            # The steady state: appends only, to different tables, so they commit side by side
+            # (a Delta commit is mostly waiting on the log, not CPU). Each is idempotent on its
+            # transaction id, so a replay after a crash part-way adds exactly what is missing.
+            writes = [(rows, table) for rows, table, size in (
+                (plan.quarantine, QUARANTINE, sizes["quarantine"]), (plan.duplicates, DUPLICATES, sizes["duplicates"]),
+                (plan.account, ACCOUNT, sizes["account"])) if size]
+            calls = [lambda rows=rows, table=table: self._append(spark, rows, table, txn) for rows, table in writes]
+            if sizes["usage"]:
+                calls.append(lambda: self._write_usage(spark, plan.usage, txn))
+            _run_together([*calls, lambda: self._append(spark, record, BATCHES, txn)])
+            return
         if sizes["quarantine"]:
             self._append(spark, plan.quarantine, QUARANTINE, txn)
         # Crash safety: a row moving between usage_events and duplicates is written to its
@@ -378,13 +391,58 @@ class SilverBatchWriter:
             self._merge_account(spark, plan.account)
         elif sizes["account"]:
             self._append(spark, plan.account, ACCOUNT, txn)
-        self._record_batch(query_id, batch_id, batch, plan, sizes)
+        self._append(spark, record, BATCHES, txn)
+
+    def _sizes(self, plan: SilverPlan, batch: DataFrame) -> dict:
+        """Every count the batch needs, in one job: which path each table takes (appends, or
+        the MERGEs of the correction path), which writes are empty, and the batch record."""
+        def count(df: DataFrame, name: str, cond: Column | None = None) -> DataFrame:
+            return df.agg(F.count(F.lit(1) if cond is None else F.when(cond, 1)).alias(name))
+
+        def by(df: DataFrame, key: Column, name: str) -> DataFrame:
+            return df.groupBy(key.alias("k")).count().agg(
+                F.map_from_entries(F.collect_list(F.struct("k", "count"))).alias(name))
+
+        copies = batch.transform(D.filter_copy_claims) if self.claims else batch
+        parts = [
+            count(plan.quarantine, "quarantine"),
+            count(plan.usage, "usage"), count(plan.usage, "usage_replaces", F.col("_replaces")),
+            count(plan.account, "account"), count(plan.account, "account_replaces", F.col("_replaces")),
+            count(plan.duplicates, "duplicates"), count(plan.duplicates, "duplicate_updates", F.col("_update")),
+            count(plan.usage_deletes, "usage_deletes"), count(plan.revived, "revived"),
+            count(plan.identity_duplicates, "identity_duplicates"), count(plan.unruled, "unruled"),
+            count(D.filter_kept(plan.decided), "kept_by_rules"),
+            copies.agg(F.count(F.lit(1)).alias("rows_in"),
+                       F.count(F.when(F.col("_problem").isNull() & F.col("is_late"), 1)).alias("late_events")),
+            by(filter_bad(copies), F.col("_problem.reason"), "quarantined"),
+            by(D.filter_dropped(plan.decided), F.col("rule"), "rule_drops"),
+        ]
+        row = parts[0]
+        for part in parts[1:]:
+            row = row.crossJoin(part)
+        return row.first().asDict()
+
+    @staticmethod
+    def _batch_record(spark: SparkSession, query_id: str, batch_id: int, sizes: dict) -> DataFrame:
+        # Kept usage: new events without a rule and every event the rules (re)decided as kept.
+        values = {
+            "query_id": query_id, "batch_id": batch_id, "rows_in": sizes["rows_in"],
+            "quarantined": sizes["quarantined"], "identity_duplicates": sizes["identity_duplicates"],
+            "rule_drops": sizes["rule_drops"], "late_events": sizes["late_events"],
+            "usage_events": sizes["kept_by_rules"] + sizes["unruled"], "account_events": sizes["account"],
+        }
+        schema = spec(BATCHES).struct_type()
+        return (spark.createDataFrame([tuple(values.get(f.name) for f in schema.fields)], schema)
+                .withColumn("processed_at", F.current_timestamp()))
 
     def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple[str, int]) -> None:
         """An idempotent append: a replayed batch finds its version committed and adds nothing."""
         query_id, batch_id = txn
-        self.lake.save(rows.select(*spec(table).column_names).write.format("delta").mode("append")
-                       .option("txnAppId", query_id).option("txnVersion", batch_id), table)
+        writer = (rows.select(*spec(table).column_names).write.format("delta").mode("append")
+                  .option("txnAppId", query_id).option("txnVersion", batch_id))
+        if table == BATCHES:   # a lake made before a count was added gains its column
+            writer = writer.option("mergeSchema", "true")
+        self.lake.save(writer, table)
 
     def _write_usage(self, spark: SparkSession, rows: DataFrame, txn: tuple[str, int]) -> None:
         self._append(spark, rows, USAGE, txn)
@@ -421,33 +479,39 @@ class SilverBatchWriter:
          .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
          .execute())
 
-    def _record_batch(self, query_id: str, batch_id: int, batch: DataFrame, plan: SilverPlan, sizes: dict) -> None:
-        copies = batch.transform(D.filter_copy_claims) if self.claims else batch
-        reasons = filter_bad(copies).groupBy(F.col("_problem.reason").alias("r")).count().agg(
-            F.map_from_entries(F.collect_list(F.struct("r", "count"))).alias("quarantined"))
-        drops = D.filter_dropped(plan.decided).groupBy("rule").count().agg(
-            F.map_from_entries(F.collect_list(F.struct("rule", "count"))).alias("rule_drops"))
-        totals = copies.agg(
-            F.count(F.lit(1)).alias("rows_in"),
-            F.count(F.when(F.col("_problem").isNull() & F.col("is_late"), 1)).alias("late_events"),
-        )
-        # Kept usage: new events without a rule and every event the rules (re)decided as kept.
-        kept = D.filter_kept(plan.decided).agg(F.count(F.lit(1)).alias("kept_by_rules"))
-        row = (
-            totals.crossJoin(reasons).crossJoin(drops).crossJoin(kept)
-            .select(
-                F.lit(query_id).alias("query_id"), F.lit(batch_id).cast("bigint").alias("batch_id"),
-                "rows_in", "quarantined",
-                F.lit(sizes["identity_duplicates"]).cast("bigint").alias("identity_duplicates"),
-                "rule_drops", "late_events",
-                (F.col("kept_by_rules") + F.lit(sizes["unruled"])).cast("bigint").alias("usage_events"),
-                F.lit(sizes["account"]).cast("bigint").alias("account_events"),
-                F.current_timestamp().alias("processed_at"),
-            )
-        )
-        self.lake.save(row.write.format("delta").mode("append")
-                       .option("txnAppId", query_id).option("txnVersion", batch_id).option("mergeSchema", "true"),
-                       BATCHES)
+
+def _inside(ranges: list[tuple]) -> Column:
+    """Rows within the given (topic, partition, first offset, last offset) ranges."""
+    inside = F.lit(False)
+    for topic, partition, first, last in ranges:
+        inside = inside | ((F.col("kafka_topic") == topic) & (F.col("kafka_partition") == partition)
+                           & F.col("kafka_offset").between(first, last))
+    return inside
+
+
+def _run_together(calls: list) -> None:
+    """Run each call on its own thread (inheriting the batch's local properties) and wait
+    for all; the first failure is raised once every call has finished."""
+    errors: list[BaseException] = []
+
+    def guarded(call):
+        def run():
+            try:
+                call()
+            except BaseException as e:  # noqa: BLE001 - re-raised on the batch's thread
+                errors.append(e)
+        return run
+
+    if len(calls) == 1:
+        calls[0]()
+        return
+    threads = [InheritableThread(target=guarded(call)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _query_id(spark: SparkSession) -> str:

@@ -29,7 +29,7 @@ def test_a_history_read_touches_only_the_batch_dates(spark, tmp_path):
     _usage_rows(spark, 300, 3).write.format("delta").mode("append").save(ctx.lake.path(S.USAGE))
     dates = spark.createDataFrame([(date(2026, 1, 2),)], "event_date date")
     # The batch's own rows, as the stream's batch names them: an offset range per partition.
-    own = spark.createDataFrame([("t", 0, 0, 9)], "kafka_topic string, kafka_partition int, _from bigint, _to bigint")
+    own = [("t", 0, 0, 9)]
 
     got = S.SilverBatchWriter(ctx)._stored(spark, S.USAGE, dates, own)
     assert got.select("event_date").distinct().collect() == [(date(2026, 1, 2),)]
@@ -39,6 +39,15 @@ def test_a_history_read_touches_only_the_batch_dates(spark, tmp_path):
     plan = got._jdf.queryExecution().executedPlan().toString()
     # (The plan's text cuts long filter lists, so the expression is matched by its head.)
     assert "dynamicpruningexpression(" in plan and "SubqueryAdaptiveBroadcast dynamicpruning" in plan, plan
+
+    # A span of dates the batch already knows (the rule scopes) prunes when planned.
+    span = F.col("event_date").between(F.lit(date(2026, 1, 2)), F.lit(date(2026, 1, 3)))
+    got = S.SilverBatchWriter(ctx)._stored(spark, S.USAGE, span, own)
+    assert sorted(r[0] for r in got.select("event_date").distinct().collect()) == [date(2026, 1, 2), date(2026, 1, 3)]
+    assert got.count() == 97 + 100 - 3     # offsets 2, 5 and 8 fall on 3 Jan
+    scan = got._jdf.queryExecution().executedPlan().toString()
+    partition_filters = scan.split("PartitionFilters: [")[1].split("]")[0]
+    assert "2026-01-02" in partition_filters and "2026-01-03" in partition_filters, scan
 
 
 def test_filter_touched_partitions_keeps_exactly_the_matching_rows(spark, tmp_path):
