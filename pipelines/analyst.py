@@ -189,15 +189,17 @@ def qualified(sql_name: str) -> tuple[str, ...]:
 
 def surface(lake: Lake, views: Iterable[str]) -> frozenset[tuple[str, ...]]:
     """Every relation the analyst may read, as the catalog names it: `spark_catalog.layer.table`
-    locally (Lake.register_views names each table so), the catalog table in Unity Catalog;
-    the analyst views likewise (pipelines/views.py: view_name)."""
+    locally (Lake.register_views names each table so), the catalog table in Unity Catalog and
+    its view in the analyst schema (views.surface_statements); the analyst views likewise
+    (pipelines/views.py: view_name)."""
     def name(logical: str) -> tuple[str, ...]:
         if catalog_name := lake.table_name(logical):
             return qualified(catalog_name)
         layer, table = split_table_name(logical)
         return ("spark_catalog", layer.lower(), table.lower())
 
-    return frozenset(name(n) for n in (*surface_tables(), *views))
+    exposed = [qualified(n) for n in map(lake.settings.analyst_table_name, surface_tables()) if n]
+    return frozenset([name(n) for n in (*surface_tables(), *views)] + exposed)
 
 
 def _first_line(exc: Exception) -> str:

@@ -345,21 +345,29 @@ def test_the_analyst_session_cannot_name_files_and_leaves_the_caller_alone(spark
 def test_in_a_catalog_the_surface_is_the_catalog_tables(spark, tmp_path):
     """Unity Catalog names (`<catalog>.<schema>.<layer>_<table>`), with Spark's session
     catalog standing in: silver and gold read, bronze and the quarantine refused."""
-    schema = "lakehouse_allowlist"
-    spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{schema} LOCATION '{tmp_path / schema}'")
+    schema, readers = "lakehouse_allowlist", "lakehouse_allowlist_analyst"
+    for name in (schema, readers):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{name} LOCATION '{tmp_path / name}'")
     lake = Lake(Settings(lake_root=tmp_path / "root", catalog="spark_catalog", schema=schema))
     try:
         for name in TABLES:
             lake.ensure(spark, name)
+        assert "analyst.usage_by_product_month" in register_views(spark, lake)
         allowed = surface(lake, load_views())
         session = analyst_session(spark)
-        checked_plan(session, f"SELECT count(*) FROM spark_catalog.{schema}.silver_usage_events", allowed)
-        checked_plan(session, f"DESCRIBE spark_catalog.{schema}.gold_daily_usage", allowed)
+        for sql in (f"SELECT count(*) FROM spark_catalog.{schema}.silver_usage_events",
+                    f"SELECT count(*) FROM spark_catalog.{readers}.silver_usage_events",   # the analysts' view
+                    f"SELECT * FROM spark_catalog.{readers}.analyst_usage_by_product_month",
+                    f"DESCRIBE spark_catalog.{schema}.gold_daily_usage"):
+            checked_plan(session, sql, allowed)
         for table in ("bronze_events", "silver_quarantine"):
             with pytest.raises(ReadOnlyQueryError, match=f"{schema}.{table}"):
                 checked_plan(session, f"SELECT * FROM spark_catalog.{schema}.{table}", allowed)
+        assert not spark.catalog.tableExists(f"spark_catalog.{readers}.bronze_events")
+        assert not spark.catalog.tableExists(f"spark_catalog.{readers}.silver_quarantine")
     finally:
-        spark.sql(f"DROP SCHEMA spark_catalog.{schema} CASCADE")
+        for name in (readers, schema):
+            spark.sql(f"DROP SCHEMA spark_catalog.{name} CASCADE")
 
 
 def test_a_plan_that_cannot_be_inspected_is_refused_not_skipped(spark, lake, monkeypatch):

@@ -122,6 +122,11 @@ def test_the_surface_names_what_the_catalog_resolves(tmp_path):
     assert ("spark_catalog", "analyst", "usage_by_product_month") in local
     assert ("spark_catalog", "bronze", "events") not in local
     uc = surface(Lake(Settings(lake_root=tmp_path, catalog="Main", schema="billing")), views)
-    assert ("main", "billing", "gold_daily_usage") in uc and ("main", "billing", "analyst_usage_by_product_month") in uc
-    assert ("main", "billing", "silver_quarantine") not in uc
+    assert ("main", "billing", "gold_daily_usage") in uc
+    # The analyst schema: the analyst views, and a view per surface table (views.surface_statements).
+    assert ("main", "billing_analyst", "analyst_usage_by_product_month") in uc
+    assert ("main", "billing_analyst", "silver_usage_events") in uc
+    for refused in (("main", "billing", "silver_quarantine"), ("main", "billing_analyst", "silver_quarantine"),
+                    ("main", "billing", "bronze_events"), ("main", "billing_analyst", "bronze_events")):
+        assert refused not in uc
     assert qualified("`a``b`.`C`") == ("a`b", "c")
