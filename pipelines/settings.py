@@ -40,6 +40,10 @@ class Settings:
     # then only holds checkpoints and export files, e.g. a UC volume).
     catalog: str | None = field(default_factory=lambda: os.environ.get("LAKEHOUSE_CATALOG") or None)
     schema: str = field(default_factory=lambda: _env("LAKEHOUSE_SCHEMA", "billing"))
+    # Unity Catalog: the schema the analyst group may read (databricks.yml grants SELECT on it
+    # and nothing on `schema`): the analyst views and one view per table of the analyst
+    # surface. Defaults to `<schema>_analyst`.
+    analyst_schema: str | None = field(default_factory=lambda: os.environ.get("LAKEHOUSE_ANALYST_SCHEMA") or None)
 
     def with_overrides(self, **kwargs) -> "Settings":
         clean = {k: v for k, v in kwargs.items() if v is not None}
@@ -63,7 +67,21 @@ class Settings:
         layer, table = split_table_name(logical_name)
         if not self.catalog:
             return None
-        return f"`{self.catalog}`.`{self.schema}`.`{layer}_{table}`"
+        # Analyst views live in the analyst schema, the one the analyst group is granted.
+        schema = self.analyst_schema_name if layer == "analyst" else self.schema
+        return f"`{self.catalog}`.`{schema}`.`{layer}_{table}`"
+
+    @property
+    def analyst_schema_name(self) -> str:
+        return self.analyst_schema or f"{self.schema}_analyst"
+
+    def analyst_table_name(self, logical_name: str) -> str | None:
+        """In a catalog, the view through which analysts read a table of the analyst surface,
+        `<catalog>.<analyst schema>.<layer>_<table>`; None locally (the table itself is read)."""
+        layer, table = split_table_name(logical_name)
+        if not self.catalog:
+            return None
+        return f"`{self.catalog}`.`{self.analyst_schema_name}`.`{layer}_{table}`"
 
     def checkpoint_path(self, job: str, query: str) -> str:
         """Checkpoints live beside the tables, one folder per job and query."""

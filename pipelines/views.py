@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pyspark.sql import SparkSession
 
-from pipelines.analyst import ReadOnlyQueryError, check_read_only
+from pipelines.analyst import ReadOnlyQueryError, check_read_only, surface_tables
 from pipelines.config import CONF_DIR
 from pipelines.settings import split_table_name
 from pipelines.tables import Lake, _sql_string as _quote, table_specs
@@ -97,7 +97,8 @@ def load_views(path: str | Path | None = None) -> dict[str, ViewSpec]:
 
 
 def view_name(lake: Lake, name: str) -> str:
-    """analyst.x -> `analyst`.`x` locally, the catalog table name in Unity Catalog."""
+    """analyst.x -> `analyst`.`x` locally; in Unity Catalog `<catalog>.<analyst schema>.analyst_x`
+    (Settings.table_name), the schema the analyst group is granted."""
     if catalog_name := lake.table_name(name):
         return catalog_name
     layer, view = split_table_name(name)
@@ -120,13 +121,29 @@ def create_statement(view: ViewSpec, lake: Lake) -> str:
             f"COMMENT {_quote(view.comment)} AS {render_sql(view, lake)}")
 
 
+def surface_statements(lake: Lake, tables) -> list[str]:
+    """In Unity Catalog, one view per table of the analyst surface in the analyst schema
+    (Settings.analyst_table_name): the analyst group is granted that schema only, and a view
+    reads with its owner's rights, so bronze and the quarantine stay out of its reach.
+    Locally there is nothing to create: the tables are read by their own names."""
+    out = []
+    for name in tables:
+        if exposed := lake.settings.analyst_table_name(name):
+            out.append(f"CREATE OR REPLACE VIEW {exposed} COMMENT {_quote(table_specs()[name].comment)} "
+                       f"AS SELECT * FROM {lake.table_name(name)}")
+    return out
+
+
 def register_views(spark: SparkSession, lake: Lake, views: dict[str, ViewSpec] | None = None) -> list[str]:
     """Create every view whose tables exist (after Lake.register_views, which names the
     tables locally); returns the views created. Views over tables not built yet (no
-    billing run, say) are skipped, not failed: they appear once the tables do."""
+    billing run, say) are skipped, not failed: they appear once the tables do. In a catalog,
+    the surface tables' views in the analyst schema too (`surface_statements`)."""
     views = load_views() if views is None else views
     if not lake.table_name(next(iter(views))):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS `{LAYER}`")
+    for statement in surface_statements(lake, [t for t in surface_tables() if lake.exists(spark, t)]):
+        spark.sql(statement)
     created = []
     for view in views.values():
         if all(lake.exists(spark, t) for t in view.tables):

@@ -5,7 +5,10 @@ import io
 
 import pytest
 
-from pipelines.analyst import ReadOnlyQueryError, check_plan_read_only, check_read_only, run_sql
+from pipelines.analyst import (ReadOnlyQueryError, check_plan_read_only, check_read_only, qualified, run_sql,
+                               surface, surface_tables)
+from pipelines.settings import Settings
+from pipelines.tables import Lake, table_specs
 
 READS = [
     "SELECT 1",
@@ -97,3 +100,33 @@ def test_run_sql_refuses_before_running_anything(spark, tmp_path):
     out = io.StringIO()
     run_sql(spark, settings, "SELECT 41 + 1 AS answer", fmt="csv", out=out)
     assert out.getvalue().split() == ["answer", "42"]
+
+
+def test_the_surface_is_silver_and_gold_without_raw_data():
+    tables = surface_tables()
+    assert "silver.usage_events" in tables and "gold.invoice_lines" in tables
+    for name in ("bronze.events", "silver.quarantine", "ops.quality_results"):
+        assert name not in tables
+    for name in table_specs():
+        if name.split(".")[0] in ("silver", "gold") and name != "silver.quarantine":
+            assert name in tables
+    # Raw record bytes (bronze's and the quarantine's key and value) never reach the surface.
+    for name in tables:
+        assert "binary" not in {c.type for c in table_specs()[name].columns}, name
+
+
+def test_the_surface_names_what_the_catalog_resolves(tmp_path):
+    views = ["analyst.usage_by_product_month"]
+    local = surface(Lake(Settings(lake_root=tmp_path)), views)
+    assert ("spark_catalog", "silver", "usage_events") in local
+    assert ("spark_catalog", "analyst", "usage_by_product_month") in local
+    assert ("spark_catalog", "bronze", "events") not in local
+    uc = surface(Lake(Settings(lake_root=tmp_path, catalog="Main", schema="billing")), views)
+    assert ("main", "billing", "gold_daily_usage") in uc
+    # The analyst schema: the analyst views, and a view per surface table (views.surface_statements).
+    assert ("main", "billing_analyst", "analyst_usage_by_product_month") in uc
+    assert ("main", "billing_analyst", "silver_usage_events") in uc
+    for refused in (("main", "billing", "silver_quarantine"), ("main", "billing_analyst", "silver_quarantine"),
+                    ("main", "billing", "bronze_events"), ("main", "billing_analyst", "bronze_events")):
+        assert refused not in uc
+    assert qualified("`a``b`.`C`") == ("a`b", "c")

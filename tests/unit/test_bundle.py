@@ -274,3 +274,18 @@ def test_the_cli_validates_the_bundle_when_it_is_installed(target, tmp_path):
     env_vars = jobs["lakehouse_billing_close"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert env_vars["KAFKA_BOOTSTRAP_SERVERS"] == "broker:9093"
     assert env_vars["KAFKA_SASL_PASSWORD"] == "{{secrets/billing-lakehouse/kafka-password}}"
+
+
+def test_analysts_are_granted_the_analyst_schema_only(bundle):
+    """Unity Catalog side of the analyst surface (README "Security"): SELECT on the analyst
+    schema (views over silver and gold, no bronze, no quarantine) for the analyst group, no
+    grant on the jobs' schema, and the jobs told the schema's deployed name."""
+    schemas = bundle["resources"]["schemas"]
+    analyst = schemas["analyst"]
+    assert analyst["catalog_name"] == "${var.catalog}" and analyst["name"] == "${var.analyst_schema}"
+    assert analyst["grants"] == [{"principal": "${var.analyst_group}", "privileges": ["USE_SCHEMA", "SELECT"]}]
+    assert all(s["name"] != "${var.schema}" for s in schemas.values()), "no schema resource re-declares the jobs' one"
+    env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
+    assert env["LAKEHOUSE_ANALYST_SCHEMA"] == "${resources.schemas.analyst.name}"
+    assert resolve(bundle, "prod")["resources"]["schemas"]["analyst"]["name"] == "lakehouse_analyst"
+    assert resolve(bundle, "dev")["resources"]["schemas"]["analyst"]["name"] == "billing_dev_analyst"

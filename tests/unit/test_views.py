@@ -9,7 +9,8 @@ from chispa import assert_df_equality
 
 from pipelines.settings import Settings
 from pipelines.tables import Lake, spec
-from pipelines.views import ViewConfigError, create_statement, load_views, parse_views, register_views
+from pipelines.views import (ViewConfigError, create_statement, load_views, parse_views, register_views,
+                             surface_statements)
 
 GOOD_SQL = "SELECT account_id FROM gold.daily_usage"
 
@@ -46,8 +47,20 @@ def test_the_shipped_views_load_and_name_their_tables():
 def test_in_a_catalog_views_and_tables_get_catalog_names():
     lake = Lake(Settings(catalog="main", schema="billing"))
     sql = create_statement(load_views()["analyst.usage_by_product_month"], lake)
-    assert sql.startswith("CREATE OR REPLACE VIEW `main`.`billing`.`analyst_usage_by_product_month` (`month` COMMENT")
+    assert sql.startswith("CREATE OR REPLACE VIEW `main`.`billing_analyst`.`analyst_usage_by_product_month` "
+                          "(`month` COMMENT")
     assert "FROM `main`.`billing`.`gold_daily_usage`" in sql and "gold.daily_usage" not in sql
+
+
+def test_in_a_catalog_the_analyst_schema_holds_a_view_per_surface_table():
+    """The analyst group is granted the analyst schema only (databricks.yml)."""
+    lake = Lake(Settings(catalog="main", schema="billing", analyst_schema="billing_readers"))
+    statements = surface_statements(lake, ["silver.usage_events", "gold.daily_usage"])
+    assert [s.split(" COMMENT ")[0] for s in statements] == [
+        "CREATE OR REPLACE VIEW `main`.`billing_readers`.`silver_usage_events`",
+        "CREATE OR REPLACE VIEW `main`.`billing_readers`.`gold_daily_usage`"]
+    assert statements[0].endswith("AS SELECT * FROM `main`.`billing`.`silver_usage_events`")
+    assert surface_statements(Lake(Settings()), ["silver.usage_events"]) == []
 
 
 @pytest.fixture
