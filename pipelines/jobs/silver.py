@@ -21,9 +21,13 @@ A micro-batch costs what its own rows cost (DESIGN section 8):
   copy may have left the state (its occurred_at older than ingested_at - H + future
   tolerance, dedup.with_needs_lookup) is looked up in silver, pruned to its event date.
 - Custom rules read only the touched keys' stored events within their period or window.
-- Steady state is one idempotent append per table (txnAppId = query id, txnVersion = batch
-  id). A MERGE runs only when a rule decision about a stored event changes (a late event
-  re-anchors a key) or a backfill brings an earlier copy than the one silver holds.
+- Steady state is one idempotent append per non-empty table (txnAppId = query id,
+  txnVersion = batch id), committed side by side with the batch record. A MERGE runs only
+  when a rule decision about a stored event changes (a late event re-anchors a key) or a
+  backfill brings an earlier copy than the one silver holds.
+- Apart from the writes, a batch runs a fixed handful of Spark jobs: the batch itself, its
+  good rows, one profile (which history reads it needs, its offset ranges, its rule
+  scopes' dates), the reads it needs, and one job for every count.
 
 Why the watermark is on ingestion time: bronze's ingested_at only moves forward, so no row
 is ever behind the watermark and Spark's stateful operator never silently drops a late
@@ -150,6 +154,23 @@ class SilverPlan:
     identity_duplicates: DataFrame
     decided: DataFrame
     unruled: DataFrame          # new usage events no custom rule governs (counted in the batch record)
+    own: list | DataFrame       # the batch's rows: offset ranges (a stream) or coordinates (a backfill)
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """Who writes: the stream's (query_id, batch_id), and how a replay is made harmless.
+
+    Delta's idempotent append (txnAppId/txnVersion) costs a look at the table's
+    transactions on every commit (about 0.4 s here, twice a plain append). Only the first
+    batch a stream runs after a start can be a replay of a crashed attempt (Spark runs a
+    batch only after the previous one committed), so only that one needs protecting, and
+    it appends only the rows its own offset ranges do not hold yet. A backfill slice keeps
+    the transaction ids (`txn`)."""
+    query_id: str
+    batch_id: int
+    may_replay: bool = True
+    txn: bool = False
 
 
 class SilverBatchWriter:
@@ -162,6 +183,7 @@ class SilverBatchWriter:
         self.ctx = ctx
         self.lake = ctx.lake
         self.claims = claims
+        self._started = False     # whether this run of the stream has met a batch yet
 
     # -- history reads, each pruned to what the batch can touch ---------------------------
     def _stored(self, spark: SparkSession, table: str, dates: DataFrame | Column | None, own) -> DataFrame:
@@ -230,10 +252,12 @@ class SilverBatchWriter:
         spark = batch_df.sparkSession
         # Materialised once; every frame below derives from it.
         batch = batch_df.localCheckpoint(eager=True)
+        who = BatchWrite(query_id, batch_id, may_replay=not self._started, txn=not self.claims)
+        self._started = True
         try:
             if not batch.isEmpty():   # stateful streams run empty batches to move the watermark
                 plan = self.plan(spark, batch)
-                self._write(spark, plan, batch, batch_id, query_id)
+                self._write(spark, plan, batch, who)
         finally:
             batch.unpersist()
 
@@ -311,7 +335,7 @@ class SilverBatchWriter:
                 usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
                 identity_duplicates=identity_duplicates,
                 decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string")}).limit(0),
-                unruled=unruled,
+                unruled=unruled, own=own,
             )
 
         stored = (self._rule_history(spark, rule_new, own, span)
@@ -350,14 +374,14 @@ class SilverBatchWriter:
             quarantine=quarantine, usage=usage, account=account, duplicates=duplicates,
             usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
             revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
-            identity_duplicates=identity_duplicates, decided=decided, unruled=unruled,
+            identity_duplicates=identity_duplicates, decided=decided, unruled=unruled, own=own,
         )
 
     # -- writes, in the crash-safe order ----------------------------------------------------
-    def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, batch_id: int, query_id: str) -> None:
+    def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, who: BatchWrite) -> None:
         sizes = self._sizes(plan, batch)
-        txn = (query_id, batch_id)
-        record = self._batch_record(spark, query_id, batch_id, sizes)
+        txn = (who, plan.own)
+        record = self._batch_record(spark, who.query_id, who.batch_id, sizes)
         corrections = any(sizes[k] for k in ("usage_deletes", "revived", "duplicate_updates",
                                              "usage_replaces", "account_replaces"))
         if not corrections:
@@ -435,16 +459,26 @@ class SilverBatchWriter:
         return (spark.createDataFrame([tuple(values.get(f.name) for f in schema.fields)], schema)
                 .withColumn("processed_at", F.current_timestamp()))
 
-    def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple[str, int]) -> None:
-        """An idempotent append: a replayed batch finds its version committed and adds nothing."""
-        query_id, batch_id = txn
-        writer = (rows.select(*spec(table).column_names).write.format("delta").mode("append")
-                  .option("txnAppId", query_id).option("txnVersion", batch_id))
+    def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple) -> None:
+        """An append a replayed batch cannot double (BatchWrite)."""
+        who, own = txn
+        writer = rows.select(*spec(table).column_names).write.format("delta").mode("append")
+        if who.txn:
+            writer = writer.option("txnAppId", who.query_id).option("txnVersion", who.batch_id)
+        elif who.may_replay:
+            if table == BATCHES:
+                key, mine = ["query_id", "batch_id"], (F.col("query_id") == who.query_id) & (F.col("batch_id") == who.batch_id)
+            else:
+                key, mine = COORDINATES, _inside(own)
+            # File statistics on the coordinates skip every file but the batch's own.
+            stored = self.lake.read(spark, table).filter(mine).select(*key)
+            writer = (rows.join(stored, on=key, how="left_anti").select(*spec(table).column_names)
+                      .write.format("delta").mode("append"))
         if table == BATCHES:   # a lake made before a count was added gains its column
             writer = writer.option("mergeSchema", "true")
         self.lake.save(writer, table)
 
-    def _write_usage(self, spark: SparkSession, rows: DataFrame, txn: tuple[str, int]) -> None:
+    def _write_usage(self, spark: SparkSession, rows: DataFrame, txn: tuple) -> None:
         self._append(spark, rows, USAGE, txn)
 
     def _upsert_duplicates(self, spark: SparkSession, source: DataFrame) -> None:

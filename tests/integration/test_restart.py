@@ -71,7 +71,8 @@ def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_s
         time.sleep(0.1)
     query.stop()
 
-    # 2. Crashed in the middle of a batch: quarantine and duplicates commit, the usage write dies.
+    # 2. Crashed in the middle of a batch: the usage write dies while the batch's other appends
+    #    (on their own threads) commit or not.
     write_usage = silver.SilverBatchWriter._write_usage
 
     def crash_in_write(self, spark_, *args):
@@ -110,3 +111,55 @@ def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_s
     assert interrupted["silver.duplicates"], "the generated stream must exercise the dedup rules"
     for table in COMPARED:
         assert interrupted[table] == uninterrupted[table], table
+
+
+def test_a_replayed_batch_appends_only_what_its_crashed_attempt_did_not(spark, tmp_path):
+    """Steady-state appends carry no transaction id (BatchWrite): the first batch a run
+    meets may be a replay and adds only the rows its offset ranges do not hold yet."""
+    from pyspark.sql import functions as F
+
+    from pipelines.jobs.common import JobContext
+    from pipelines.settings import Settings
+    from pipelines.tables import spec
+
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    for table in (silver.QUARANTINE, silver.BATCHES):
+        ctx.lake.ensure(spark, table)
+    types = {c.name: c.type for c in spec(silver.QUARANTINE).columns}
+
+    def rows(offsets, topic="t"):
+        df = spark.createDataFrame([(topic, p, o) for p, o in offsets],
+                                   "kafka_topic string, kafka_partition int, kafka_offset bigint")
+        return df.withColumns({c: F.lit(None).cast(t) for c, t in types.items() if c not in df.columns})
+
+    def stored():
+        return sorted(tuple(r) for r in ctx.lake.read(spark, silver.QUARANTINE)
+                      .select(*silver.COORDINATES).collect())
+
+    writer = silver.SilverBatchWriter(ctx)
+    earlier = [("t", 0, 0, 4)]                       # an earlier batch's range on partition 0
+    writer._append(spark, rows([(0, 0), (0, 4)]), silver.QUARANTINE, (silver.BatchWrite("q", 0, may_replay=False), earlier))
+    # The crashed attempt of batch 1 (ranges: partition 0 offsets 5-9, partition 1 offsets 0-3)
+    # committed two of its three rows before it died.
+    own = [("t", 0, 5, 9), ("t", 1, 0, 3)]
+    batch = rows([(0, 5), (0, 9), (1, 2)])
+    writer._append(spark, rows([(0, 5), (1, 2)]), silver.QUARANTINE, (silver.BatchWrite("q", 1, may_replay=False), own))
+    # The replay, the first batch of the next run: only the missing row is added.
+    writer._append(spark, batch, silver.QUARANTINE, (silver.BatchWrite("q", 1, may_replay=True), own))
+    assert stored() == [("t", 0, 0), ("t", 0, 4), ("t", 0, 5), ("t", 0, 9), ("t", 1, 2)]
+    # Replayed again: nothing.
+    writer._append(spark, batch, silver.QUARANTINE, (silver.BatchWrite("q", 1, may_replay=True), own))
+    assert len(stored()) == 5
+    # A first attempt is a plain append: the same rows again would be doubled (which is why
+    # only a run's first batch may skip the check, and why it must not be skipped there).
+    writer._append(spark, rows([(0, 5)]), silver.QUARANTINE, (silver.BatchWrite("q", 1, may_replay=False), own))
+    assert len(stored()) == 6
+
+    # The batch record is keyed by (query_id, batch_id).
+    record = silver.SilverBatchWriter._batch_record(spark, "q", 1, {
+        "rows_in": 3, "quarantined": {"bad_json": 3}, "identity_duplicates": 0, "rule_drops": {},
+        "late_events": 0, "kept_by_rules": 0, "unruled": 0, "account": 0})
+    for _ in range(2):
+        writer._append(spark, record, silver.BATCHES, (silver.BatchWrite("q", 1, may_replay=True), own))
+    got = ctx.lake.read(spark, silver.BATCHES).collect()
+    assert [(r.query_id, r.batch_id, r.rows_in, r.quarantined) for r in got] == [("q", 1, 3, {"bad_json": 3})]
