@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.jobs.common import JobContext, apply_trigger
 from pipelines import kafka_clients
+from pipelines.jobs.common import JobContext, apply_trigger
 from pipelines.tables import spec
 
 TABLE = "bronze.events"
