@@ -30,11 +30,9 @@ def _say(msg: str) -> None:
 
 def _reset_topic(settings: Settings) -> None:
     """A fresh demo starts from an empty topic, or old runs' records would be re-read."""
-    from kafka.admin import KafkaAdminClient
+    from pipelines import kafka_clients, kafka_local
 
-    from pipelines import kafka_local
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=30_000)
+    admin = kafka_clients.new_admin(settings, client_id="lakehouse-demo", request_timeout_ms=30_000)
     try:
         if settings.events_topic in admin.list_topics():
             admin.delete_topics([settings.events_topic], timeout_ms=30_000)

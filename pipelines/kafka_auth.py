@@ -1,18 +1,23 @@
-"""Kafka connection security, from the environment only: one place for Spark and kafka-python.
+"""Kafka connection security: credentials from the environment or a secret scope.
 
-Credentials never live in committed files. Locally nothing is set and the clients speak
-PLAINTEXT to the local broker. On a secured cluster the job's environment carries:
+pipelines/kafka_clients.py turns these into every client's settings (and refuses plaintext
+off this machine); this module only reads and checks them. Credentials never live in
+committed files. Locally nothing is set and the clients speak PLAINTEXT to the local
+broker. On a secured cluster the job's environment carries:
 
     KAFKA_SECURITY_PROTOCOL   PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     KAFKA_SASL_MECHANISM      PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512   (SASL_* only)
-    KAFKA_SASL_USERNAME
-    KAFKA_SASL_PASSWORD       or KAFKA_SASL_SECRET_SCOPE + KAFKA_SASL_SECRET_KEY, read
-                              through a secret getter (Databricks: dbutils.secrets.get)
+    KAFKA_SASL_USERNAME       and KAFKA_SASL_PASSWORD, or
+    KAFKA_SASL_SECRET_SCOPE   a secret scope holding them, read through a secret getter
+                              (Databricks: dbutils.secrets.get) under the keys
+                              KAFKA_SASL_USERNAME_KEY (default kafka-username) and
+                              KAFKA_SASL_SECRET_KEY (default kafka-password)
     KAFKA_SSL_CA_LOCATION     PEM file with the CA that signed the brokers' certificates
 
-On Databricks the simplest route is a job environment variable that references a secret,
-`KAFKA_SASL_PASSWORD: "{{secrets/billing/kafka-password}}"`, which the platform resolves
-when the cluster starts; the value is never written to the bundle.
+The bundle (databricks.yml) names the scope and the keys, so the values are read by the
+driver when a client is made and never sit in the cluster's environment. A variable set
+explicitly wins over the scope (a job environment variable that references a secret,
+`{{secrets/scope/key}}`, still works).
 
 The password is held in a `Secret`, whose repr and str are masked, so logging the
 settings, an exception or the auth object never prints it.
@@ -35,6 +40,9 @@ _LOGIN_MODULES = {
 # own Kafka examples name kafkashaded.org.apache.kafka.common.security.plain.PlainLoginModule.
 DATABRICKS_SHADED_PREFIX = "kafkashaded."
 MASK = "***"
+# The keys the bundle's secret scope holds (databricks.yml, var.kafka_secret_scope).
+DEFAULT_USERNAME_KEY = "kafka-username"
+DEFAULT_PASSWORD_KEY = "kafka-password"
 
 SecretGetter = Callable[[str, str], str]
 
@@ -106,20 +114,26 @@ class KafkaAuth:
         if mechanism not in MECHANISMS:
             raise KafkaAuthError(f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(MECHANISMS)}")
         username = get("KAFKA_SASL_USERNAME")
-        if not username:
-            raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
         password = env.get("KAFKA_SASL_PASSWORD") or None
-        scope, key = get("KAFKA_SASL_SECRET_SCOPE"), get("KAFKA_SASL_SECRET_KEY")
-        if password is None and (scope or key):
-            if not (scope and key):
-                raise KafkaAuthError("KAFKA_SASL_SECRET_SCOPE and KAFKA_SASL_SECRET_KEY go together")
+        scope = get("KAFKA_SASL_SECRET_SCOPE")
+        user_key, password_key = get("KAFKA_SASL_USERNAME_KEY"), get("KAFKA_SASL_SECRET_KEY")
+        if (user_key or password_key) and not scope:
+            raise KafkaAuthError("KAFKA_SASL_USERNAME_KEY / KAFKA_SASL_SECRET_KEY name keys in a secret scope; "
+                                 "set KAFKA_SASL_SECRET_SCOPE too")
+        if scope and (username is None or password is None):
             if secrets is None:
-                raise KafkaAuthError(f"the Kafka password is in secret scope {scope!r} (key {key!r}) but no secret "
+                raise KafkaAuthError(f"the Kafka credentials are in secret scope {scope!r} but no secret "
                                      "reader is available here (Databricks: pass dbutils.secrets.get)")
-            password = secrets(scope, key)
+            if username is None:
+                username = (secrets(scope, user_key or DEFAULT_USERNAME_KEY) or "").strip() or None
+            if password is None:
+                password = secrets(scope, password_key or DEFAULT_PASSWORD_KEY) or None
+        if not username:
+            raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME or "
+                                 "KAFKA_SASL_SECRET_SCOPE")
         if not password:
             raise KafkaAuthError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_PASSWORD or "
-                                 "KAFKA_SASL_SECRET_SCOPE + KAFKA_SASL_SECRET_KEY")
+                                 "KAFKA_SASL_SECRET_SCOPE")
         return cls(security_protocol=protocol, sasl_mechanism=mechanism, username=username,
                    password=Secret(password), ssl_ca_location=auth.ssl_ca_location,
                    shaded_client=auth.shaded_client)
@@ -168,7 +182,3 @@ class KafkaAuth:
             parts.append(f"CA {self.ssl_ca_location}")
         return ", ".join(parts)
 
-
-def kafka_auth(secrets: SecretGetter | None = None) -> KafkaAuth:
-    """The process's Kafka security settings (read from the environment on each call)."""
-    return KafkaAuth.from_env(secrets=secrets)

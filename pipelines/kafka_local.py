@@ -614,9 +614,13 @@ def _wait_until_ready(settings: Settings, lay: BrokerLayout, pid: int, timeout_s
 
 def _broker_registered(settings: Settings) -> bool:
     """True once the broker answers metadata requests and lists itself (unfenced)."""
+    from pipelines.kafka_auth import KafkaAuthError
+
     try:
         with _admin(settings, timeout_ms=2_000) as admin:
             brokers = admin.describe_cluster().get("brokers") or []
+    except KafkaAuthError:
+        raise  # the settings are wrong (plaintext refused...): waiting will not fix them
     except Exception as exc:  # any client error just means "not yet"
         log.debug("kafka not ready yet: %s", exc)
         return False
@@ -625,19 +629,16 @@ def _broker_registered(settings: Settings) -> bool:
 
 @contextlib.contextmanager
 def _admin(settings: Settings, *, timeout_ms: int = 10_000) -> Iterator[KafkaAdminClient]:
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    config = {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "client_id": "lakehouse-kafka-local",
-        "request_timeout_ms": timeout_ms,
-        # kafka-python 3 name; 2.x (still allowed by pyproject) rejects unknown keys.
-        "bootstrap_timeout_ms": timeout_ms,
-    }
-    config = {k: v for k, v in config.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
+    from pipelines import kafka_clients
+
     try:
-        admin = KafkaAdminClient(**config)
+        # The topic admin of every broker, local or not (notifications ensure their topic
+        # through it), so it takes the same security settings as every other client.
+        # bootstrap_timeout_ms is kafka-python 3's; kafka_clients drops it for 2.x.
+        admin = kafka_clients.new_admin(settings, client_id="lakehouse-kafka-local",
+                                        request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
     except KafkaError as exc:  # kafka-python 3 times out, 2.x raises NoBrokersAvailable
         raise KafkaLocalError(
             f"no Kafka broker answering at {settings.bootstrap_servers}; run `lakehouse kafka start`"

@@ -257,27 +257,28 @@ class _Publisher:
         self.topic_ready = False
 
     def _connect(self) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
         from kafka.errors import KafkaError
 
-        from pipelines.produce import producer_config
+        from pipelines import kafka_clients
+        from pipelines.produce import producer_tuning
 
         servers = self.settings.bootstrap_servers
         try:
             if not self.topic_ready:
                 self._ensure_topic()
             if self.producer is None:
-                config = producer_config(servers)
-                config.update(client_id="lakehouse-publish", transactional_id=f"lakehouse-publish.{self.topic}",
-                              enable_idempotence=True, linger_ms=0)
-                producer = KafkaProducer(**config)
+                config = producer_tuning(client_id="lakehouse-publish",
+                                         transactional_id=f"lakehouse-publish.{self.topic}",
+                                         enable_idempotence=True, linger_ms=0)
+                producer = kafka_clients.new_producer(self.settings, **config)
                 # Fences any earlier publisher of this topic and completes its transaction.
                 producer.init_transactions()
                 self.producer = producer
             if self.consumer is None:
-                self.consumer = KafkaConsumer(bootstrap_servers=servers, client_id="lakehouse-readback",
-                                              group_id=None, enable_auto_commit=False,
-                                              isolation_level="read_committed")
+                # Same protocol and credentials as the producer: a read-back that cannot log
+                # in fails the publish, and nothing is marked published.
+                self.consumer = kafka_clients.new_consumer(self.settings, client_id="lakehouse-readback",
+                                                           isolation_level="read_committed")
         except KafkaError as exc:
             self.close()
             raise PublishError(f"cannot publish to {self.topic!r} at {servers}: {exc!r}; is the broker up "
@@ -406,10 +407,12 @@ def read_topic(settings: Settings, topic: str, *, timeout_s: float = 10.0, raw: 
     """Every committed record of a topic, decoded (tests, the bench and audits):
     key, value (parsed JSON, or the bytes as sent with raw=True), headers, partition,
     offset, timestamp_ms."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                             enable_auto_commit=False, isolation_level="read_committed")
+    from pipelines import kafka_clients
+
+    consumer = kafka_clients.new_consumer(settings, client_id="lakehouse-read-topic",
+                                          isolation_level="read_committed")
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -1029,13 +1029,12 @@ class TokenBucket:
         self._last = now + wait
 
 
-def producer_config(bootstrap_servers: str) -> dict:
+def producer_tuning(**overrides) -> dict:
+    """How the project's producers batch and retry; servers and security are added by
+    pipelines/kafka_clients.py, the one place every Kafka client gets them from."""
     from kafka import KafkaProducer
 
-    from pipelines.kafka_auth import kafka_auth
-
     config: dict = {
-        "bootstrap_servers": bootstrap_servers,
         "client_id": "lakehouse-produce",
         "acks": "all",
         # The client is Python-bound; bigger batches after a short linger are its best lever.
@@ -1050,9 +1049,14 @@ def producer_config(bootstrap_servers: str) -> dict:
     if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG:
         config["enable_idempotence"] = True
         config["max_in_flight_requests_per_connection"] = 5
-    # Credentials come from the environment only (pipelines/kafka_auth.py).
-    config.update(kafka_auth().python_client_config())
-    return {k: v for k, v in config.items() if k in KafkaProducer.DEFAULT_CONFIG}
+    return {**config, **overrides}
+
+
+def producer_config(settings: Settings, **overrides) -> dict:
+    """The complete KafkaProducer keyword arguments of the event producer."""
+    from pipelines import kafka_clients
+
+    return kafka_clients.producer_config(settings, **producer_tuning(**overrides))
 
 
 def send(
@@ -1064,8 +1068,9 @@ def send(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Send every record (key/value bytes as given) and flush; returns how many were sent."""
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
+
+    from pipelines import kafka_clients
 
     topic = topic or settings.events_topic
     servers = settings.bootstrap_servers
@@ -1074,7 +1079,7 @@ def send(
         f"`lakehouse kafka start` or set KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers"
     )
     try:
-        producer = KafkaProducer(**producer_config(servers))
+        producer = kafka_clients.new_producer(settings, **producer_tuning())
     except KafkaError as exc:
         raise ProduceError(f"{unreachable} ({exc})") from exc
     bucket = TokenBucket(rate) if rate else None

@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines import kafka_clients
 from pipelines.jobs.common import JobContext, apply_trigger
-from pipelines.kafka_auth import kafka_auth
 from pipelines.tables import spec
 
 TABLE = "bronze.events"
@@ -21,7 +21,9 @@ JOB = "bronze"
 def read_kafka(spark: SparkSession, ctx: JobContext) -> DataFrame:
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", ctx.settings.bootstrap_servers)
+        # Bootstrap servers, SASL_SSL and friends: the one configuration every Kafka client
+        # of the project shares (credentials from the environment or a secret scope).
+        .options(**kafka_clients.spark_options(ctx.settings))
         .option("subscribe", ctx.settings.events_topic)
         .option("startingOffsets", "earliest")
         # Offsets that vanished before we read them (retention, topic recreated) are a
@@ -31,8 +33,6 @@ def read_kafka(spark: SparkSession, ctx: JobContext) -> DataFrame:
         # plan-rules publishes its plan.changed events in Kafka transactions; records of an
         # aborted transaction must never become billing input.
         .option("kafka.isolation.level", "read_committed")
-        # SASL_SSL and friends come from the environment, never from committed files.
-        .options(**kafka_auth().spark_options())
     )
     if ctx.run.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(ctx.run.max_offsets_per_trigger))

@@ -144,10 +144,17 @@ def test_targets_dev_is_development_and_prod_is_production(bundle):
         assert name in bundle["variables"]
 
 
-def test_kafka_credentials_are_secret_references_only(bundle):
+def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
+    """The jobs read the credentials through dbutils.secrets (pipelines/kafka_clients.py)
+    from the scope and keys named here; no value, nor a reference to one, is in the env."""
+    from pipelines.kafka_auth import DEFAULT_PASSWORD_KEY, DEFAULT_USERNAME_KEY
+
     env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
-    for key in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
-        assert re.fullmatch(r"\{\{secrets/\$\{var\.kafka_secret_scope\}/[a-z-]+\}\}", env[key]), env[key]
+    assert env["KAFKA_SASL_SECRET_SCOPE"] == "${var.kafka_secret_scope}"
+    assert (env["KAFKA_SASL_USERNAME_KEY"], env["KAFKA_SASL_SECRET_KEY"]) == (DEFAULT_USERNAME_KEY, DEFAULT_PASSWORD_KEY)
+    assert "KAFKA_SASL_USERNAME" not in env and "KAFKA_SASL_PASSWORD" not in env
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "${var.kafka_security_protocol}"
+    assert bundle["variables"]["kafka_security_protocol"]["default"] == "SASL_SSL"
     text = "\n".join(p.read_text() for p in [ROOT / "databricks.yml", *(ROOT / "resources").glob("*.yml")])
     assert not re.search(r"(password|token|secret)\s*:\s*['\"]?[A-Za-z0-9]{8,}", text, re.IGNORECASE)
 
@@ -273,7 +280,7 @@ def test_the_cli_validates_the_bundle_when_it_is_installed(target, tmp_path):
     assert set(jobs) == set(load_bundle()["resources"]["jobs"])
     env_vars = jobs["lakehouse_billing_close"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert env_vars["KAFKA_BOOTSTRAP_SERVERS"] == "broker:9093"
-    assert env_vars["KAFKA_SASL_PASSWORD"] == "{{secrets/billing-lakehouse/kafka-password}}"
+    assert env_vars["KAFKA_SASL_SECRET_SCOPE"] == "billing-lakehouse"
 
 
 def test_analysts_are_granted_the_analyst_schema_only(bundle):

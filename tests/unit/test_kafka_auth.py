@@ -1,4 +1,4 @@
-"""Kafka security settings: from the environment only, never printed."""
+"""Kafka security settings: from the environment or a secret scope, never printed."""
 from __future__ import annotations
 
 import logging
@@ -70,6 +70,18 @@ def test_password_from_a_secret_scope():
         KafkaAuth.from_env(env)
 
 
+def test_username_and_password_from_the_bundles_scope_keys():
+    """databricks.yml names only the scope (and the keys); both values come from it."""
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "KAFKA_SASL_SECRET_SCOPE": "billing-lakehouse"}
+    scope = {("billing-lakehouse", "kafka-username"): "svc-billing", ("billing-lakehouse", "kafka-password"): "pw"}
+    auth = KafkaAuth.from_env(env, secrets=lambda s, k: scope[(s, k)])
+    assert (auth.username, auth.password.reveal()) == ("svc-billing", "pw")
+    renamed = {**env, "KAFKA_SASL_USERNAME_KEY": "user", "KAFKA_SASL_SECRET_KEY": "pass"}
+    auth = KafkaAuth.from_env(renamed, secrets=lambda s, k: {"user": "u2", "pass": "p2"}[k])
+    assert (auth.username, auth.password.reveal()) == ("u2", "p2")
+
+
 @pytest.mark.parametrize("env, message", [
     ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL='TLS' is not one of"),
     ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD": "x"}, "needs KAFKA_SASL_USERNAME"),
@@ -77,8 +89,10 @@ def test_password_from_a_secret_scope():
     ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
       "KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM='GSSAPI'"),
     ({"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}, "does not use SASL"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_SECRET_KEY": "k"},
+     "set KAFKA_SASL_SECRET_SCOPE too"),
     ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_SECRET_SCOPE": "s"},
-     "go together"),
+     "no secret reader"),
 ])
 def test_incomplete_settings_are_named(env, message):
     with pytest.raises(KafkaAuthError, match=message):
@@ -90,7 +104,9 @@ def test_producer_config_takes_the_environment(monkeypatch):
 
     for k, v in SASL.items():
         monkeypatch.setenv(k, v)
-    config = producer_config("broker:9093")
+    from pipelines.settings import Settings
+
+    config = producer_config(Settings().with_overrides(bootstrap_servers="broker:9093"))
     assert config["security_protocol"] == "SASL_SSL"
     assert config["sasl_plain_password"] == PASSWORD
     assert config["ssl_cafile"] == "/etc/ssl/kafka-ca.pem"
