@@ -20,6 +20,7 @@ action is part of the outer one.
 from __future__ import annotations
 
 import argparse
+import os
 import inspect
 import statistics
 import sys
@@ -86,6 +87,7 @@ class Timings:
     """Wall seconds per (batch, calling line), and per batch in total."""
     by_line: dict[tuple[int, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     batch_total: dict[int, float] = field(default_factory=dict)
+    batch_jobs: dict[int, tuple[int, int]] = field(default_factory=dict)   # (jobs, stages)
     current_batch: int | None = None
     depth: int = 0
 
@@ -147,6 +149,8 @@ def timed_batches(timings: Timings, cls=silver_job.SilverBatchWriter, method: st
     original = getattr(cls, method)
 
     def timed(self, batch_df, batch_id, *rest):
+        sc = batch_df.sparkSession.sparkContext
+        before = _last_job_id(sc)
         timings.current_batch = batch_id
         started = time.perf_counter()
         try:
@@ -154,12 +158,35 @@ def timed_batches(timings: Timings, cls=silver_job.SilverBatchWriter, method: st
         finally:
             timings.batch_total[batch_id] = time.perf_counter() - started
             timings.current_batch = None
+            after = _last_job_id(sc)
+            jobs = range(before + 1, after)
+            timings.batch_jobs[batch_id] = (len(jobs), sum(len(info.stageIds) for j in jobs
+                                                           if (info := sc.statusTracker().getJobInfo(j))))
+            if os.environ.get("PROFILE_STAGES") and batch_id == 3:
+                for j in jobs:
+                    info = sc.statusTracker().getJobInfo(j)
+                    names = [(st.name if (st := sc.statusTracker().getStageInfo(i)) else "?") for i in info.stageIds]
+                    print("JOB", j, names, flush=True)
 
     setattr(cls, method, timed)
     try:
         yield
     finally:
         setattr(cls, method, original)
+
+
+def _last_job_id(sc) -> int:
+    """The id of a marker job run now (job ids are sequential, whichever thread runs them):
+    the jobs between two markers are the batch's, its parallel writes included. Not timed."""
+    group = "profile-marker"
+    saved = {k: sc.getLocalProperty(k) for k in ("spark.jobGroup.id", "spark.job.description")}
+    sc.setLocalProperty("spark.jobGroup.id", group)
+    try:
+        sc.parallelize([0], 1).count()
+        return max(sc.statusTracker().getJobIdsForGroup(group))
+    finally:
+        for k, v in saved.items():
+            sc.setLocalProperty(k, v)
 
 
 def batches_with_rows(timings: Timings, entry: str = "write_batch:") -> list[int]:
@@ -185,6 +212,9 @@ def report(timings: Timings, skip_first: int, top: int, job: str = "silver", ent
     covered = sum(per_batch.values())
     out = [f"{job} micro-batches with rows profiled: {len(batches)} (batch ids {batches[0]}..{batches[-1]}), "
            f"wall per batch: mean {total:.2f} s, median {statistics.median(timings.batch_total[b] for b in batches):.2f} s",
+           f"Spark jobs per batch: median {statistics.median(timings.batch_jobs[b][0] for b in batches):.0f} "
+           f"({statistics.median(timings.batch_jobs[b][1] for b in batches):.0f} stages, skipped ones included)"
+           if all(b in timings.batch_jobs for b in batches) else "",
            "", "| s per batch | share | calls per batch | line |", "|---:|---:|---:|---|"]
     for where, seconds in sorted(per_batch.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"| {seconds:.2f} | {seconds / total:.0%} | {calls[where] / len(batches):.1f} | `{where}` |")

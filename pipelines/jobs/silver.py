@@ -264,21 +264,18 @@ class SilverBatchWriter:
     def plan(self, spark: SparkSession, batch: DataFrame) -> SilverPlan:
         rules = self.ctx.rules
         silver = self.ctx.silver
-        if self.claims:
-            copies = batch.transform(D.filter_copy_claims).drop(D.CLAIM)
-            claimed = D.event_claims(batch).withColumn("_claimed", F.lit(True))
-        else:
-            copies, claimed = batch, None
+        copies = batch.transform(D.filter_copy_claims).drop(D.CLAIM) if self.claims else batch
         quarantine = copies.transform(filter_bad).transform(to_quarantine_rows)
-        good = copies.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
-        if claimed is not None:
-            good = (good.join(F.broadcast(claimed), on=D.IDENTITY, how="left")
-                    .withColumn("_claimed", F.coalesce("_claimed", F.lit(False)))
+        if self.claims:
+            good = (batch.transform(filter_good).transform(D.with_event_claimed)
+                    .transform(D.filter_copy_claims).drop(D.CLAIM)
+                    .transform(D.with_kafka_order).transform(D.with_copy_rank)
                     .transform(D.with_needs_lookup(int(silver.watermark_delay.total_seconds()),
                                                    int(silver.future_tolerance.total_seconds())))
                     .withColumn("_needs_lookup", F.col("_claimed") & F.col("_needs_lookup")))
         else:
-            good = good.withColumns({"_claimed": F.lit(True), "_needs_lookup": F.lit(True)})
+            good = (copies.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
+                    .withColumns({"_claimed": F.lit(True), "_needs_lookup": F.lit(True)}))
         good = good.transform(D.with_rule_name(rules)).localCheckpoint()
         first = good.transform(D.filter_first_copies)
         # One small aggregate decides which history reads the batch needs at all, and what
@@ -419,32 +416,42 @@ class SilverBatchWriter:
 
     def _sizes(self, plan: SilverPlan, batch: DataFrame) -> dict:
         """Every count the batch needs, in one job: which path each table takes (appends, or
-        the MERGEs of the correction path), which writes are empty, and the batch record."""
-        def count(df: DataFrame, name: str, cond: Column | None = None) -> DataFrame:
-            return df.agg(F.count(F.lit(1) if cond is None else F.when(cond, 1)).alias(name))
+        the MERGEs of the correction path), which writes are empty, and the batch record.
 
-        def by(df: DataFrame, key: Column, name: str) -> DataFrame:
-            return df.groupBy(key.alias("k")).count().agg(
-                F.map_from_entries(F.collect_list(F.struct("k", "count"))).alias(name))
-
+        One union of tagged rows and one aggregate (a crossJoin of an aggregate per output
+        would be a pair of stages each)."""
         copies = batch.transform(D.filter_copy_claims) if self.claims else batch
-        parts = [
-            count(plan.quarantine, "quarantine"),
-            count(plan.usage, "usage"), count(plan.usage, "usage_replaces", F.col("_replaces")),
-            count(plan.account, "account"), count(plan.account, "account_replaces", F.col("_replaces")),
-            count(plan.duplicates, "duplicates"), count(plan.duplicates, "duplicate_updates", F.col("_update")),
-            count(plan.usage_deletes, "usage_deletes"), count(plan.revived, "revived"),
-            count(plan.identity_duplicates, "identity_duplicates"), count(plan.unruled, "unruled"),
-            count(D.filter_kept(plan.decided), "kept_by_rules"),
-            copies.agg(F.count(F.lit(1)).alias("rows_in"),
-                       F.count(F.when(F.col("_problem").isNull() & F.col("is_late"), 1)).alias("late_events")),
-            by(filter_bad(copies), F.col("_problem.reason"), "quarantined"),
-            by(D.filter_dropped(plan.decided), F.col("rule"), "rule_drops"),
+        no = F.lit(None)
+        outputs = [   # (tag, rows, flag counted as `<tag>_flagged`, key of a count map)
+            ("quarantine", plan.quarantine, no, no),
+            ("usage", plan.usage, F.col("_replaces"), no),
+            ("account", plan.account, F.col("_replaces"), no),
+            ("duplicates", plan.duplicates, F.col("_update"), no),
+            ("usage_deletes", plan.usage_deletes, no, no),
+            ("revived", plan.revived, no, no),
+            ("identity_duplicates", plan.identity_duplicates, no, no),
+            ("unruled", plan.unruled, no, no),
+            ("kept_by_rules", D.filter_kept(plan.decided), no, no),
+            ("rows_in", copies, F.col("_problem").isNull() & F.col("is_late"), no),
+            ("quarantined", filter_bad(copies), no, F.col("_problem.reason")),
+            ("rule_drops", D.filter_dropped(plan.decided), no, F.col("rule")),
         ]
-        row = parts[0]
-        for part in parts[1:]:
-            row = row.crossJoin(part)
-        return row.first().asDict()
+        tagged = None
+        for tag, rows, flag, key in outputs:
+            part = rows.select(F.lit(tag).alias("_t"), flag.cast("boolean").alias("_f"), key.cast("string").alias("_k"))
+            tagged = part if tagged is None else tagged.unionByName(part)
+        counts = tagged.groupBy("_t", "_k").agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("_f"), 1)).alias("nf"))
+        columns = []
+        for tag, _, _, key in outputs:
+            mine = F.col("_t") == tag
+            if tag in ("quarantined", "rule_drops"):
+                columns.append(F.map_from_entries(F.collect_list(F.when(mine, F.struct("_k", "n")))).alias(tag))
+            else:
+                columns.append(F.coalesce(F.sum(F.when(mine, F.col("n"))), F.lit(0)).alias(tag))
+                columns.append(F.coalesce(F.sum(F.when(mine, F.col("nf"))), F.lit(0)).alias(f"{tag}_flagged"))
+        sizes = counts.agg(*columns).first().asDict()
+        return {**sizes, "usage_replaces": sizes["usage_flagged"], "account_replaces": sizes["account_flagged"],
+                "duplicate_updates": sizes["duplicates_flagged"], "late_events": sizes["rows_in_flagged"]}
 
     @staticmethod
     def _batch_record(spark: SparkSession, query_id: str, batch_id: int, sizes: dict) -> DataFrame:

@@ -230,9 +230,11 @@ def filter_copy_claims(df: DataFrame) -> DataFrame:
     return df.filter(F.col(CLAIM) == COPY_CLAIM)
 
 
-def event_claims(df: DataFrame) -> DataFrame:
-    """The identities whose event claim survived: new to the hot state in this batch."""
-    return df.filter(F.col(CLAIM) == EVENT_CLAIM).select(*IDENTITY).distinct()
+def with_event_claimed(df: DataFrame) -> DataFrame:
+    """_claimed: whether the row's identity has a surviving event claim in these rows (new
+    to the hot state in this batch). A window over the identity rather than a join: the
+    copy rank (with_copy_rank) partitions the same way, so both share one shuffle."""
+    return df.withColumn("_claimed", F.max(F.col(CLAIM) == EVENT_CLAIM).over(Window.partitionBy(*IDENTITY)))
 
 
 def with_needs_lookup(horizon_seconds: int, future_tolerance_seconds: int):
