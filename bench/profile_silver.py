@@ -60,6 +60,8 @@ def profile_parser(description: str, top: int = 25) -> argparse.ArgumentParser:
                         "older events are the ones silver looks up)")
     p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
     p.add_argument("--top", type=positive_int, default=top, help="lines shown")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting for the profiled session (repeatable), to try one out")
     return p
 
 
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="profile-silver-") as lake:
         settings = Settings(lake_root=Path(lake), events_topic=topic)
         say(f"silver writer from {silver_job.__file__}")
-        spark = build_spark("profile-silver")
+        spark = build_spark("profile-silver", extra_conf=dict(c.split("=", 1) for c in args.conf))
         try:
             bronze_in_batches(spark, settings, args)
             timings = Timings()
