@@ -21,13 +21,14 @@ A micro-batch costs what its own rows cost (DESIGN section 8):
   copy may have left the state (its occurred_at older than ingested_at - H + future
   tolerance, dedup.with_needs_lookup) is looked up in silver, pruned to its event date.
 - Custom rules read only the touched keys' stored events within their period or window.
-- Steady state is one idempotent append per non-empty table (txnAppId = query id,
-  txnVersion = batch id), committed side by side with the batch record. A MERGE runs only
-  when a rule decision about a stored event changes (a late event re-anchors a key) or a
-  backfill brings an earlier copy than the one silver holds.
+- Steady state is one append per non-empty table, committed side by side with the batch
+  record; the first batch of a run, which may replay a crashed attempt, adds only the rows
+  its offset ranges lack (BatchWrite). A MERGE runs only when a rule decision about a
+  stored event changes (a late event re-anchors a key) or a backfill brings an earlier copy
+  than the one silver holds.
 - Apart from the writes, a batch runs a fixed handful of Spark jobs: the batch itself, its
   good rows, one profile (which history reads it needs, its offset ranges, its rule
-  scopes' dates), the reads it needs, and one job for every count.
+  scopes' dates), the reads it needs, and one job for all the counts.
 
 Why the watermark is on ingestion time: bronze's ingested_at only moves forward, so no row
 is ever behind the watermark and Spark's stateful operator never silently drops a late
@@ -36,7 +37,8 @@ event. Event-time lateness is measured (is_late) and counted, not used to discar
 A replayed micro-batch (a crash before its checkpoint commit) meets the same state and the
 same silver rows, minus its own: history reads leave out rows with the batch's own Kafka
 coordinates, so the replay plans exactly what the first attempt planned, and every write
-is either skipped by its transaction id or keyed on coordinates.
+either adds only the rows missing from the batch's offset ranges (BatchWrite) or is keyed on
+coordinates.
 """
 from __future__ import annotations
 
