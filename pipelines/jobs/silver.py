@@ -384,9 +384,8 @@ class SilverBatchWriter:
         corrections = any(sizes[k] for k in ("usage_deletes", "revived", "duplicate_updates",
                                              "usage_replaces", "account_replaces"))
         if not corrections:
-            # The steady state: appends only, to different tables, so they commit side by side
-            # (a Delta commit is mostly waiting on the log, not CPU). Each is idempotent on its
-            # transaction id, so a replay after a crash part-way adds exactly what is missing.
+            # The steady state: appends only, to different tables, so they commit side by side.
+            # A replay after a crash part-way adds exactly what is missing (BatchWrite).
             writes = [(rows, table) for rows, table, size in (
                 (plan.quarantine, QUARANTINE, sizes["quarantine"]), (plan.duplicates, DUPLICATES, sizes["duplicates"]),
                 (plan.account, ACCOUNT, sizes["account"])) if size]
