@@ -224,11 +224,10 @@ class SilverBatchWriter:
         first and last event_date any scope can reach, when the batch knows them already."""
         rules = self.ctx.rules
         scoped = new_rule_events.transform(D.with_rule_scope(rules))
-        horizon = F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS")
         # One span per key (its events' scopes together): a stored event inside the span but
         # outside every scope is re-decided as it stands, which changes nothing.
         scopes = scoped.groupBy(*D.RULE_KEY).agg(F.min("_scope_start").alias("_scope_start"),
-                                                 F.max(F.coalesce("_scope_end", horizon)).alias("_scope_end"))
+                                                 F.max(_scope_end()).alias("_scope_end"))
         if span is not None and span[0] is not None:
             dates = F.col("event_date").between(F.lit(span[0]), F.lit(span[1]))
         else:
@@ -284,12 +283,11 @@ class SilverBatchWriter:
         # they may touch: the batch's own offset ranges and the rule scopes' dates.
         rule_scope = (first.filter(F.col("_claimed") & F.col("_rule").isNotNull())
                       .transform(D.with_rule_scope(rules)))
-        horizon = F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS")
         profile = (
             first.agg(F.count(F.when(F.col("_claimed") & F.col("_needs_lookup"), 1)).alias("probe"),
                       F.count(F.when(F.col("_claimed") & F.col("_rule").isNotNull(), 1)).alias("rule"))
             .crossJoin(rule_scope.agg(F.to_date(F.min("_scope_start")).alias("first_date"),
-                                      F.to_date(F.max(F.coalesce("_scope_end", horizon))).alias("last_date")))
+                                      F.to_date(F.max(_scope_end())).alias("last_date")))
             .crossJoin(copies.groupBy("kafka_topic", "kafka_partition")
                        .agg(F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
                        .agg(F.collect_list(F.struct("kafka_topic", "kafka_partition", "first", "last")).alias("own")))
@@ -424,7 +422,6 @@ class SilverBatchWriter:
         copies = batch.transform(D.filter_copy_claims) if self.claims else batch
         no = F.lit(None)
         outputs = [   # (tag, rows, flag counted as `<tag>_flagged`, key of a count map)
-            ("quarantine", plan.quarantine, no, no),
             ("usage", plan.usage, F.col("_replaces"), no),
             ("account", plan.account, F.col("_replaces"), no),
             ("duplicates", plan.duplicates, F.col("_update"), no),
@@ -451,7 +448,8 @@ class SilverBatchWriter:
                 columns.append(F.coalesce(F.sum(F.when(mine, F.col("n"))), F.lit(0)).alias(tag))
                 columns.append(F.coalesce(F.sum(F.when(mine, F.col("nf"))), F.lit(0)).alias(f"{tag}_flagged"))
         sizes = counts.agg(*columns).first().asDict()
-        return {**sizes, "usage_replaces": sizes["usage_flagged"], "account_replaces": sizes["account_flagged"],
+        # plan.quarantine holds exactly the bad copies counted by reason.
+        return {**sizes, "quarantine": sum(sizes["quarantined"].values()), "usage_replaces": sizes["usage_flagged"], "account_replaces": sizes["account_flagged"],
                 "duplicate_updates": sizes["duplicates_flagged"], "late_events": sizes["rows_in_flagged"]}
 
     @staticmethod
@@ -470,18 +468,16 @@ class SilverBatchWriter:
     def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple) -> None:
         """An append a replayed batch cannot double (BatchWrite)."""
         who, own = txn
-        writer = rows.select(*spec(table).column_names).write.format("delta").mode("append")
-        if who.txn:
-            writer = writer.option("txnAppId", who.query_id).option("txnVersion", who.batch_id)
-        elif who.may_replay:
+        if who.may_replay and not who.txn:
             if table == BATCHES:
                 key, mine = ["query_id", "batch_id"], (F.col("query_id") == who.query_id) & (F.col("batch_id") == who.batch_id)
             else:
                 key, mine = COORDINATES, _inside(own)
             # File statistics on the coordinates skip every file but the batch's own.
-            stored = self.lake.read(spark, table).filter(mine).select(*key)
-            writer = (rows.join(stored, on=key, how="left_anti").select(*spec(table).column_names)
-                      .write.format("delta").mode("append"))
+            rows = rows.join(self.lake.read(spark, table).filter(mine).select(*key), on=key, how="left_anti")
+        writer = rows.select(*spec(table).column_names).write.format("delta").mode("append")
+        if who.txn:
+            writer = writer.option("txnAppId", who.query_id).option("txnVersion", who.batch_id)
         if table == BATCHES:   # a lake made before a count was added gains its column
             writer = writer.option("mergeSchema", "true")
         self.lake.save(writer, table)
@@ -520,6 +516,12 @@ class SilverBatchWriter:
          .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in cols})
          .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
          .execute())
+
+
+def _scope_end() -> Column:
+    """A rule scope's end; an open one (a retry chain runs forward) ends where stored events
+    can: the future tolerance ahead of now."""
+    return F.coalesce(F.col("_scope_end"), F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS"))
 
 
 def _inside(ranges: list[tuple]) -> Column:
