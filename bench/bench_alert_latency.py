@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from kafka import KafkaProducer
 
-    from pipelines import kafka_local
+    from pipelines import kafka_local, kafka_topics
     from pipelines.jobs.common import JobContext, RunOptions
     from pipelines.produce import dumps, format_ts, to_ms
     from pipelines.runner import JOBS
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings().with_overrides(lake_root=str(lake_root), events_topic=f"bench.events.{stamp}",
                                          notifications_topic=f"bench.notifications.{stamp}")
     kafka_local.start(settings)
-    kafka_local.ensure_topics(settings, {settings.events_topic: 3, settings.notifications_topic: 3})
+    kafka_topics.ensure_topics(settings, {settings.events_topic: 3, settings.notifications_topic: 3})
     spark = build_spark("bench-alert-latency")
     machine = machine_info(spark, kafka=True)
     ctx = JobContext.from_settings(settings, RunOptions(continuous=True, processing_time=args.processing_time))

@@ -55,7 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines import kafka_local  # noqa: E402
+from pipelines import kafka_local, kafka_topics  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
@@ -128,7 +128,7 @@ def rate(rows: float, seconds: float) -> float:
 
 
 def produce(settings: Settings, topic: str, args: argparse.Namespace) -> dict:
-    kafka_local.ensure_topics(settings, {topic: args.partitions}, configs=kafka_local.RETAIN_EVERYTHING)
+    kafka_topics.ensure_topics(settings, {topic: args.partitions}, configs=kafka_local.RETAIN_EVERYTHING)
     options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
     kinds: Counter = Counter()
     every = max(10_000, args.events // 10)

@@ -251,7 +251,7 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import kafka_local
+    from pipelines import kafka_local, kafka_topics
     from pipelines.produce import GeneratorOptions, generate
 
     args = parse_args(argv)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"drill broker on {broker.bootstrap_servers} (data in {run_dir / 'kafka-local'})")
     kafka_local.start(broker)
-    kafka_local.ensure_topics(broker, {TOPIC: 3})
+    kafka_topics.ensure_topics(broker, {TOPIC: 3})
     try:
         now = datetime.now(UTC).replace(microsecond=0)
         # Forty days of event time: the previous calendar month is closed, so billing makes

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines import kafka_local  # noqa: E402
+from pipelines import kafka_topics  # noqa: E402
 from pipelines import notify as outbox  # noqa: E402
 from pipelines.jobs import notify as notify_job  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     topics = (f"profile.events.{stamp}", f"profile.notifications.{stamp}")
     with tempfile.TemporaryDirectory(prefix="profile-notify-") as lake:
         settings = Settings(lake_root=Path(lake), events_topic=topics[0], notifications_topic=topics[1])
-        kafka_local.ensure_topics(settings, {topics[1]: outbox.TOPIC_PARTITIONS})
+        kafka_topics.ensure_topics(settings, {topics[1]: outbox.TOPIC_PARTITIONS})
         spark = build_spark("profile-notify")
         try:
             bronze_in_batches(spark, settings, args)

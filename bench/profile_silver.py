@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines import kafka_local  # noqa: E402
+from pipelines import kafka_local, kafka_topics  # noqa: E402
 from pipelines.jobs import silver as silver_job  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
@@ -73,7 +73,7 @@ def bronze_in_batches(spark, settings: Settings, args: argparse.Namespace) -> in
     """--events generator events into settings.events_topic (a fresh one-partition topic), then
     bronze over them in --batches micro-batches, so bronze has that many versions; returns
     the events sent."""
-    kafka_local.ensure_topics(settings, {settings.events_topic: 1})
+    kafka_topics.ensure_topics(settings, {settings.events_topic: 1})
     options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC),
                                span=timedelta(hours=args.span_hours))
     sent = send(generate(options), settings, topic=settings.events_topic)

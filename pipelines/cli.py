@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                  "QualityGateFailed", "FraudError",
                  "KafkaAuthError", "PiiConfigError",
                  "BackfillError", "ViewConfigError", "AuditError",
-                 "NotificationError", "PublishError"}
+                 "NotificationError", "PublishError", "TopicAdminError"}
         if type(exc).__name__ in known and not args.verbose:
             print(f"lakehouse: {exc}", file=sys.stderr)
             return 2

@@ -30,7 +30,7 @@ def _say(msg: str) -> None:
 
 def _reset_topic(settings: Settings) -> None:
     """A fresh demo starts from an empty topic, or old runs' records would be re-read."""
-    from pipelines import kafka_clients, kafka_local
+    from pipelines import kafka_clients, kafka_topics
 
     admin = kafka_clients.new_admin(settings, client_id="lakehouse-demo", request_timeout_ms=30_000)
     try:
@@ -43,11 +43,11 @@ def _reset_topic(settings: Settings) -> None:
         admin.close()
     for _ in range(20):  # topic deletion finishes asynchronously on the broker
         try:
-            kafka_local.ensure_topics(settings, {settings.events_topic: 3})
+            kafka_topics.ensure_topics(settings, {settings.events_topic: 3})
             return
         except Exception:  # noqa: BLE001 - retried, then re-raised below
             time.sleep(0.5)
-    kafka_local.ensure_topics(settings, {settings.events_topic: 3})
+    kafka_topics.ensure_topics(settings, {settings.events_topic: 3})
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:

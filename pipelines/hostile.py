@@ -222,9 +222,8 @@ def corpus(seed: int, count: int, now: datetime | None = None) -> list[HostileRe
 def send(records, settings) -> int:
     """Send (key, value) records in order to settings.events_topic; returns the count."""
     from pipelines import kafka_clients
-    from pipelines.produce import producer_tuning
 
-    producer = kafka_clients.new_producer(settings, **producer_tuning(client_id="lakehouse-hostile"))
+    producer = kafka_clients.new_producer(settings, **kafka_clients.producer_tuning(client_id="lakehouse-hostile"))
     sent = 0
     try:
         for record in records:

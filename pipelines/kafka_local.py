@@ -24,12 +24,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
+from pipelines import kafka_topics
 from pipelines.settings import Settings, kafka_jars_dir
 
-if TYPE_CHECKING:  # kafka-python is imported lazily: `status` and `stop` never need it
-    from kafka import KafkaAdminClient
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +447,7 @@ def start(settings: Settings, *, timeout_s: float = 60) -> BrokerStatus:
             pid = _launch(lay, host, port)
             _wait_until_ready(settings, lay, pid, timeout_s)
 
-    ensure_topics(
+    kafka_topics.ensure_topics(
         settings,
         {settings.events_topic: DEFAULT_PARTITIONS, settings.notifications_topic: DEFAULT_PARTITIONS},
     )
@@ -472,50 +471,6 @@ def stop(settings: Settings, *, timeout_s: float = 30) -> bool:
         _wait_gone(pid, lay, 10)
     lay.pid_file.unlink(missing_ok=True)
     return True
-
-
-def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[str, str] | None = None) -> list[str]:
-    """Create the missing topics (name -> partitions); returns the names it created.
-
-    `configs` are topic-level settings for the topics this call creates, e.g.
-    RETAIN_EVERYTHING for a topic that must hold more than the broker's per-partition cap.
-    Existing topics are left alone, even with another partition count: adding partitions
-    would silently move keys to other partitions.
-    """
-    from kafka.errors import TopicAlreadyExistsError
-
-    with _admin(settings) as admin:
-        existing = set(admin.list_topics())
-        _warn_on_partition_mismatch(admin, {n: p for n, p in topics.items() if n in existing})
-        created: list[str] = []
-        for name, partitions in topics.items():
-            if name in existing:
-                continue
-            try:
-                admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
-                                            "configs": dict(configs or {})}})
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently (or auto-created by a client): fine
-        # kafka-python >= 3 can wait for leaders; without it the first produce just retries.
-        wait_for_topics = getattr(admin, "wait_for_topics", None)
-        if created and wait_for_topics is not None:
-            wait_for_topics(created, timeout_ms=30_000)
-        if created:
-            log.info("created kafka topics: %s", ", ".join(created))
-        return created
-
-
-def _warn_on_partition_mismatch(admin: KafkaAdminClient, wanted: dict[str, int]) -> None:
-    if not wanted:
-        return
-    for topic in admin.describe_topics(list(wanted)):
-        have = len(topic.get("partitions") or [])
-        if have != wanted.get(topic.get("name"), have):
-            log.warning(
-                "kafka topic %s has %s partitions, expected %s; recreate it to change",
-                topic["name"], have, wanted[topic["name"]],
-            )
 
 
 # --------------------------------------------------------------------------- start helpers
@@ -617,7 +572,7 @@ def _broker_registered(settings: Settings) -> bool:
     from pipelines.kafka_auth import KafkaAuthError
 
     try:
-        with _admin(settings, timeout_ms=2_000) as admin:
+        with kafka_topics.admin(settings, client_id="lakehouse-kafka-local", timeout_ms=2_000) as admin:
             brokers = admin.describe_cluster().get("brokers") or []
     except KafkaAuthError:
         raise  # the settings are wrong (plaintext refused...): waiting will not fix them
@@ -625,28 +580,6 @@ def _broker_registered(settings: Settings) -> bool:
         log.debug("kafka not ready yet: %s", exc)
         return False
     return any(not b.get("is_fenced", False) for b in brokers)
-
-
-@contextlib.contextmanager
-def _admin(settings: Settings, *, timeout_ms: int = 10_000) -> Iterator[KafkaAdminClient]:
-    from kafka.errors import KafkaError
-
-    from pipelines import kafka_clients
-
-    try:
-        # The topic admin of every broker, local or not (notifications ensure their topic
-        # through it), so it takes the same security settings as every other client.
-        # bootstrap_timeout_ms is kafka-python 3's; kafka_clients drops it for 2.x.
-        admin = kafka_clients.new_admin(settings, client_id="lakehouse-kafka-local",
-                                        request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
-    except KafkaError as exc:  # kafka-python 3 times out, 2.x raises NoBrokersAvailable
-        raise KafkaLocalError(
-            f"no Kafka broker answering at {settings.bootstrap_servers}; run `lakehouse kafka start`"
-        ) from exc
-    try:
-        yield admin
-    finally:
-        admin.close()
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -38,11 +38,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from json.encoder import encode_basestring as _encode_string
 from pathlib import Path
 from random import Random
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
+from pipelines.exact_json import decimal_text, dumps
 from pipelines.settings import Settings
 
 # --------------------------------------------------------------------------- vocabulary
@@ -100,9 +100,6 @@ GATEWAY_RETRY_WINDOW_MS = 10 * 60 * 1000
 # The quarantine threshold for occurred_at in the future (DESIGN section 3).
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
 
-# Producer timeouts; module-level so tests against a closed port need not wait long.
-BOOTSTRAP_TIMEOUT_MS = 10_000
-MAX_BLOCK_MS = 30_000
 
 _MS_PER_HOUR = 3600 * 1000
 _MS_PER_DAY = 24 * _MS_PER_HOUR
@@ -261,41 +258,6 @@ def format_ts(ms: int) -> str:
     """RFC 3339, UTC `Z`, millisecond precision: `2026-05-01T09:30:00.250Z`."""
     ts = from_ms(ms)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-def decimal_text(value: Decimal) -> str:
-    """Plain positional notation, no exponent, no trailing zeros: the JSON number text."""
-    if not value.is_finite():
-        raise ValueError(f"not a finite decimal: {value}")
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
-
-
-def dumps(obj: object) -> str:
-    """Compact JSON where Decimal becomes a bare number written exactly (never via float).
-
-    The stdlib encoder offers no hook to emit raw number text, so the walk is done here, with
-    the stdlib's own string escaper (UTF-8 kept as is, like ensure_ascii=False).
-    """
-    if isinstance(obj, str):
-        return _encode_string(obj)
-    if obj is None:
-        return "null"
-    if obj is True:
-        return "true"
-    if obj is False:
-        return "false"
-    if isinstance(obj, Decimal):
-        return decimal_text(obj)
-    if isinstance(obj, int):
-        return int.__repr__(obj)
-    if isinstance(obj, dict):
-        return "{" + ",".join(f"{_encode_string(str(k))}:{dumps(v)}" for k, v in obj.items()) + "}"
-    if isinstance(obj, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in obj) + "]"
-    if isinstance(obj, float):
-        raise TypeError("floats are not allowed in events; use Decimal")
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
 def encode_event(event: dict) -> bytes:
@@ -1029,36 +991,6 @@ class TokenBucket:
         self._last = now + wait
 
 
-def producer_tuning(**overrides) -> dict:
-    """How the project's producers batch and retry; servers and security are added by
-    pipelines/kafka_clients.py, the one place every Kafka client gets them from."""
-    from kafka import KafkaProducer
-
-    config: dict = {
-        "client_id": "lakehouse-produce",
-        "acks": "all",
-        # The client is Python-bound; bigger batches after a short linger are its best lever.
-        "linger_ms": 10,
-        "batch_size": 256 * 1024,
-        "retries": 10,
-        "max_block_ms": MAX_BLOCK_MS,
-        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
-    }
-    # Idempotence stops the producer's own retries from duplicating records; older
-    # kafka-python releases do not know the option.
-    if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG:
-        config["enable_idempotence"] = True
-        config["max_in_flight_requests_per_connection"] = 5
-    return {**config, **overrides}
-
-
-def producer_config(settings: Settings, **overrides) -> dict:
-    """The complete KafkaProducer keyword arguments of the event producer."""
-    from pipelines import kafka_clients
-
-    return kafka_clients.producer_config(settings, **producer_tuning(**overrides))
-
-
 def send(
     records: Iterable[SendableRecord],
     settings: Settings,
@@ -1079,7 +1011,7 @@ def send(
         f"`lakehouse kafka start` or set KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers"
     )
     try:
-        producer = kafka_clients.new_producer(settings, **producer_tuning())
+        producer = kafka_clients.new_producer(settings, **kafka_clients.producer_tuning(client_id="lakehouse-produce"))
     except KafkaError as exc:
         raise ProduceError(f"{unreachable} ({exc})") from exc
     bucket = TokenBucket(rate) if rate else None

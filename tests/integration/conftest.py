@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipelines import kafka_local, produce
+from pipelines import kafka_topics, produce
 from tests.integration.helpers import BILLED_EVENTS, context, run
 
 
@@ -17,7 +17,7 @@ def billed_lakehouse(spark, kafka_settings, tmp_path_factory):
     that only read what the jobs made: the analyst readers and the notebooks. Tests that
     change a lake build their own."""
     topic = f"test.billed.{uuid.uuid4().hex[:10]}"
-    kafka_local.ensure_topics(kafka_settings, {topic: 2})
+    kafka_topics.ensure_topics(kafka_settings, {topic: 2})
     records = produce.generate(produce.GeneratorOptions(count=BILLED_EVENTS, accounts=6, seed=5,
                                                         span=timedelta(days=40), now=datetime.now(timezone.utc)))
     settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("billed") / "lake"),

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import kafka_local, produce
+from pipelines import kafka_topics, produce
 from pipelines.backfill import BronzeRange, run_backfill
 from pipelines.tables import Lake
 from tests.integration.helpers import context, run
@@ -53,7 +53,7 @@ def versions(spark, settings) -> dict[str, int]:
 def built(spark, kafka_settings, tmp_path_factory):
     """A lake built by bronze -> silver -> gold in several micro-batches."""
     topic = f"test.backfill.{uuid.uuid4().hex[:10]}"
-    kafka_local.ensure_topics(kafka_settings, {topic: 2})
+    kafka_topics.ensure_topics(kafka_settings, {topic: 2})
     clock = datetime(2026, 10, 15, tzinfo=timezone.utc)
     records = list(produce.generate(produce.GeneratorOptions(
         count=500, accounts=5, seed=23, start=clock - timedelta(days=20), span=timedelta(days=20), now=clock,
