@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from kafka import KafkaProducer
 
-    from pipelines import kafka_local, kafka_topics
+    from pipelines import kafka_topics
+    from devtools import kafka_local
     from pipelines.jobs.common import JobContext, RunOptions
-    from pipelines.produce import dumps, format_ts, to_ms
+    from devtools.produce import dumps, format_ts, to_ms
     from pipelines.runner import JOBS
     from pipelines.session import build_spark
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_hostile.py                  # 100,000 records (broker running)
     .venv/bin/python bench/bench_hostile.py --count 5000
 
-1. `pipelines.hostile` generates the seeded corpus (truncated and deeply nested JSON, huge
+1. `devtools.hostile` generates the seeded corpus (truncated and deeply nested JSON, huge
    strings and numbers, NaN/Infinity, wrong types, invalid UTF-8, lone surrogates, empty and
    null keys and values, bad and future timestamps, duplicated keys, random bytes, and good
    events), sent to a fresh topic.
@@ -36,7 +36,7 @@ from bench_common import (  # noqa: E402
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 
-from pipelines import hostile  # noqa: E402
+from devtools import hostile  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 

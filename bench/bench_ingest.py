@@ -55,9 +55,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines import kafka_local, kafka_topics  # noqa: E402
+from pipelines import kafka_topics  # noqa: E402
+from devtools import kafka_local  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
+from devtools.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
@@ -596,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         socket.create_connection((host, port), timeout=2).close()
     except OSError as exc:
         say(f"no Kafka broker answering at {settings.bootstrap_servers} ({exc}); "
-            "start it with `.venv/bin/lakehouse kafka start`")
+            "start it with `make kafka-start`")
         return 2
     out = args.out.resolve()
     run_dir = out / f"run-{stamp}"

@@ -8,7 +8,7 @@ What happens:
 
 1. A private Kafka broker (own port and data dir under the run folder; the shared broker
    at 9092 is never touched) and a 3-partition topic.
-2. A producer thread sends a seeded `lakehouse produce` stream (duplicates, gateway
+2. A producer thread sends a seeded `python -m devtools produce` stream (duplicates, gateway
    retries, reopened tickets, late and bad records) at a steady rate; when the broker is
    down it waits and re-sends the unacknowledged chunk (extra copies the pipeline must
    absorb).
@@ -251,8 +251,9 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import kafka_local, kafka_topics
-    from pipelines.produce import GeneratorOptions, generate
+    from pipelines import kafka_topics
+    from devtools import kafka_local
+    from devtools.produce import GeneratorOptions, generate
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

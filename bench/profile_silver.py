@@ -36,10 +36,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines import kafka_local, kafka_topics  # noqa: E402
+from pipelines import kafka_topics  # noqa: E402
+from devtools import kafka_local  # noqa: E402
 from pipelines.jobs import silver as silver_job  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
+from devtools.produce import GeneratorOptions, generate, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.session import build_spark  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402

@@ -281,7 +281,7 @@ class _Publisher:
         except KafkaError as exc:
             self.close()
             raise PublishError(f"cannot publish to {self.topic!r} at {servers}: {exc!r}; is the broker up "
-                               "(`lakehouse kafka start`)?") from exc
+                               "(locally: `make kafka-start`)?") from exc
 
     def _ensure_topic(self) -> None:
         try:

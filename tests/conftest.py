@@ -22,7 +22,7 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kafka_settings() -> Settings:
     """The shared broker `make test` starts; started here too if it is not running."""
-    from pipelines import kafka_local
+    from devtools import kafka_local
 
     settings = Settings()
     kafka_local.start(settings)

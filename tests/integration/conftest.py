@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipelines import kafka_topics, produce
+from pipelines import kafka_topics
+from devtools import produce
 from tests.integration.helpers import BILLED_EVENTS, context, run
 
 

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import kafka_topics, produce
+from pipelines import kafka_topics
+from devtools import produce
 from pipelines.backfill import BronzeRange, run_backfill
 from pipelines.tables import Lake
 from tests.integration.helpers import context, run

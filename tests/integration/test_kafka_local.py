@@ -15,8 +15,9 @@ from typing import Iterator
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from pipelines import kafka_local, kafka_topics
-from pipelines.kafka_local import KafkaLocalError
+from pipelines import kafka_topics
+from devtools import kafka_local
+from devtools.kafka_local import KafkaLocalError
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.kafka

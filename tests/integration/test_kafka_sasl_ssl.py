@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import kafka_clients, kafka_local, kafka_topics, produce
+from pipelines import kafka_clients, kafka_topics
+from devtools import kafka_local, produce
 from pipelines.notify import (
     _publisher, close_publishers, notification_id, publish_pending, read_topic, stage_notifications, stage_rows,
 )
@@ -144,7 +145,7 @@ def note(n: int) -> dict:
 def test_every_client_reaches_a_sasl_ssl_broker(spark, sasl_broker):
     settings, _env = sasl_broker
 
-    # Topic admin (the one notifications and `lakehouse kafka start` use).
+    # Topic admin (the one notifications and `python -m devtools kafka start` use).
     created = kafka_topics.ensure_topics(settings, {settings.events_topic: 2, settings.notifications_topic: 2})
     assert sorted(created) == sorted([settings.events_topic, settings.notifications_topic])
 

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import pytest
 
-from pipelines import produce
-from pipelines.produce import FileRecord, GeneratorOptions, generate, read_records_file, send
+from devtools import produce
+from devtools.produce import FileRecord, GeneratorOptions, generate, read_records_file, send
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.kafka

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipelines import produce
+from devtools import produce
 from pipelines.jobs import silver
 from pipelines.tables import Lake
 from tests.integration.helpers import context, run

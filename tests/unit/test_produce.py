@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipelines import kafka_clients, produce
-from pipelines.produce import (
+from pipelines import kafka_clients
+from devtools import produce
+from devtools.produce import (
     BAD_REASONS,
     PLANS,
     REQUIRED_FIELDS,

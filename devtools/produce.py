@@ -1,4 +1,4 @@
-"""`lakehouse produce`: a synthetic but realistic billing event stream for Kafka.
+"""`python -m devtools produce`: a synthetic but realistic billing event stream for Kafka.
 
 Three layers, IO at the edges:
 
@@ -1008,7 +1008,7 @@ def send(
     servers = settings.bootstrap_servers
     unreachable = (
         f"Kafka broker not reachable at {servers} (bootstrap servers); start it with "
-        f"`lakehouse kafka start` or set KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers"
+        f"`make kafka-start` or set KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers"
     )
     try:
         producer = kafka_clients.new_producer(settings, **kafka_clients.producer_tuning(client_id="lakehouse-produce"))

@@ -1,4 +1,4 @@
-"""`lakehouse demo`: the whole local story in one command, with a readable summary.
+"""`python -m devtools demo` (`make demo`): the whole local story in one command, with a readable summary.
 
 Starts the local broker, sends a seeded synthetic stream (duplicates, gateway retries,
 reopened tickets, late events, bad records), runs bronze -> silver -> gold with progress,
@@ -51,7 +51,7 @@ def _reset_topic(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
-    from pipelines import kafka_local, produce
+    from devtools import kafka_local, produce
 
     started = time.monotonic()
     _say(f"1/4 kafka: starting the local broker on {settings.bootstrap_servers}")
@@ -91,7 +91,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     reporter = run_jobs(spark, ctx, ["bronze", "silver", "gold", "billing", "export"])
 
     _say("4/4 summary")
-    from pipelines.summary import render_summary
+    from devtools.summary import render_summary
 
     print(render_summary(spark, ctx.lake, reporter, sent_kinds=kinds))
     print("(The demo sends forty days of event time at once, so most events count as late: their\n"
