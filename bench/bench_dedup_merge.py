@@ -147,7 +147,7 @@ def thirds(times: list[float]) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    from devtools.produce import GeneratorOptions, generate
+    from devtools.generator import GeneratorOptions, generate
     from pipelines.session import build_spark
 
     args = parse_args(argv)

@@ -253,7 +253,7 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from pipelines import kafka_topics
     from devtools import kafka_local
-    from devtools.produce import GeneratorOptions, generate
+    from devtools.generator import GeneratorOptions, generate
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

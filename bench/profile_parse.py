@@ -39,7 +39,7 @@ from pipelines.contract import load_contract  # noqa: E402
 from pipelines.jobs import silver as silver_job  # noqa: E402
 from pipelines.jobs.common import JobContext  # noqa: E402
 from pipelines.pii import load_pii_config, with_protected_properties  # noqa: E402
-from devtools.produce import GeneratorOptions, generate  # noqa: E402
+from devtools.generator import GeneratorOptions, generate  # noqa: E402
 from pipelines.session import build_spark  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from pipelines.transforms.parse import parse_events  # noqa: E402

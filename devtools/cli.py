@@ -38,9 +38,9 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from devtools import produce
+    from devtools import generator
 
-    produce.run(args, settings_from(args))
+    generator.run(args, settings_from(args))
     return 0
 
 
@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from devtools import produce
+    from devtools import generator
 
     parser = argparse.ArgumentParser(prog="devtools", description="Development tools of the usage-billing "
                                                                   "lakehouse (not shipped in the wheel)")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.set_defaults(func=_cmd_kafka)
 
     prod = sub.add_parser("produce", help="send synthetic or recorded events to Kafka")
-    produce.add_arguments(prod)
+    generator.add_arguments(prod)
     if not any(a.dest == "lake_root" for a in prod._actions):
         prod.add_argument("--lake-root", help=argparse.SUPPRESS)
     prod.set_defaults(func=_cmd_produce)

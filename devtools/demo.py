@@ -51,7 +51,7 @@ def _reset_topic(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
-    from devtools import kafka_local, produce
+    from devtools import kafka_local, generator
 
     started = time.monotonic()
     _say(f"1/4 kafka: starting the local broker on {settings.bootstrap_servers}")
@@ -65,20 +65,20 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     # Forty days of event time: the previous month closes, so billing has final lines to
     # export as well as this month's running estimate. Twice the quarantine SLO's 1 % of bad
     # records, so the status table shows the monitor firing.
-    gen = produce.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
+    gen = generator.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
                                    span=timedelta(days=40), bad=0.02)
     kinds: Counter[str] = Counter()
 
     def tagged():
-        for record in produce.generate(gen):
-            kinds[produce.kind_family(record.kind)] += 1
+        for record in generator.generate(gen):
+            kinds[generator.kind_family(record.kind)] += 1
             yield record
 
     def progress(n: int) -> None:
         if n % 5000 == 0:
             _say(f"    sent {n:,}/{options.events:,}")
 
-    sent = produce.send(tagged(), settings, progress=progress)
+    sent = generator.send(tagged(), settings, progress=progress)
     _say(f"    sent {sent:,} records: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
     _say("3/4 jobs: bronze -> silver -> gold (availableNow: process everything, then stop), billing, export")
