@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines import kafka_topics
     from devtools import kafka_local
     from pipelines.jobs.common import JobContext, RunOptions
-    from devtools.generator import dumps, format_ts, to_ms
+    from devtools.generator import format_ts, to_ms
+    from pipelines.exact_json import dumps
     from pipelines.runner import JOBS
     from pipelines.session import build_spark
 

@@ -58,7 +58,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
 from pipelines import kafka_topics  # noqa: E402
 from devtools import kafka_local  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from devtools.generator import GeneratorOptions, generate, kind_family, send  # noqa: E402
+from devtools.generator import GeneratorOptions, generate, kind_family  # noqa: E402
+from devtools.sender import send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)

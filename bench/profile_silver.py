@@ -40,7 +40,8 @@ from pipelines import kafka_topics  # noqa: E402
 from devtools import kafka_local  # noqa: E402
 from pipelines.jobs import silver as silver_job  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from devtools.generator import GeneratorOptions, generate, send  # noqa: E402
+from devtools.generator import GeneratorOptions, generate  # noqa: E402
+from devtools.sender import send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.session import build_spark  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402

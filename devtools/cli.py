@@ -38,9 +38,9 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from devtools import generator
+    from devtools import produce
 
-    generator.run(args, settings_from(args))
+    produce.run(args, settings_from(args))
     return 0
 
 
@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from devtools import generator
+    from devtools import produce
 
     parser = argparse.ArgumentParser(prog="devtools", description="Development tools of the usage-billing "
                                                                   "lakehouse (not shipped in the wheel)")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.set_defaults(func=_cmd_kafka)
 
     prod = sub.add_parser("produce", help="send synthetic or recorded events to Kafka")
-    generator.add_arguments(prod)
+    produce.add_arguments(prod)
     if not any(a.dest == "lake_root" for a in prod._actions):
         prod.add_argument("--lake-root", help=argparse.SUPPRESS)
     prod.set_defaults(func=_cmd_produce)

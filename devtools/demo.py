@@ -51,7 +51,7 @@ def _reset_topic(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
-    from devtools import kafka_local, generator
+    from devtools import generator, kafka_local, sender
 
     started = time.monotonic()
     _say(f"1/4 kafka: starting the local broker on {settings.bootstrap_servers}")
@@ -78,7 +78,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         if n % 5000 == 0:
             _say(f"    sent {n:,}/{options.events:,}")
 
-    sent = generator.send(tagged(), settings, progress=progress)
+    sent = sender.send(tagged(), settings, progress=progress)
     _say(f"    sent {sent:,} records: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
     _say("3/4 jobs: bronze -> silver -> gold (availableNow: process everything, then stop), billing, export")

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipelines import kafka_topics
-from devtools import generator
+from devtools import generator, sender
 from tests.integration.helpers import BILLED_EVENTS, context, run
 
 
@@ -23,6 +23,6 @@ def billed_lakehouse(spark, kafka_settings, tmp_path_factory):
                                                         span=timedelta(days=40), now=datetime.now(timezone.utc)))
     settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("billed") / "lake"),
                                              events_topic=topic)
-    generator.send(records, settings)
+    sender.send(records, settings)
     run(spark, context(settings), "bronze", "silver", "gold", "billing", "export")
     return settings

@@ -16,7 +16,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines import kafka_topics
-from devtools import generator
+from devtools import generator, sender
 from pipelines.backfill import BronzeRange, run_backfill
 from pipelines.tables import Lake
 from tests.integration.helpers import context, run
@@ -61,7 +61,7 @@ def built(spark, kafka_settings, tmp_path_factory):
         duplicates=0.1, gateway_retries=0.08, reopened_tickets=0.08, late=0.05, bad=0.04)))
     settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("backfill") / "lake"),
                                              events_topic=topic)
-    generator.send(records, settings)
+    sender.send(records, settings)
     # Three bronze and about three silver micro-batches: enough cuts for "however the stream
     # had cut its micro-batches", few enough to keep the fixture under a minute.
     ctx = context(settings, watermark_seconds=1, max_offsets_per_trigger=250, max_files_per_trigger=2)

@@ -3,7 +3,7 @@
 The test makes a self-signed certificate (keytool, from the JDK that runs the broker) and
 starts its own KRaft broker from the same jars as the local one, on free ports, listening
 SASL_SSL with SASL/PLAIN only. Then, configured by environment variables alone (as a job
-is), the topic admin (ensure_topics), the producer (generator.send), read_topic, the
+is), the topic admin (ensure_topics), the producer (devtools.sender.send), read_topic, the
 notification publisher (its transactional producer and read_committed read-back
 consumer) and the Spark Kafka source (the bronze job) all reach it. The shared local
 broker is not touched.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import kafka_clients, kafka_topics
-from devtools import kafka_local, generator
+from devtools import generator, kafka_local, sender
 from pipelines.notify import (
     _publisher, close_publishers, notification_id, publish_pending, read_topic, stage_notifications, stage_rows,
 )
@@ -153,7 +153,7 @@ def test_every_client_reaches_a_sasl_ssl_broker(spark, sasl_broker):
     records = list(generator.generate(generator.GeneratorOptions(count=EVENTS, accounts=3, seed=11,
                                                              span=timedelta(days=1),
                                                              now=datetime.now(timezone.utc))))
-    assert generator.send(records, settings) == EVENTS
+    assert sender.send(records, settings) == EVENTS
 
     # read_topic (a read_committed consumer).
     on_topic = read_topic(settings, settings.events_topic, raw=True)

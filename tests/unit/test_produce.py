@@ -14,7 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pipelines import kafka_clients
-from devtools import generator
+from devtools import generator, produce, record_files, sender
 from devtools.generator import (
     BAD_REASONS,
     PLANS,
@@ -22,15 +22,11 @@ from devtools.generator import (
     USAGE_REQUIRED_FIELDS,
     GeneratorOptions,
     ProducedRecord,
-    ProduceError,
-    RecordFileError,
-    TokenBucket,
-    format_record_line,
     generate,
     kind_family,
-    parse_record_line,
-    read_records_file,
 )
+from devtools.record_files import RecordFileError, format_record_line, parse_record_line, read_records_file
+from devtools.sender import ProduceError, TokenBucket
 from pipelines.settings import REPO_ROOT, Settings
 
 SCHEMA = json.loads((REPO_ROOT / "schemas" / "events" / "v1.json").read_text(encoding="utf-8"))
@@ -362,7 +358,7 @@ def test_json_line_is_sent_byte_for_byte_with_account_key() -> None:
     record = parse_record_line(line, 3)
     assert record is not None
     assert record.value == line and record.key == "acct_é".encode() and record.partition is None
-    assert record.kind == generator.KIND_FILE_JSON
+    assert record.kind == record_files.KIND_FILE_JSON
 
 
 def test_json_line_without_string_account_has_no_key() -> None:
@@ -430,7 +426,7 @@ def test_dry_run_lines_round_trip_every_generated_record() -> None:
         assert "\n" not in line
         parsed = parse_record_line(line.encode("utf-8"), 1)
         assert (parsed.key, parsed.value) == (r.key, r.value), r.kind
-        json_lines += parsed.kind == generator.KIND_FILE_JSON
+        json_lines += parsed.kind == record_files.KIND_FILE_JSON
     assert json_lines > 0.8 * len(recs)  # readable, not base64, wherever possible
 
 
@@ -463,7 +459,7 @@ def test_token_bucket_holds_the_rate_by_sleeping() -> None:
 
 def parse_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    generator.add_arguments(parser)
+    produce.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -481,7 +477,7 @@ def test_flag_defaults() -> None:
 
 def test_run_dry_run_prints_records_and_summarises(capsys: pytest.CaptureFixture[str]) -> None:
     args = parse_args("--count", "300", "--accounts", "5", "--dry-run", "--start", "2026-04-30T12:00:00Z")
-    summary = generator.run(args, Settings())
+    summary = produce.run(args, Settings())
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert len(lines) == 300 == summary.records == sum(summary.kinds.values())
@@ -492,7 +488,7 @@ def test_run_dry_run_prints_records_and_summarises(capsys: pytest.CaptureFixture
 def test_run_dry_run_from_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text('{"event_id":"e1","account_id":"a1"}\n# skip\n{"key":null,"value_b64":"AA=="}\n')
-    summary = generator.run(parse_args("--from-file", str(path), "--dry-run", "--topic", "t1"), Settings())
+    summary = produce.run(parse_args("--from-file", str(path), "--dry-run", "--topic", "t1"), Settings())
     out, _ = capsys.readouterr()
     assert out.splitlines() == ['{"event_id":"e1","account_id":"a1"}', '{"key": null, "value_b64": "AA=="}']
     assert summary.kinds == {"file:json": 1, "file:raw": 1} and summary.topic == "t1"
@@ -503,4 +499,4 @@ def test_send_to_a_closed_port_names_the_bootstrap_servers(monkeypatch: pytest.M
     monkeypatch.setattr(kafka_clients, "MAX_BLOCK_MS", 500)
     settings = Settings().with_overrides(bootstrap_servers="127.0.0.1:1")
     with pytest.raises(ProduceError, match=r"127\.0\.0\.1:1"):
-        generator.send([ProducedRecord(b"k", b"{}", "event")], settings, topic="nowhere")
+        sender.send([ProducedRecord(b"k", b"{}", "event")], settings, topic="nowhere")
