@@ -62,7 +62,7 @@ demo: setup
 	@$(DEV) demo
 
 bench: setup kafka-start
-	@$(PY) bench/bench_ingest.py
+	@$(PY) -m bench.bench_ingest
 
 # Re-pin requirements.lock from the ranges in pyproject.toml.
 lock: venv

@@ -3,8 +3,8 @@ threshold to the notification being readable on the notifications topic.
 
 Run by hand, from the repository root, with the broker running:
 
-    .venv/bin/python bench/bench_alert_latency.py                     # 200 crossings
-    .venv/bin/python bench/bench_alert_latency.py --crossings 20      # quick check
+    .venv/bin/python -m bench.bench_alert_latency                     # 200 crossings
+    .venv/bin/python -m bench.bench_alert_latency --crossings 20      # quick check
 
 One process, one SparkSession:
 
@@ -40,15 +40,19 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench_common import (  # noqa: E402 - the sibling module
-    command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
+from bench.bench_common import (
+    command_block,
+    command_line,
+    elapsed,
+    machine_info,
+    machine_line,
+    positive_int,
+    say,
+    write_outputs,
 )
+from pipelines.settings import Settings
 
-from pipelines.settings import Settings  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 QUOTA_SHARE_USAGE = 240   # 80 % of basic's 300 included tickets: exactly at the threshold
 
@@ -114,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from kafka import KafkaProducer
 
-    from pipelines import kafka_topics
     from devtools import kafka_local
-    from pipelines.jobs.common import JobContext, RunOptions
     from devtools.generator import format_ts, to_ms
+    from pipelines import kafka_topics
     from pipelines.exact_json import dumps
+    from pipelines.jobs.common import JobContext, RunOptions
     from pipelines.runner import JOBS
     from pipelines.session import build_spark
 

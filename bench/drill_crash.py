@@ -1,8 +1,8 @@
 """Crash drill: SIGKILL the streaming pipeline at random moments and restart the broker
 while events flow; the tables must equal those of an uninterrupted run, row for row.
 
-    .venv/bin/python bench/drill_crash.py                      # 200,000 events, 10 kills
-    .venv/bin/python bench/drill_crash.py --events 3000 --kills 2 --max-run 15
+    .venv/bin/python -m bench.drill_crash                      # 200,000 events, 10 kills
+    .venv/bin/python -m bench.drill_crash --events 3000 --kills 2 --max-run 15
 
 What happens:
 
@@ -46,13 +46,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.bench_common import (
+    command_line,
+    elapsed,
+    positive_int,
+    say,
+    topic_offsets,
+    write_outputs,
+)
+from pipelines.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_common import command_line, elapsed, positive_int, say, topic_offsets, write_outputs  # noqa: E402
-
-from pipelines.settings import Settings  # noqa: E402
 
 TOPIC = "drill.events"
 TABLES = ("silver.usage_events", "silver.account_events", "silver.duplicates", "silver.quarantine",
@@ -216,12 +220,11 @@ def kafka_records(settings: Settings) -> int:
 
 
 def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
+    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     from pipelines.session import build_spark
     from pipelines.tables import Lake
-
-    from pyspark.sql import SparkSession
 
     # Inside pytest the suite's session is already running: use it and leave it running.
     active = SparkSession.getActiveSession()
@@ -251,9 +254,9 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import kafka_topics
     from devtools import kafka_local
     from devtools.generator import GeneratorOptions, generate
+    from pipelines import kafka_topics
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
