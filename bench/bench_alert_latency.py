@@ -41,14 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_common import (
-    command_block,
-    command_line,
-    elapsed,
-    machine_info,
-    machine_line,
-    positive_int,
-    say,
-    write_outputs,
+    command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 from pipelines.settings import Settings
 

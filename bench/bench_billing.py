@@ -47,14 +47,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from bench.bench_common import (
-    command_block,
-    command_line,
-    elapsed,
-    machine_info,
-    machine_line,
-    positive_int,
-    say,
-    write_outputs,
+    command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 from pipelines.billing import export as export_module
 from pipelines.settings import Settings

@@ -23,20 +23,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.bench_common import (
-    delete_topic,
-    machine_info,
-    machine_line,
-    positive_int,
-    say,
-)
-from bench.profile_silver import (
-    Timings,
-    batches_with_rows,
-    bronze_in_batches,
-    timed_actions,
-    timed_batches,
-)
+from bench.bench_common import delete_topic, machine_info, machine_line, positive_int, say
+from bench.profile_silver import Timings, batches_with_rows, bronze_in_batches, timed_actions, timed_batches
 from pipelines.jobs import silver as silver_job
 from pipelines.jobs.common import JobContext, RunOptions
 from pipelines.runner import ProgressReporter, run_jobs

@@ -26,14 +26,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.bench_common import (
-    bronze_frame,
-    command_line,
-    machine_info,
-    positive_int,
-    say,
-    write_outputs,
-)
+from bench.bench_common import bronze_frame, command_line, machine_info, positive_int, say, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -52,14 +52,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.bench_common import (
-    command_block,
-    command_line,
-    delete_topic,
-    machine_info,
-    machine_line,
-    positive_int,
-    say,
-    topic_offsets,
+    command_block, command_line, delete_topic, machine_info, machine_line, positive_int, say, topic_offsets,
     write_outputs,
 )
 from devtools import kafka_local

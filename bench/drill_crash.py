@@ -46,14 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.bench_common import (
-    command_line,
-    elapsed,
-    positive_int,
-    say,
-    topic_offsets,
-    write_outputs,
-)
+from bench.bench_common import command_line, elapsed, positive_int, say, topic_offsets, write_outputs
 from pipelines.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,14 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_common import delete_topic, say
-from bench.profile_silver import (
-    Timings,
-    bronze_in_batches,
-    profile_parser,
-    report,
-    timed_actions,
-    timed_batches,
-)
+from bench.profile_silver import Timings, bronze_in_batches, profile_parser, report, timed_actions, timed_batches
 from pipelines import kafka_topics
 from pipelines import notify as outbox
 from pipelines.jobs import notify as notify_job

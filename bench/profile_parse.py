@@ -28,14 +28,7 @@ from datetime import UTC, datetime
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from bench.bench_common import (
-    bronze_frame,
-    command_line,
-    machine_info,
-    machine_line,
-    positive_int,
-    say,
-)
+from bench.bench_common import bronze_frame, command_line, machine_info, machine_line, positive_int, say
 from devtools.generator import GeneratorOptions, generate
 from pipelines.config import SilverConfig
 from pipelines.contract import load_contract
