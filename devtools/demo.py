@@ -1,4 +1,4 @@
-"""`python -m devtools demo` (`make demo`): the whole local story in one command, with a readable summary.
+"""`python -m devtools demo` (`make demo`): the whole local story, with a readable summary.
 
 Starts the local broker, sends a seeded synthetic stream (duplicates, gateway retries,
 reopened tickets, late events, bad records), runs bronze -> silver -> gold with progress,
@@ -66,7 +66,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     # export as well as this month's running estimate. Twice the quarantine SLO's 1 % of bad
     # records, so the status table shows the monitor firing.
     gen = generator.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
-                                   span=timedelta(days=40), bad=0.02)
+                                     span=timedelta(days=40), bad=0.02)
     kinds: Counter[str] = Counter()
 
     def tagged():

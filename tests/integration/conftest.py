@@ -20,7 +20,7 @@ def billed_lakehouse(spark, kafka_settings, tmp_path_factory):
     topic = f"test.billed.{uuid.uuid4().hex[:10]}"
     kafka_topics.ensure_topics(kafka_settings, {topic: 2})
     records = generator.generate(generator.GeneratorOptions(count=BILLED_EVENTS, accounts=6, seed=5,
-                                                        span=timedelta(days=40), now=datetime.now(timezone.utc)))
+                                                            span=timedelta(days=40), now=datetime.now(timezone.utc)))
     settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("billed") / "lake"),
                                              events_topic=topic)
     sender.send(records, settings)

@@ -151,8 +151,8 @@ def test_every_client_reaches_a_sasl_ssl_broker(spark, sasl_broker):
 
     # The event producer.
     records = list(generator.generate(generator.GeneratorOptions(count=EVENTS, accounts=3, seed=11,
-                                                             span=timedelta(days=1),
-                                                             now=datetime.now(timezone.utc))))
+                                                                 span=timedelta(days=1),
+                                                                 now=datetime.now(timezone.utc))))
     assert sender.send(records, settings) == EVENTS
 
     # read_topic (a read_committed consumer).
