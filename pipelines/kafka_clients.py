@@ -9,7 +9,7 @@ the topic admin once did, and nothing was published). tests/unit/test_kafka_clie
 checks that no module of the package builds a Kafka client anywhere else.
 
 Credentials come from the environment, or on Databricks from a secret scope read through
-`dbutils.secrets.get` (pipelines/secrets.py, shared with the PII key; see pipelines/kafka_auth.py
+`dbutils.secrets.get` (pipelines/secret_scopes.py, shared with the PII key; see pipelines/kafka_auth.py
 for the variables).
 
 Plaintext (PLAINTEXT or SASL_PLAINTEXT: records, and SASL/PLAIN passwords, in clear) is
@@ -22,7 +22,7 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pipelines import secrets as secret_scopes
+from pipelines import secret_scopes
 from pipelines.kafka_auth import KafkaAuth, KafkaAuthError, SecretGetter
 from pipelines.settings import Settings
 
@@ -36,12 +36,12 @@ _TRUE = ("1", "true", "yes")
 
 def use_dbutils(dbutils: Any) -> None:
     """Read Kafka credentials (and every other secret) from secret scopes through this
-    `dbutils` (notebooks); the reader is shared with the PII key (pipelines/secrets.py)."""
+    `dbutils` (notebooks); the reader is shared with the PII key (pipelines/secret_scopes.py)."""
     secret_scopes.use_dbutils(dbutils)
 
 
 def secret_reader(env: Mapping[str, str] | None = None) -> SecretGetter | None:
-    """The process's secret-scope reader (pipelines/secrets.py), failing as KafkaAuthError."""
+    """The process's secret-scope reader (pipelines/secret_scopes.py), failing as KafkaAuthError."""
     return secret_scopes.secret_reader(env, error=KafkaAuthError)
 
 

@@ -6,7 +6,7 @@ Where the key comes from (pipelines/conf/pii.yaml names the variables), first fo
    references a secret;
 2. the secret scope named by `key.scope_env` (LAKEHOUSE_PII_SECRET_SCOPE), key
    `key.scope_key` (pii-hmac-key), read through the same reader as the Kafka credentials
-   (pipelines/secrets.py: dbutils on Databricks);
+   (pipelines/secret_scopes.py: dbutils on Databricks);
 3. on a local run only: the lake's own key file, `<lake root>/_secrets/pii-hmac.key`,
    generated at random on the first run (mode 0600, folder 0700) and reused after, so one
    lake's hashes stay stable and no two lakes share a key. No key is ever committed.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from pipelines import secrets as secret_scopes
+from pipelines import secret_scopes
 from pipelines.kafka_auth import Secret
 from pipelines.kafka_clients import is_loopback_bootstrap
 from pipelines.settings import Settings
@@ -150,7 +150,7 @@ def load_pii_key(config: "PiiConfig", settings: Settings, master: str, *, env: M
         reader = secrets if secrets is not None else secret_scopes.secret_reader(env, error=PiiKeyError)
         if reader is None:
             raise PiiKeyError(f"the PII key is in secret scope {scope!r} ({spec.scope_env}) but no secret reader is "
-                              "available here (Databricks: pass dbutils to pipelines.secrets.use_dbutils)")
+                              "available here (Databricks: pass dbutils to pipelines.secret_scopes.use_dbutils)")
         key = parse_key_value(reader(scope, spec.scope_key) or "", f"secret {scope}/{spec.scope_key}")
     elif (reason := local_run_reason(master, settings, env)) is None:
         key = _local_key(settings)

@@ -159,6 +159,18 @@ def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
     assert not re.search(r"(password|token|secret)\s*:\s*['\"]?[A-Za-z0-9]{8,}", text, re.IGNORECASE)
 
 
+def test_the_pii_key_is_named_in_a_secret_scope_only(bundle):
+    """Silver refuses to start on Databricks without a PII key (pipelines/pii_key.py): the
+    jobs are told the scope, the key inside it is pii.yaml's, and no value is in the env."""
+    from pipelines.pii import load_pii_config
+
+    key = load_pii_config().key
+    env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
+    assert env[key.scope_env] == "${var.pii_secret_scope}"
+    assert bundle["variables"]["pii_secret_scope"]["description"].count(key.scope_key) == 1
+    assert key.env not in env
+
+
 def test_every_wheel_entry_point_is_a_script_of_the_package(bundle):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     scripts = project["scripts"]

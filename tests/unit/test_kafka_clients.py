@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import kafka_clients
-from pipelines import secrets as secret_scopes
+from pipelines import secret_scopes
 from pipelines.kafka_auth import KafkaAuthError
 from pipelines.settings import Settings
 

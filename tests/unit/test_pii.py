@@ -18,7 +18,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from pipelines import secrets as secret_scopes
+from pipelines import secret_scopes
 from pipelines.config import ConfigError
 from pipelines.kafka_auth import Secret
 from pipelines.pii import (PiiConfigError, hmac_hex, key_relation, load_pii_config, luhn_valid, parse_pii_config,

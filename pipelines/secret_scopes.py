@@ -41,7 +41,7 @@ def secret_reader(env: Mapping[str, str] | None = None, *,
             from pyspark.dbutils import DBUtils  # only exists on a Databricks Runtime
         except ImportError as exc:
             raise error(f"a secret is in secret scope {scope!r} but pyspark.dbutils is not importable "
-                        "here; pass dbutils to pipelines.secrets.use_dbutils") from exc
+                        "here; pass dbutils to pipelines.secret_scopes.use_dbutils") from exc
         from pyspark.sql import SparkSession
 
         spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
