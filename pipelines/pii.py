@@ -295,6 +295,11 @@ def key_relation(spark, key: PiiHmacKey) -> DataFrame:
     return spark.createDataFrame([(bytearray(ipad), bytearray(opad))], f"{_IPAD} binary, {_OPAD} binary")
 
 
+def with_key_columns(df: DataFrame, key: PiiHmacKey) -> DataFrame:
+    """`df` with the key relation's two columns on every row (a broadcast of one row)."""
+    return df.join(F.broadcast(key_relation(df.sparkSession, key)), how="cross")
+
+
 def hmac_hex(value: Column, key: PiiHmacKey) -> Column:
     """`hmac:v<version>:` + hex HMAC-SHA256 of the UTF-8 bytes of `value` (RFC 2104), reading
     the padded key from the columns `key_relation` adds."""
@@ -345,7 +350,7 @@ def with_protected_properties(config: PiiConfig, key: PiiHmacKey, column: str = 
         made_keys = F.transform(made, lambda g: g["key"])
         kept = F.filter(F.col(_ENTRIES), lambda e: e["kind"].isNull() & ~F.array_contains(made_keys, e["key"]))
         return (
-            df.join(F.broadcast(key_relation(df.sparkSession, key)), how="cross")
+            with_key_columns(df, key)
             .withColumn(_CLEAR, F.coalesce(_clear(config, F.col(column)), F.lit(False)))
             .withColumn(_ENTRIES, F.transform(entries, with_kind))
             .withColumn(_MADE, F.flatten(F.transform(F.col(_ENTRIES), generated)))
