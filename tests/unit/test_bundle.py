@@ -36,7 +36,7 @@ SCHEMA = ROOT / "tests" / "fixtures" / "databricks_bundle_schema.json"
 VENV_BIN = Path(sys.executable).parent
 REFERENCE = re.compile(r"\$\{(var|bundle)\.([A-Za-z0-9_.-]+)\}")
 # What the schedule must cover (the issue's list): the batch jobs behind each entry point.
-SCHEDULED = {"billing", "export", "plan-rules", "quality", "fraud"}
+SCHEDULED = {"billing", "export", "plan-rules", "quality", "fraud", "views"}
 STREAMS = {"bronze", "silver", "gold", "notify"}
 REQUIRE_CLI = "LAKEHOUSE_REQUIRE_DATABRICKS_CLI"
 # Variables without a default, given at validate/deploy time.
@@ -176,6 +176,18 @@ def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
     assert bundle["variables"]["kafka_security_protocol"]["default"] == "SASL_SSL"
     text = "\n".join(p.read_text() for p in [ROOT / "databricks.yml", *(ROOT / "resources").glob("*.yml")])
     assert not re.search(r"(password|token|secret)\s*:\s*['\"]?[A-Za-z0-9]{8,}", text, re.IGNORECASE)
+
+
+def test_the_pii_key_is_named_in_a_secret_scope_only(bundle):
+    """Silver refuses to start on Databricks without a PII key (pipelines/pii_key.py): the
+    jobs are told the scope, the key inside it is pii.yaml's, and no value is in the env."""
+    from pipelines.pii import load_pii_config
+
+    key = load_pii_config().key
+    env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
+    assert env[key.scope_env] == "${var.pii_secret_scope}"
+    assert bundle["variables"]["pii_secret_scope"]["description"].count(key.scope_key) == 1
+    assert not {key.env, "LAKEHOUSE_PII_SALT"} & set(env)
 
 
 def test_every_wheel_entry_point_is_a_script_of_the_package(bundle):
@@ -380,8 +392,9 @@ def test_the_nightly_close_is_one_job_whose_tasks_wait_for_each_other(bundle):
     assert runs == {"billing": ("lakehouse-billing", []),
                     "quality": ("lakehouse-quality", ["billing"]),
                     "export": ("lakehouse-export", ["quality"]),
-                    "plan_rules": ("lakehouse-plan-rules", ["quality"])}
-    for entry_point in ("lakehouse-billing", "lakehouse-export", "lakehouse-plan-rules"):
+                    "plan_rules": ("lakehouse-plan-rules", ["quality"]),
+                    "analyst_views": ("lakehouse-views", ["billing"])}
+    for entry_point in ("lakehouse-billing", "lakehouse-export", "lakehouse-plan-rules", "lakehouse-views"):
         owners = [key for key, _job, task in tasks(bundle)
                   if (task.get("python_wheel_task") or {}).get("entry_point") == entry_point]
         assert owners == ["lakehouse_billing_close"], entry_point
@@ -414,11 +427,3 @@ def test_health_rules_alert_by_email_and_webhook(bundle):
     assert "default" not in variables["alert_destination_id"], "every deploy names where alerts go"
     assert all(isinstance(variables[v]["default"], int)
                for v in ("backlog_seconds_limit", "backlog_records_limit", "close_duration_limit_seconds"))
-
-
-def test_the_pii_key_is_named_in_a_secret_scope_only(bundle):
-    """pipelines/pii.py reads the hashing key from the scope named here on Databricks (the
-    key's name within the scope is its own config's); the environment never holds a key."""
-    env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
-    assert env["LAKEHOUSE_PII_SECRET_SCOPE"] == "${var.pii_secret_scope}"
-    assert not {"LAKEHOUSE_PII_KEY", "LAKEHOUSE_PII_SALT"} & set(env)
