@@ -220,14 +220,17 @@ class SilverBatchWriter:
         return stored
 
     def _rule_history(self, spark: SparkSession, new_rule_events: DataFrame, own, span: tuple | None) -> DataFrame:
-        """Stored events of the touched rule keys within each new event's scope. `span`: the
-        first and last event_date any scope can reach, when the batch knows them already."""
+        """Stored events of the touched rule keys within each new event's scope, each with its
+        key's `_first_new` (where a retry-window refold starts). `span`: the first and last
+        event_date any scope can reach, when the batch knows them already."""
         rules = self.ctx.rules
         scoped = new_rule_events.transform(D.with_rule_scope(rules))
         # One span per key (its events' scopes together): a stored event inside the span but
         # outside every scope is re-decided as it stands, which changes nothing.
+        # One aggregate, one broadcast: the scopes and the refold starts together.
         scopes = scoped.groupBy(*D.RULE_KEY).agg(F.min("_scope_start").alias("_scope_start"),
-                                                 F.max(_scope_end()).alias("_scope_end"))
+                                                 F.max(_scope_end()).alias("_scope_end"),
+                                                 D.first_new_position(rules).alias("_first_new"))
         if span is not None and span[0] is not None:
             dates = F.col("event_date").between(F.lit(span[0]), F.lit(span[1]))
         else:
@@ -308,12 +311,12 @@ class SilverBatchWriter:
             # The rare rows whose first copy may have left the state: one pruned look at silver.
             seen = (self._identity_history(spark, candidates.filter(F.col("_needs_lookup")), own)
                     .transform(D.history_first_copies))
-            classified = candidates.join(F.broadcast(seen), on=D.IDENTITY, how="left")
+            classified = (candidates.join(F.broadcast(seen), on=D.IDENTITY, how="left")
+                          .transform(_with_replaces).localCheckpoint())
         else:
+            # Nothing read: the candidates are the checkpointed good rows, filtered.
             classified = candidates.withColumns({"_seen_order": F.lit(None).cast(first.schema["_order"].dataType),
-                                                 "_seen_payload": F.lit(None).cast("string")})
-        classified = classified.withColumn(
-            "_replaces", F.coalesce(F.col("_order") < F.col("_seen_order"), F.lit(False))).localCheckpoint()
+                                                 "_seen_payload": F.lit(None).cast("string")}).transform(_with_replaces)
         new_events = classified.transform(D.filter_new_events)
         late_copies = classified.transform(D.filter_late_copies).drop("_replaces")
         identity_duplicates = (in_batch_copies.unionByName(late_copies, allowMissingColumns=True)
@@ -338,14 +341,14 @@ class SilverBatchWriter:
         stored = (self._rule_history(spark, rule_new, own, span)
                   .withColumn("_stored_kept", F.col("_in") == IN_USAGE)
                   .transform(D.with_kafka_order)
-                  .transform(D.filter_retry_candidates(rules, rule_new))
+                  .transform(D.filter_retry_candidates(rules))
                   .localCheckpoint())
         decided = (
             stored.select(*usage_cols, "_rule")
             .unionByName(rule_new.select(*usage_cols, "_rule"))
             .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
             .transform(D.apply_dedup_rules(rules))
-        ).localCheckpoint()
+        )
         # Where each decided event is stored now (a crash between two writes of a correction
         # can leave it in both tables), so that only what changes is written.
         placed = stored.groupBy(*COORDINATES).agg(
@@ -358,7 +361,7 @@ class SilverBatchWriter:
             .withColumns({"_in_usage": F.coalesce("_in_usage", F.lit(False)),
                           "_in_duplicates": F.coalesce("_in_duplicates", F.lit(False)),
                           "_replaces": F.coalesce("_replaces", F.lit(False))})
-        ).localCheckpoint()
+        ).localCheckpoint()   # the decisions and their placement in one job
         kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
         usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
         changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
@@ -371,7 +374,7 @@ class SilverBatchWriter:
             quarantine=quarantine, usage=usage, account=account, duplicates=duplicates,
             usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
             revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
-            identity_duplicates=identity_duplicates, decided=decided, unruled=unruled, own=own,
+            identity_duplicates=identity_duplicates, decided=placed_decisions, unruled=unruled, own=own,
         )
 
     # -- writes, in the crash-safe order ----------------------------------------------------
@@ -522,6 +525,11 @@ def _scope_end() -> Column:
     """A rule scope's end; an open one (a retry chain runs forward) ends where stored events
     can: the future tolerance ahead of now."""
     return F.coalesce(F.col("_scope_end"), F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS"))
+
+
+def _with_replaces(df: DataFrame) -> DataFrame:
+    """_replaces: the row is an earlier copy (Kafka order) than the one silver holds."""
+    return df.withColumn("_replaces", F.coalesce(F.col("_order") < F.col("_seen_order"), F.lit(False)))
 
 
 def _inside(ranges: list[tuple]) -> Column:
