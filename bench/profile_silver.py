@@ -45,6 +45,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
 
 from pipelines import kafka_local  # noqa: E402
 from pipelines.jobs import silver as silver_job  # noqa: E402
+from pipelines.transforms import silver_plan  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bronze_in_batches(spark, settings, args)
             timings = Timings()
-            with timed_batches(timings), timed_actions(timings, (silver_job.__file__,)):
+            with timed_batches(timings), timed_actions(timings, (silver_job.__file__, silver_plan.__file__)):
                 run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
                          ["silver"], reporter=ProgressReporter(quiet=True), log=say)
             print(report(timings, args.skip_first, args.top))
