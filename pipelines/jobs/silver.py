@@ -54,6 +54,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.contract import load_contract
 from pipelines.jobs.common import JobContext, apply_trigger
 from pipelines.pii import load_pii_config, with_protected_properties
+from pipelines.pii_key import load_pii_key, spark_master
 from pipelines.tables import spec
 from pipelines.transforms import dedup as D
 from pipelines.transforms.parse import filter_bad, parse_events, with_kafka_coordinates
@@ -105,10 +106,12 @@ def drop_hot_duplicates(watermark_delay_seconds: int):
 def silver_input(bronze: DataFrame, ctx: JobContext) -> DataFrame:
     """Bronze rows -> parsed rows with hot-path keys (works on batch or stream)."""
     pii = load_pii_config()
+    # Refuses a non-local run without a key (pipelines/pii_key.py), before any row is read.
+    key = load_pii_key(pii, ctx.settings, spark_master(bronze.sparkSession))
     return (
         bronze.transform(parse_events(load_contract(1), ctx.silver))
         # Personal data in properties stays in bronze; every silver table gets hashes.
-        .transform(with_protected_properties(pii, pii.salt()))
+        .transform(with_protected_properties(pii, key))
         .transform(with_kafka_coordinates)
         .transform(with_hot_path_keys)
     )
