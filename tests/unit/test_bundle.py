@@ -36,7 +36,7 @@ SCHEMA = ROOT / "tests" / "fixtures" / "databricks_bundle_schema.json"
 VENV_BIN = Path(sys.executable).parent
 REFERENCE = re.compile(r"\$\{(var|bundle)\.([A-Za-z0-9_.-]+)\}")
 # What the schedule must cover (the list): the batch jobs behind each entry point.
-SCHEDULED = {"billing", "export", "plan-rules", "quality", "fraud"}
+SCHEDULED = {"billing", "export", "plan-rules", "quality", "fraud", "views"}
 STREAMS = {"bronze", "silver", "gold", "notify"}
 REQUIRE_CLI = "LAKEHOUSE_REQUIRE_DATABRICKS_CLI"
 # Variables without a default, given at validate/deploy time.
@@ -392,8 +392,9 @@ def test_the_nightly_close_is_one_job_whose_tasks_wait_for_each_other(bundle):
     assert runs == {"billing": ("lakehouse-billing", []),
                     "quality": ("lakehouse-quality", ["billing"]),
                     "export": ("lakehouse-export", ["quality"]),
-                    "plan_rules": ("lakehouse-plan-rules", ["quality"])}
-    for entry_point in ("lakehouse-billing", "lakehouse-export", "lakehouse-plan-rules"):
+                    "plan_rules": ("lakehouse-plan-rules", ["quality"]),
+                    "analyst_views": ("lakehouse-views", ["billing"])}
+    for entry_point in ("lakehouse-billing", "lakehouse-export", "lakehouse-plan-rules", "lakehouse-views"):
         owners = [key for key, _job, task in tasks(bundle)
                   if (task.get("python_wheel_task") or {}).get("entry_point") == entry_point]
         assert owners == ["lakehouse_billing_close"], entry_point
