@@ -31,6 +31,7 @@ from pipelines.runner import ProgressReporter, run_jobs
 from pipelines.session import build_spark
 from pipelines.settings import Settings
 from pipelines.tables import Lake
+from pipelines.transforms import silver_plan
 
 AUTO_COMPACT = "spark.databricks.delta.autoCompact.enabled"
 SILVER_TABLES = ("silver.usage_events", "silver.duplicates", "silver.account_events")
@@ -58,7 +59,7 @@ def run_silver(spark, settings: Settings, args: argparse.Namespace, compact: boo
     bronze_in_batches(spark, settings, args)
     spark.conf.set(AUTO_COMPACT, str(compact).lower())
     timings = Timings()
-    with timed_batches(timings), timed_actions(timings, (silver_job.__file__,)):
+    with timed_batches(timings), timed_actions(timings, (silver_job.__file__, silver_plan.__file__)):
         run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)), ["silver"],
                  reporter=ProgressReporter(quiet=True), log=say)
     spark.conf.unset(AUTO_COMPACT)
