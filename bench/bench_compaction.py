@@ -33,6 +33,7 @@ from profile_silver import (  # noqa: E402
 )
 
 from pipelines.jobs import silver as silver_job  # noqa: E402
+from pipelines.transforms import silver_plan  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
 from pipelines.session import build_spark  # noqa: E402
@@ -65,7 +66,7 @@ def run_silver(spark, settings: Settings, args: argparse.Namespace, compact: boo
     bronze_in_batches(spark, settings, args)
     spark.conf.set(AUTO_COMPACT, str(compact).lower())
     timings = Timings()
-    with timed_batches(timings), timed_actions(timings, (silver_job.__file__,)):
+    with timed_batches(timings), timed_actions(timings, (silver_job.__file__, silver_plan.__file__)):
         run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)), ["silver"],
                  reporter=ProgressReporter(quiet=True), log=say)
     spark.conf.unset(AUTO_COMPACT)

@@ -16,6 +16,13 @@ so the table adds up to the batch's wall time ("between actions" is the rest).
 The first micro-batch pays JIT and cache warm-up, so figures are for the later ones
 (--skip-first, default 1). Nothing is timed twice: an action called inside another timed
 action is part of the outer one.
+
+`--lean` then runs, in the same session and over the same bronze versions, the lean path
+the issue measured: the same silver input and hot dedup state, and a foreachBatch that only
+appends the good rows and the quarantine rows (side by side, as silver's steady state
+does). It also times the floor of any micro-batch here: a trivial Spark job and a 500-row
+Delta append. Silver's batch against the lean batch, both from one run, is the ratio to
+read; the floor times silver's job count says what a batch of that shape cannot go under.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
 
 from pipelines import kafka_local  # noqa: E402
 from pipelines.jobs import silver as silver_job  # noqa: E402
+from pipelines.transforms import silver_plan  # noqa: E402
 from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
 from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
 from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
@@ -60,6 +68,8 @@ def profile_parser(description: str, top: int = 25) -> argparse.ArgumentParser:
                         "older events are the ones silver looks up)")
     p.add_argument("--skip-first", type=int, default=1, help="warm-up micro-batches left out of the figures")
     p.add_argument("--top", type=positive_int, default=top, help="lines shown")
+    p.add_argument("--lean", action="store_true",
+                   help="also time the lean path (input, dedup state, two appends) and the per-job floor")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting for the profiled session (repeatable), to try one out")
     return p
@@ -224,6 +234,90 @@ def report(timings: Timings, skip_first: int, top: int, job: str = "silver", ent
     return "\n".join(out)
 
 
+class LeanWriter:
+    """The lean path's foreachBatch: good rows to one table, quarantine rows to another, both
+    appended side by side from one materialised batch; no history, no rules, no record."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.with_rows: set[int] = set()
+
+    def __call__(self, batch_df, batch_id: int) -> None:
+        from pipelines.transforms import dedup as D
+        from pipelines.transforms.parse import filter_bad, filter_good
+
+        batch = batch_df.localCheckpoint(eager=True)
+        if batch.isEmpty():   # a batch that only moves the watermark
+            return
+        self.with_rows.add(batch_id)
+        copies = batch.transform(D.filter_copy_claims)
+        good = silver_job.select_for(copies.transform(filter_good), silver_job.USAGE)
+        bad = copies.transform(filter_bad).transform(silver_job.to_quarantine_rows)
+
+        def append(rows, name):
+            return lambda: rows.write.format("delta").mode("append").save(str(self.root / name))
+
+        silver_job._run_together([append(good, "good"), append(bad, "quarantine")])
+        batch.unpersist()
+
+
+def run_lean(spark, settings: Settings, timings: Timings) -> set[int]:
+    """The lean path over bronze, one bronze version per micro-batch, its batches timed;
+    returns the ids of the batches that had rows."""
+    ctx = JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1))
+    delay = int(ctx.silver.watermark_delay.total_seconds())
+    root = settings.lake_root_abs / "_lean"
+    stream = (silver_job.read_bronze(spark, ctx).transform(lambda df: silver_job.silver_input(df, ctx))
+              .transform(silver_job.drop_hot_duplicates(delay)))
+    writer = LeanWriter(root)
+    with timed_batches(timings, LeanWriter, "__call__"):
+        query = (stream.writeStream.queryName("lean").foreachBatch(writer)
+                 .option("checkpointLocation", str(root / "_checkpoint")).trigger(availableNow=True).start())
+        query.awaitTermination()
+    return writer.with_rows
+
+
+def floor_seconds(spark, settings: Settings, repeat: int = 12) -> tuple[float, float]:
+    """Medians of a trivial Spark job (a one-row local checkpoint) and of a 500-row Delta
+    append, each run `repeat` times after two warm-ups: what any job and any commit cost here."""
+    path = str(settings.lake_root_abs / "_floor")
+    rows = spark.range(500).selectExpr("id", "cast(id as string) as s")
+
+    def median_of(fn) -> float:
+        times = []
+        for i in range(repeat + 2):
+            started = time.perf_counter()
+            fn()
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    job = median_of(lambda: spark.range(1).localCheckpoint(eager=True).unpersist())
+    append = median_of(lambda: rows.write.format("delta").mode("append").save(path))
+    return job, append
+
+
+def lean_report(silver: Timings, lean: Timings, lean_batches: set[int], skip_first: int,
+                floor: tuple[float, float]) -> str:
+    s_batches = batches_with_rows(silver)[skip_first:]
+    l_batches = sorted(lean_batches)[skip_first:]
+    if not s_batches or not l_batches:
+        return "lean path: not enough micro-batches to compare"
+    s_med = statistics.median(silver.batch_total[b] for b in s_batches)
+    l_med = statistics.median(lean.batch_total[b] for b in l_batches)
+    s_jobs = statistics.median(silver.batch_jobs[b][0] for b in s_batches)
+    l_jobs = statistics.median(lean.batch_jobs[b][0] for b in l_batches)
+    job, append = floor
+    return "\n".join([
+        "", "| path (same bronze versions, same session) | median batch (s) | Spark jobs a batch |",
+        "|---|---:|---:|",
+        f"| silver (SilverBatchWriter) | {s_med:.2f} | {s_jobs:.0f} |",
+        f"| lean: input + dedup state + two appends | {l_med:.2f} | {l_jobs:.0f} |",
+        "", f"silver / lean: {s_med / l_med:.2f}x. Floor here: a trivial Spark job {job:.3f} s, "
+            f"a 500-row Delta append {append:.3f} s (medians of 12).",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -235,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bronze_in_batches(spark, settings, args)
             timings = Timings()
-            with timed_batches(timings), timed_actions(timings, (silver_job.__file__,)):
+            with timed_batches(timings), timed_actions(timings, (silver_job.__file__, silver_plan.__file__)):
                 run_jobs(spark, JobContext.from_settings(settings, RunOptions(max_files_per_trigger=1)),
                          ["silver"], reporter=ProgressReporter(quiet=True), log=say)
             print(report(timings, args.skip_first, args.top))
+            if args.lean:
+                lean = Timings()
+                with_rows = run_lean(spark, settings, lean)
+                print(lean_report(timings, lean, with_rows, args.skip_first, floor_seconds(spark, settings)))
         finally:
             spark.stop()
             delete_topic(settings, topic)

@@ -24,6 +24,7 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "lakehouse-plan-rules": ("plan-rules",),
     "lakehouse-quality": ("quality",),
     "lakehouse-fraud": ("fraud",),
+    "lakehouse-views": ("views",),
 }
 
 
@@ -61,3 +62,8 @@ def quality(argv: list[str] | None = None) -> None:
 
 def fraud(argv: list[str] | None = None) -> None:
     _run("lakehouse-fraud", argv)
+
+
+def views(argv: list[str] | None = None) -> None:
+    """(Re)creates the analyst views; the views job of the nightly close."""
+    _run("lakehouse-views", argv)

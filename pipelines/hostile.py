@@ -36,9 +36,24 @@ BAD_TIMESTAMPS = ("0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "+10000-01-01T
                   "", " 2024-05-01T10:00:00Z", "2024-05-01T10:00:00Z\n", "2024-05-01T10:00:00.Z", "now")
 INVALID_UTF8 = (b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xe2\x82")
 PII = ({"email": "jane.doe@shop.example"}, {"signup_ip": "203.0.113.7"}, {"phone": "+1 415 555 0100"},
-       {"note": "call me at +44 20 7946 0958 or mail ops@acme.io"}, {"customer": {"ip": "198.51.100.4"}})
-# The personal values above as they would appear raw: none may reach a silver table.
-RAW_PII = ("jane.doe@shop.example", "203.0.113.7", "+1 415 555 0100", "ops@acme.io", "198.51.100.4", "7946 0958")
+       {"note": "call me at +44 20 7946 0958 or mail ops@acme.io"}, {"customer": {"ip": "198.51.100.4"}},
+       # Phones and IPv6 inside free text, with nothing else personal beside them.
+       {"comment": "ring (212) 555-0142 after six"}, {"log": "peer 2001:db8:85a3::8a2e:370:7334 dropped"},
+       {"contact": "reach us on +49 30 901820 77"},
+       # Card numbers (Luhn-valid), whole or in text, and an order id that is not one.
+       {"card": "4539 1488 0343 6467", "order_id": "4539148803436468"},
+       {"memo": "paid by 5425-2334-3010-9903 exp 04/28"},
+       # Credentials under any spelling of a sensitive key, at any depth.
+       {"password": "Tr0ub4dor&3", "apiKey": "sk_live_9f8e7d6c5b4a", "X-Auth-Token": "tok_1a2b3c4d5e"},
+       {"headers": {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.s3cr3t"}, "client_secret": "cs_77aa88bb99cc"},
+       # A personal value where the notifications read a property (a purchase's sku).
+       {"sku": "buyer.private@mail.example"})
+# The personal values above as they would appear raw: none may reach a silver or gold
+# table or a notification (tests/integration/test_pii_e2e.py, test_hostile_kafka.py).
+RAW_PII = ("jane.doe@shop.example", "203.0.113.7", "+1 415 555 0100", "ops@acme.io", "198.51.100.4", "7946 0958",
+           "555-0142", "2001:db8:85a3", "901820", "4539 1488 0343 6467", "4539148803436467",
+           "5425-2334-3010-9903", "Tr0ub4dor", "sk_live_9f8e7d6c5b4a", "tok_1a2b3c4d5e", "s3cr3t", "cs_77aa88bb99cc",
+           "buyer.private")
 
 
 @dataclass(frozen=True)

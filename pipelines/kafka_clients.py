@@ -9,7 +9,8 @@ the topic admin once did, and nothing was published). tests/unit/test_kafka_clie
 checks that no module of the package builds a Kafka client anywhere else.
 
 Credentials come from the environment, or on Databricks from a secret scope read through
-`dbutils.secrets.get` (see pipelines/kafka_auth.py for the variables).
+`dbutils.secrets.get` (pipelines/secret_scopes.py, shared with the PII key; see pipelines/kafka_auth.py
+for the variables).
 
 Plaintext (PLAINTEXT or SASL_PLAINTEXT: records, and SASL/PLAIN passwords, in clear) is
 refused unless every bootstrap server is a loopback address, where the bytes never leave
@@ -21,6 +22,7 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
+from pipelines import secret_scopes
 from pipelines.kafka_auth import KafkaAuth, KafkaAuthError, SecretGetter
 from pipelines.settings import Settings
 
@@ -31,40 +33,16 @@ ALLOW_PLAINTEXT_ENV = "LAKEHOUSE_KAFKA_ALLOW_PLAINTEXT"
 PLAINTEXT_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT")
 _TRUE = ("1", "true", "yes")
 
-# A secret reader set by the process (a notebook passes its `dbutils`); else found lazily.
-_secret_reader: SecretGetter | None = None
-
 
 def use_dbutils(dbutils: Any) -> None:
-    """Read Kafka credentials from secret scopes through this `dbutils` (notebooks)."""
-    global _secret_reader
-    _secret_reader = None if dbutils is None else dbutils.secrets.get
+    """Read Kafka credentials (and every other secret) from secret scopes through this
+    `dbutils` (notebooks); the reader is shared with the PII key (pipelines/secret_scopes.py)."""
+    secret_scopes.use_dbutils(dbutils)
 
 
 def secret_reader(env: Mapping[str, str] | None = None) -> SecretGetter | None:
-    """The secret-scope reader of this process: one set by `use_dbutils`, else on a
-    Databricks Runtime the runtime's DBUtils over the active Spark session, else None.
-
-    Returned lazily: Spark and DBUtils are touched only when a credential is really in a
-    scope, so local runs and plain environment variables never need them."""
-    env = os.environ if env is None else env
-    if _secret_reader is not None:
-        return _secret_reader
-    if not env.get("DATABRICKS_RUNTIME_VERSION"):
-        return None
-
-    def read(scope: str, key: str) -> str:
-        try:
-            from pyspark.dbutils import DBUtils  # only exists on a Databricks Runtime
-        except ImportError as exc:
-            raise KafkaAuthError(f"the Kafka credentials are in secret scope {scope!r} but pyspark.dbutils "
-                                 "is not importable here; pass dbutils to kafka_clients.use_dbutils") from exc
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
-        return DBUtils(spark).secrets.get(scope=scope, key=key)
-
-    return read
+    """The process's secret-scope reader (pipelines/secret_scopes.py), failing as KafkaAuthError."""
+    return secret_scopes.secret_reader(env, error=KafkaAuthError)
 
 
 def is_loopback_bootstrap(bootstrap_servers: str) -> bool:

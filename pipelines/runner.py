@@ -54,6 +54,18 @@ def _quality(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
     return run_quality_job(spark, ctx.lake, say)
 
 
+def _views(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
+    """The analyst surface: in Unity Catalog the views of views.yaml and one view per surface
+    table, created in the analyst schema the analyst group is granted (the bundle runs this
+    after each close); locally the same statements, in the session's own catalog."""
+    from pipelines.views import register_views
+
+    tables = ctx.lake.register_views(spark)
+    created = register_views(spark, ctx.lake)
+    say(f"views: {len(created)} analyst view(s) over {len(tables)} table(s): {', '.join(created) or 'none yet'}")
+    return created
+
+
 def _fraud(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
     from pipelines.fraud.flags import run_fraud_job
 
@@ -68,6 +80,7 @@ BATCH_JOBS: dict[str, Callable[[SparkSession, JobContext, Callable[[str], None]]
     "plan-rules": _plan_rules,
     "quality": _quality,
     "fraud": _fraud,
+    "views": _views,
 }
 POLL_SECONDS = 1.0
 # Continuous mode restarts a failed stream from its checkpoint, as a Databricks continuous

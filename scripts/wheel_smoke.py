@@ -63,8 +63,8 @@ print(f"installed package {Path(pipelines.__file__).parent}: {len(checks)} quali
 # as python_wheel_task calls it: the function the installed wheel's console_scripts entry
 # names, parameters in sys.argv, return value ignored, so only a raise fails the run. One
 # process for all, as one JVM: starting Spark for each job costs more than the jobs here.
-ENTRY_POINT_RUNS = [["lakehouse-ingest"], ["lakehouse-notify"], ["lakehouse-billing"], ["lakehouse-export"],
-                    ["lakehouse-plan-rules"], ["lakehouse-quality"], ["lakehouse-fraud"]]
+ENTRY_POINT_RUNS = [["lakehouse-ingest"], ["lakehouse-notify"], ["lakehouse-billing"], ["lakehouse-views"],
+                    ["lakehouse-export"], ["lakehouse-plan-rules"], ["lakehouse-quality"], ["lakehouse-fraud"]]
 CALL_ENTRY_POINTS = """
 import json, sys, time
 from importlib.metadata import entry_points

@@ -10,7 +10,8 @@ Shape of one run:
       -> drop_hot_duplicates     dropDuplicatesWithinWatermark on the claims, watermark on
                                  ingestion time, horizon H
       -> foreachBatch            plan the batch from its own rows and the few silver rows its
-                                 keys can touch (pruned by event date), then write it
+                                 keys can touch, pruned by event date (transforms/silver_plan.py,
+                                 no writes), then write it in the crash-safe order and record it
 
 A micro-batch costs what its own rows cost (DESIGN section 8):
 
@@ -46,36 +47,29 @@ import logging
 from dataclasses import dataclass
 
 from pyspark import InheritableThread
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.contract import load_contract
 from pipelines.jobs.common import JobContext, apply_trigger
 from pipelines.pii import load_pii_config, with_protected_properties
-from pipelines.tables import filter_touched_partitions, spec
+from pipelines.pii_key import load_pii_key, spark_master
+from pipelines.tables import spec
 from pipelines.transforms import dedup as D
-from pipelines.transforms.parse import filter_bad, filter_good, parse_events, with_kafka_coordinates
+from pipelines.transforms.parse import filter_bad, parse_events, with_kafka_coordinates
+from pipelines.transforms.silver_plan import (
+    ACCOUNT, COORDINATES, DUPLICATES, QUARANTINE, USAGE, SilverPlan, inside_ranges, plan_batch,
+)
 
 log = logging.getLogger(__name__)
 
 JOB = "silver"
 BRONZE = "bronze.events"
-USAGE = "silver.usage_events"
-ACCOUNT = "silver.account_events"
-DUPLICATES = "silver.duplicates"
-QUARANTINE = "silver.quarantine"
 BATCHES = "ops.silver_batches"
 TABLES = (USAGE, ACCOUNT, DUPLICATES, QUARANTINE, BATCHES)
-COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
 SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
 SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)
-# Stored silver rows carry where they are: kept (usage_events) or dropped by a rule (duplicates).
-IN_USAGE = "usage"
-IN_DUPLICATES = "duplicates"
-# Future occurred_at is quarantined after this many days; a retry chain's stored events can
-# lie up to that far ahead of today.
-_FUTURE_DAYS = 2
 
 
 def read_bronze(spark: SparkSession, ctx: JobContext) -> DataFrame:
@@ -112,51 +106,15 @@ def drop_hot_duplicates(watermark_delay_seconds: int):
 def silver_input(bronze: DataFrame, ctx: JobContext) -> DataFrame:
     """Bronze rows -> parsed rows with hot-path keys (works on batch or stream)."""
     pii = load_pii_config()
+    # Refuses a non-local run without a key (pipelines/pii_key.py), before any row is read.
+    key = load_pii_key(pii, ctx.settings, spark_master(bronze.sparkSession))
     return (
         bronze.transform(parse_events(load_contract(1), ctx.silver))
         # Personal data in properties stays in bronze; every silver table gets hashes.
-        .transform(with_protected_properties(pii, pii.salt()))
+        .transform(with_protected_properties(pii, key))
         .transform(with_kafka_coordinates)
         .transform(with_hot_path_keys)
     )
-
-
-def to_quarantine_rows(df: DataFrame) -> DataFrame:
-    return df.select(
-        "key", "value", F.col("_problem.reason").alias("reason"), F.col("_problem.detail").alias("detail"),
-        "event_id", "account_id", *COORDINATES, "kafka_timestamp", "ingested_at", "payload_sha256",
-    ).select(*spec(QUARANTINE).column_names)
-
-
-def _with_missing_columns(df: DataFrame, columns: list[str], table: str) -> DataFrame:
-    types = {c.name: c.type for c in spec(table).columns}
-    return df.withColumns({c: F.lit(None).cast(types[c]) for c in columns if c not in df.columns})
-
-
-def select_for(df: DataFrame, table: str, *extra: str) -> DataFrame:
-    cols = spec(table).column_names
-    return _with_missing_columns(df, cols, table).select(*cols, *extra)
-
-
-def _dates_between(start: Column, end: Column) -> Column:
-    return F.explode(F.sequence(F.to_date(start), F.to_date(end)))
-
-
-# -- the plan: pure, from the batch and the history rows it reads -----------------------------
-@dataclass
-class SilverPlan:
-    """What one batch writes where. Frames only; `corrections` says whether any stored row
-    moves (the MERGE path) or the batch is pure appends."""
-    quarantine: DataFrame
-    usage: DataFrame            # rows to add to usage_events (+ `_replaces`: an earlier copy of a stored one)
-    account: DataFrame          # rows to add to account_events (+ `_replaces`)
-    duplicates: DataFrame       # rows to add to (or update in) silver.duplicates
-    usage_deletes: DataFrame    # coordinates of stored usage rows a rule now drops
-    revived: DataFrame          # coordinates of duplicates rows a rule now keeps
-    identity_duplicates: DataFrame
-    decided: DataFrame
-    unruled: DataFrame          # new usage events no custom rule governs (counted in the batch record)
-    own: list | DataFrame       # the batch's rows: offset ranges (a stream) or coordinates (a backfill)
 
 
 @dataclass(frozen=True)
@@ -187,62 +145,6 @@ class SilverBatchWriter:
         self.claims = claims
         self._started = False     # whether this run of the stream has met a batch yet
 
-    # -- history reads, each pruned to what the batch can touch ---------------------------
-    def _stored(self, spark: SparkSession, table: str, dates: DataFrame | Column | None, own) -> DataFrame:
-        """A silver table's rows on the given dates (a frame of dates, pruned at run time, or
-        a predicate on event_date, pruned when planned), without the batch's own rows (a
-        replay of the batch must plan as its first attempt did).
-
-        The stream's batch is one offset range per Kafka partition (`own`: a list of
-        (topic, partition, first, last), known before any read), so its rows are told by a
-        predicate; a backfill slice is not, and is told by its coordinates (a frame)."""
-        df = self.lake.read(spark, table)
-        if isinstance(dates, Column):
-            df = df.filter(dates)
-        elif dates is not None:
-            df = df.transform(filter_touched_partitions(dates, ["event_date"]))
-        if not self.claims:
-            return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
-        return df.filter(~_inside(own))
-
-    def _identity_history(self, spark: SparkSession, probe: DataFrame, own: DataFrame) -> DataFrame:
-        """Kept copies (any silver table but conflicting-copy rows) of the probed identities."""
-        dates = probe.select("event_date").distinct() if self.claims else None
-        keys = probe.select(*D.IDENTITY).distinct()
-        cols = [*D.IDENTITY, *D.ORDER_COLUMNS, "payload_sha256"]
-        stored = None
-        for table in (USAGE, ACCOUNT, DUPLICATES):
-            part = self._stored(spark, table, dates, own)
-            if table == DUPLICATES:
-                part = part.filter(F.col("rule") != D.IDENTITY_RULE)
-            part = part.join(F.broadcast(keys), on=D.IDENTITY, how="left_semi").select(*cols)
-            stored = part if stored is None else stored.unionByName(part)
-        return stored
-
-    def _rule_history(self, spark: SparkSession, new_rule_events: DataFrame, own, span: tuple | None) -> DataFrame:
-        """Stored events of the touched rule keys within each new event's scope. `span`: the
-        first and last event_date any scope can reach, when the batch knows them already."""
-        rules = self.ctx.rules
-        scoped = new_rule_events.transform(D.with_rule_scope(rules))
-        # One span per key (its events' scopes together): a stored event inside the span but
-        # outside every scope is re-decided as it stands, which changes nothing.
-        scopes = scoped.groupBy(*D.RULE_KEY).agg(F.min("_scope_start").alias("_scope_start"),
-                                                 F.max(_scope_end()).alias("_scope_end"))
-        if span is not None and span[0] is not None:
-            dates = F.col("event_date").between(F.lit(span[0]), F.lit(span[1]))
-        else:
-            dates = scopes.select(_dates_between(F.col("_scope_start"), F.col("_scope_end"))
-                                  .alias("event_date")).distinct()
-        usage_cols = spec(USAGE).column_names
-        kept = self._stored(spark, USAGE, dates, own).select(*usage_cols).withColumns(
-            {"_in": F.lit(IN_USAGE), "rule": F.lit(None).cast("string"), "duplicate_of": F.lit(None).cast("string")})
-        dropped = (self._stored(spark, DUPLICATES, dates, own).filter(F.col("rule") != D.IDENTITY_RULE)
-                   .select(*usage_cols, "rule", "duplicate_of").withColumn("_in", F.lit(IN_DUPLICATES)))
-        stored = kept.unionByName(dropped).transform(D.with_rule_name(rules)).filter(F.col("_rule").isNotNull())
-        in_scope = (F.col("occurred_at") >= F.col("_scope_start")) & (F.col("occurred_at") < F.col("_scope_end"))
-        return (stored.join(F.broadcast(scopes), on=D.RULE_KEY, how="inner").filter(in_scope)
-                .drop("_scope_start", "_scope_end"))
-
     # -- the batch ---------------------------------------------------------------------
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         self.write_batch(batch_df, batch_id, _query_id(batch_df.sparkSession))
@@ -257,122 +159,12 @@ class SilverBatchWriter:
         self._started = True
         try:
             if not batch.isEmpty():   # stateful streams run empty batches to move the watermark
-                plan = self.plan(spark, batch)
+                # Lazy reads: the plan prunes each one to what the batch's keys can touch.
+                plan = plan_batch(batch, lambda table: self.lake.read(spark, table), self.ctx.rules,
+                                  self.ctx.silver, claims=self.claims)
                 self._write(spark, plan, batch, who)
         finally:
             batch.unpersist()
-
-    def plan(self, spark: SparkSession, batch: DataFrame) -> SilverPlan:
-        rules = self.ctx.rules
-        silver = self.ctx.silver
-        copies = batch.transform(D.filter_copy_claims).drop(D.CLAIM) if self.claims else batch
-        quarantine = copies.transform(filter_bad).transform(to_quarantine_rows)
-        if self.claims:
-            good = (batch.transform(filter_good).transform(D.with_event_claimed)
-                    .transform(D.filter_copy_claims).drop(D.CLAIM)
-                    .transform(D.with_kafka_order).transform(D.with_copy_rank)
-                    .transform(D.with_needs_lookup(int(silver.watermark_delay.total_seconds()),
-                                                   int(silver.future_tolerance.total_seconds())))
-                    .withColumn("_needs_lookup", F.col("_claimed") & F.col("_needs_lookup")))
-        else:
-            good = (copies.transform(filter_good).transform(D.with_kafka_order).transform(D.with_copy_rank)
-                    .withColumns({"_claimed": F.lit(True), "_needs_lookup": F.lit(True)}))
-        good = good.transform(D.with_rule_name(rules)).localCheckpoint()
-        first = good.transform(D.filter_first_copies)
-        # One small aggregate decides which history reads the batch needs at all, and what
-        # they may touch: the batch's own offset ranges and the rule scopes' dates.
-        rule_scope = (first.filter(F.col("_claimed") & F.col("_rule").isNotNull())
-                      .transform(D.with_rule_scope(rules)))
-        profile = (
-            first.agg(F.count(F.when(F.col("_claimed") & F.col("_needs_lookup"), 1)).alias("probe"),
-                      F.count(F.when(F.col("_claimed") & F.col("_rule").isNotNull(), 1)).alias("rule"))
-            .crossJoin(rule_scope.agg(F.to_date(F.min("_scope_start")).alias("first_date"),
-                                      F.to_date(F.max(_scope_end())).alias("last_date")))
-            .crossJoin(copies.groupBy("kafka_topic", "kafka_partition")
-                       .agg(F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
-                       .agg(F.collect_list(F.struct("kafka_topic", "kafka_partition", "first", "last")).alias("own")))
-        ).first()
-        own = (copies.select(*COORDINATES) if not self.claims else
-               [tuple(r) for r in profile["own"]])
-        span = (profile["first_date"], profile["last_date"]) if self.claims else None
-
-        in_batch_copies = good.transform(D.filter_repeated_copies)
-        # An unclaimed event was seen within H in an earlier batch: its copies here differ
-        # from every copy seen since (identical ones lost their copy claim), so each is a
-        # conflicting copy of the kept one.
-        recent_copies = first.filter(~F.col("_claimed")).withColumns({
-            "rule": F.lit(D.IDENTITY_RULE), "duplicate_of": F.col("event_id"), "_decision": F.lit(D.DROPPED),
-            "_kept_payload": F.lit(None).cast("string")})
-        candidates = first.filter(F.col("_claimed"))
-        if profile["probe"]:
-            # The rare rows whose first copy may have left the state: one pruned look at silver.
-            seen = (self._identity_history(spark, candidates.filter(F.col("_needs_lookup")), own)
-                    .transform(D.history_first_copies))
-            classified = candidates.join(F.broadcast(seen), on=D.IDENTITY, how="left")
-        else:
-            classified = candidates.withColumns({"_seen_order": F.lit(None).cast(first.schema["_order"].dataType),
-                                                 "_seen_payload": F.lit(None).cast("string")})
-        classified = classified.withColumn(
-            "_replaces", F.coalesce(F.col("_order") < F.col("_seen_order"), F.lit(False))).localCheckpoint()
-        new_events = classified.transform(D.filter_new_events)
-        late_copies = classified.transform(D.filter_late_copies).drop("_replaces")
-        identity_duplicates = (in_batch_copies.unionByName(late_copies, allowMissingColumns=True)
-                               .unionByName(recent_copies, allowMissingColumns=True))
-        conflicting = identity_duplicates.filter(~F.col("_kept_payload").eqNullSafe(F.col("payload_sha256")))
-
-        usage_new = new_events.filter(F.col("event_type") == "usage")
-        account = select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT, "_replaces")
-        usage_cols = spec(USAGE).column_names
-        unruled = usage_new.filter(F.col("_rule").isNull()).select(*usage_cols, "_replaces")
-        rule_new = usage_new.filter(F.col("_rule").isNotNull()).transform(D.with_kafka_order)
-        if not profile["rule"]:
-            return SilverPlan(
-                quarantine=quarantine, usage=unruled, account=account,
-                duplicates=select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update"),
-                usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
-                identity_duplicates=identity_duplicates,
-                decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string")}).limit(0),
-                unruled=unruled, own=own,
-            )
-
-        stored = (self._rule_history(spark, rule_new, own, span)
-                  .withColumn("_stored_kept", F.col("_in") == IN_USAGE)
-                  .transform(D.with_kafka_order)
-                  .transform(D.filter_retry_candidates(rules, rule_new))
-                  .localCheckpoint())
-        decided = (
-            stored.select(*usage_cols, "_rule")
-            .unionByName(rule_new.select(*usage_cols, "_rule"))
-            .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
-            .transform(D.apply_dedup_rules(rules))
-        ).localCheckpoint()
-        # Where each decided event is stored now (a crash between two writes of a correction
-        # can leave it in both tables), so that only what changes is written.
-        placed = stored.groupBy(*COORDINATES).agg(
-            F.max(F.col("_in") == IN_USAGE).alias("_in_usage"),
-            F.max(F.col("_in") == IN_DUPLICATES).alias("_in_duplicates"),
-            F.max_by("duplicate_of", F.col("_in") == IN_DUPLICATES).alias("_stored_duplicate_of"))
-        placed_decisions = (
-            decided.join(placed, on=COORDINATES, how="left")
-            .join(rule_new.select(*COORDINATES, "_replaces"), on=COORDINATES, how="left")
-            .withColumns({"_in_usage": F.coalesce("_in_usage", F.lit(False)),
-                          "_in_duplicates": F.coalesce("_in_duplicates", F.lit(False)),
-                          "_replaces": F.coalesce("_replaces", F.lit(False))})
-        ).localCheckpoint()
-        kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
-        usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
-        changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
-        duplicates = (
-            select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update")
-            .unionByName(select_for(dropped.filter(changed_drop).withColumn("_update", F.col("_in_duplicates")),
-                                    DUPLICATES, "_update"))
-        )
-        return SilverPlan(
-            quarantine=quarantine, usage=usage, account=account, duplicates=duplicates,
-            usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
-            revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
-            identity_duplicates=identity_duplicates, decided=decided, unruled=unruled, own=own,
-        )
 
     # -- writes, in the crash-safe order ----------------------------------------------------
     def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, who: BatchWrite) -> None:
@@ -472,7 +264,7 @@ class SilverBatchWriter:
             if table == BATCHES:
                 key, mine = ["query_id", "batch_id"], (F.col("query_id") == who.query_id) & (F.col("batch_id") == who.batch_id)
             else:
-                key, mine = COORDINATES, _inside(own)
+                key, mine = COORDINATES, inside_ranges(own)
             # File statistics on the coordinates skip every file but the batch's own.
             rows = rows.join(self.lake.read(spark, table).filter(mine).select(*key), on=key, how="left_anti")
         writer = rows.select(*spec(table).column_names).write.format("delta").mode("append")
@@ -516,21 +308,6 @@ class SilverBatchWriter:
          .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in cols})
          .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
          .execute())
-
-
-def _scope_end() -> Column:
-    """A rule scope's end; an open one (a retry chain runs forward) ends where stored events
-    can: the future tolerance ahead of now."""
-    return F.coalesce(F.col("_scope_end"), F.current_timestamp() + F.expr(f"INTERVAL {_FUTURE_DAYS} DAYS"))
-
-
-def _inside(ranges: list[tuple]) -> Column:
-    """Rows within the given (topic, partition, first offset, last offset) ranges."""
-    inside = F.lit(False)
-    for topic, partition, first, last in ranges:
-        inside = inside | ((F.col("kafka_topic") == topic) & (F.col("kafka_partition") == partition)
-                           & F.col("kafka_offset").between(first, last))
-    return inside
 
 
 def _run_together(calls: list) -> None:

@@ -276,8 +276,18 @@ def with_rule_scope(rules: tuple[DedupRule, ...]):
     return transform
 
 
-def filter_retry_candidates(rules: tuple[DedupRule, ...], new_events: DataFrame):
-    """Stored events of retry-window keys -> those a refold over the new events needs.
+def first_new_position(rules: tuple[DedupRule, ...]) -> Column:
+    """Aggregate over a key's new events (with `_order`): the (occurred_at, _order) of its
+    first retry-window event, where a refold of the key starts; null for other rules."""
+    retry = [r.name for r in rules if r.kind != "once_per_calendar_period"]
+    if not retry:
+        return F.lit(None)
+    return F.min(F.when(F.col("_rule").isin(*retry), F.struct(F.col("occurred_at"), F.col("_order"))))
+
+
+def filter_retry_candidates(rules: tuple[DedupRule, ...]):
+    """Stored events of retry-window keys, each carrying its key's `_first_new`
+    (first_new_position) -> those a refold over the new events needs.
 
     The fold is sequential in event time, so nothing before a key's first new event moves;
     it starts from the last stored event kept before that point (the anchor in force) and
@@ -288,13 +298,10 @@ def filter_retry_candidates(rules: tuple[DedupRule, ...], new_events: DataFrame)
 
     def transform(stored: DataFrame) -> DataFrame:
         if not retry:
-            return stored
-        first_new = (new_events.filter(F.col("_rule").isin(*retry)).groupBy(*RULE_KEY)
-                     .agg(F.min(pos).alias("_first_new")))
+            return stored.drop("_first_new")
         per_key = Window.partitionBy(*RULE_KEY)
         anchor = F.max(F.when(F.col("_stored_kept") & (pos < F.col("_first_new")), pos)).over(per_key)
         keep = ~F.col("_rule").isin(*retry) | (pos >= F.coalesce(anchor, F.col("_first_new")))
-        return (stored.join(F.broadcast(first_new), on=RULE_KEY, how="left")
-                .withColumn("_keep", keep).filter(F.col("_keep")).drop("_first_new", "_keep"))
+        return stored.withColumn("_keep", keep).filter(F.col("_keep")).drop("_first_new", "_keep")
 
     return transform

@@ -50,3 +50,19 @@ def test_a_successful_export_returns(spark, tmp_path, monkeypatch):
     call_like_a_wheel_task(monkeypatch, "lakehouse-export", "--lake-root", str(tmp_path / "lake"),
                            "--exports-dir", str(tmp_path / "exports"))
     assert sorted(p.name for p in (tmp_path / "exports").glob("*/*")) == ["finance.csv", "provider.jsonl"]
+
+
+def test_the_views_job_creates_the_analyst_views_over_the_tables_there(spark, tmp_path, monkeypatch, capsys):
+    from pipelines.jobs.common import JobContext
+    from pipelines.settings import Settings
+    from pipelines.views import load_views
+
+    seeded_lake(spark, tmp_path)
+    call_like_a_wheel_task(monkeypatch, "lakehouse-views", "--lake-root", str(tmp_path / "lake"))
+
+    lake = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path / "lake"))).lake
+    expected = sorted(v.name for v in load_views().values() if all(lake.exists(spark, t) for t in v.tables))
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("views: "))
+    assert expected and sorted(line.split(": ", 2)[2].split(", ")) == expected
+    for name in expected:
+        spark.table(name).limit(1).collect()   # each view resolves against this lake

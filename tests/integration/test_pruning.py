@@ -7,6 +7,7 @@ from datetime import date
 from pyspark.sql import functions as F
 
 from pipelines.jobs import silver as S
+from pipelines.transforms.silver_plan import stored_rows
 from pipelines.jobs.common import JobContext
 from pipelines.tables import filter_touched_partitions, spec
 
@@ -31,7 +32,8 @@ def test_a_history_read_touches_only_the_batch_dates(spark, tmp_path):
     # The batch's own rows, as the stream's batch names them: an offset range per partition.
     own = [("t", 0, 0, 9)]
 
-    got = S.SilverBatchWriter(ctx)._stored(spark, S.USAGE, dates, own)
+    read = lambda table: ctx.lake.read(spark, table)  # noqa: E731
+    got = stored_rows(read, S.USAGE, dates, own, claims=True)
     assert got.select("event_date").distinct().collect() == [(date(2026, 1, 2),)]
     # The date's 100 rows less the batch's own (offsets 0-9: 1, 4 and 7 fall on that date).
     assert got.count() == 97
@@ -42,7 +44,7 @@ def test_a_history_read_touches_only_the_batch_dates(spark, tmp_path):
 
     # A span of dates the batch already knows (the rule scopes) prunes when planned.
     span = F.col("event_date").between(F.lit(date(2026, 1, 2)), F.lit(date(2026, 1, 3)))
-    got = S.SilverBatchWriter(ctx)._stored(spark, S.USAGE, span, own)
+    got = stored_rows(read, S.USAGE, span, own, claims=True)
     assert sorted(r[0] for r in got.select("event_date").distinct().collect()) == [date(2026, 1, 2), date(2026, 1, 3)]
     assert got.count() == 97 + 100 - 3     # offsets 2, 5 and 8 fall on 3 Jan
     scan = got._jdf.queryExecution().executedPlan().toString()

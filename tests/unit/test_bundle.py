@@ -5,13 +5,16 @@ Makefile); it is committed as tests/fixtures/databricks_bundle_schema.json so CI
 neither the CLI nor a workspace. `make bundle-schema` rebuilds the CLI and regenerates it.
 The bundle is checked twice: as written (with `${var.*}` references, which the schema
 allows where the CLI resolves them) and with the variables resolved for each target,
-which is what the CLI would deploy.
+which is what the CLI would deploy. Then the CLI itself validates it for dev and prod:
+`make test` builds the CLI and sets LAKEHOUSE_REQUIRE_DATABRICKS_CLI=1, so there a missing
+CLI fails those tests instead of skipping them.
 """
 from __future__ import annotations
 
 import copy
 import glob
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,8 +36,24 @@ SCHEMA = ROOT / "tests" / "fixtures" / "databricks_bundle_schema.json"
 VENV_BIN = Path(sys.executable).parent
 REFERENCE = re.compile(r"\$\{(var|bundle)\.([A-Za-z0-9_.-]+)\}")
 # What the schedule must cover (the issue's list): the batch jobs behind each entry point.
-SCHEDULED = {"billing", "export", "plan-rules", "quality", "fraud"}
+SCHEDULED = {"billing", "export", "plan-rules", "quality", "fraud", "views"}
 STREAMS = {"bronze", "silver", "gold", "notify"}
+REQUIRE_CLI = "LAKEHOUSE_REQUIRE_DATABRICKS_CLI"
+# Variables without a default, given at validate/deploy time.
+CLI_VARS = {"kafka_bootstrap_servers": "broker:9093",
+            "prod_service_principal": "11111111-2222-3333-4444-555555555555",
+            "alert_destination_id": "00000000-aaaa-bbbb-cccc-000000000001",
+            "warehouse_id": "abcdef0123456789"}
+
+
+def databricks_cli() -> str:
+    """The CLI `make databricks-cli` builds; a skip without it, a failure where CI requires it."""
+    cli = shutil.which("databricks", path=str(ROOT / ".local" / "bin"))
+    if cli is None:
+        if os.environ.get(REQUIRE_CLI):
+            pytest.fail(f"{REQUIRE_CLI} is set but .local/bin/databricks is missing: run `make databricks-cli`")
+        pytest.skip("Databricks CLI not built (make databricks-cli)")
+    return cli
 
 
 def load_bundle(root: Path = ROOT) -> dict:
@@ -159,6 +178,18 @@ def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
     assert not re.search(r"(password|token|secret)\s*:\s*['\"]?[A-Za-z0-9]{8,}", text, re.IGNORECASE)
 
 
+def test_the_pii_key_is_named_in_a_secret_scope_only(bundle):
+    """Silver refuses to start on Databricks without a PII key (pipelines/pii_key.py): the
+    jobs are told the scope, the key inside it is pii.yaml's, and no value is in the env."""
+    from pipelines.pii import load_pii_config
+
+    key = load_pii_config().key
+    env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
+    assert env[key.scope_env] == "${var.pii_secret_scope}"
+    assert bundle["variables"]["pii_secret_scope"]["description"].count(key.scope_key) == 1
+    assert not {key.env, "LAKEHOUSE_PII_SALT"} & set(env)
+
+
 def test_every_wheel_entry_point_is_a_script_of_the_package(bundle):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     scripts = project["scripts"]
@@ -221,23 +252,28 @@ def test_every_installed_script_starts_with_help(script):
 
 
 def test_the_cli_prints_the_committed_schema_when_it_is_installed():
-    cli = shutil.which("databricks", path=str(ROOT / ".local" / "bin"))
-    if cli is None:
-        pytest.skip("Databricks CLI not built (make databricks-cli); the committed schema is used")
+    cli = databricks_cli()
     printed = subprocess.run([cli, "bundle", "schema"], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(printed.stdout) == json.loads(SCHEMA.read_text(encoding="utf-8"))
 
 
 class _Workspace(BaseHTTPRequestHandler):
-    """The few workspace calls `bundle validate` makes (who am I, does the bundle folder
-    exist, its permissions), answered locally: validation itself is the CLI's, offline."""
+    """The few workspace calls `bundle validate` makes (the host's metadata, who am I, does
+    the bundle folder exist, its permissions), answered locally: validation itself is the
+    CLI's, offline. Nothing else is reached: an unknown call gets a 404 and fails the run
+    (lookup variables, which would need one, are not used for that reason)."""
+
+    user = "ci@example.com"
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        if "/scim/v2/Me" in self.path:
-            body = {"userName": "ci@example.com", "id": "1", "groups": [{"display": "billing-data-engineers"}]}
+        if self.path.startswith("/.well-known/databricks-config"):
+            host = f"http://{self.headers['Host']}"
+            body = {"host_type": "WORKSPACE_HOST", "workspace_id": "1", "oidc_endpoint": f"{host}/oidc"}
+        elif "/scim/v2/Me" in self.path:
+            body = {"userName": self.user, "id": "1", "groups": [{"display": "billing-data-engineers"}]}
         elif "/workspace/get-status" in self.path:
             body = {"object_type": "DIRECTORY", "path": "/bundle", "object_id": 1}
         elif "/workspace/mkdirs" in self.path:
@@ -257,42 +293,137 @@ class _Workspace(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_GET
 
 
-@pytest.mark.parametrize("target", ["dev", "prod"])
-def test_the_cli_validates_the_bundle_when_it_is_installed(target, tmp_path):
-    cli = shutil.which("databricks", path=str(ROOT / ".local" / "bin"))
-    if cli is None:
-        pytest.skip("Databricks CLI not built (make databricks-cli)")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Workspace)
+def cli_validate(cli: str, target: str, home: Path) -> dict:
+    """`databricks bundle validate -t <target>` offline, the resolved bundle it prints.
+
+    What works without a workspace: DATABRICKS_HOST pointing at the local stub above (a
+    fake https host would be dialled for the same calls and fail), any DATABRICKS_TOKEN,
+    an empty HOME and config file so no profile of the machine is read, and every variable
+    without a default given with --var. prod is deployed by its service principal (a
+    dashboard that embeds credentials must be deployed by the identity it runs as), so
+    there the stub answers "who am I" with the principal's application id."""
+    user = CLI_VARS["prod_service_principal"] if target == "prod" else _Workspace.user
+    handler = type("Workspace", (_Workspace,), {"user": user})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DATABRICKS_CONFIG_FILE": str(tmp_path / "none.cfg"),
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "DATABRICKS_CONFIG_FILE": str(home / "none.cfg"),
            "DATABRICKS_HOST": f"http://127.0.0.1:{server.server_port}", "DATABRICKS_TOKEN": "not-a-secret"}
+    args = [cli, "bundle", "validate", "-t", target, "--output", "json"]
+    for name, value in CLI_VARS.items():
+        args += ["--var", f"{name}={value}"]
     try:
-        done = subprocess.run([cli, "bundle", "validate", "-t", target, "--output", "json",
-                               "--var", "kafka_bootstrap_servers=broker:9093",
-                               "--var", "prod_service_principal=11111111-2222-3333-4444-555555555555"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     finally:
         server.shutdown()
     assert done.returncode == 0, done.stderr
-    assert "Error" not in done.stderr and "Warning" not in done.stderr, done.stderr
-    resolved = json.loads(done.stdout)
-    jobs = resolved["resources"]["jobs"]
-    assert set(jobs) == set(load_bundle()["resources"]["jobs"])
-    env_vars = jobs["lakehouse_billing_close"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    assert not re.search(r"\b(Error|Warn|Warning|Recommendation)\b", done.stderr), done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_the_cli_validates_the_bundle_when_it_is_installed(target, tmp_path):
+    resolved = cli_validate(databricks_cli(), target, tmp_path)
+    resources = resolved["resources"]
+    assert set(resources["jobs"]) == set(load_bundle()["resources"]["jobs"])
+    env_vars = resources["jobs"]["lakehouse_billing_close"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert env_vars["KAFKA_BOOTSTRAP_SERVERS"] == "broker:9093"
     assert env_vars["KAFKA_SASL_SECRET_SCOPE"] == "billing-lakehouse"
+    # The deployed names, which the jobs are told: development mode prefixes schemas with
+    # the user (dev_ci_...), prod keeps them as they are.
+    schemas = resources["schemas"]
+    prefix = "dev_ci_" if target == "dev" else ""
+    plain = {"dev": "billing_dev", "prod": "lakehouse"}[target]
+    assert schemas["lakehouse"]["name"] == prefix + plain
+    assert schemas["analyst"]["name"] == prefix + plain + "_analyst"
+    assert env_vars["LAKEHOUSE_SCHEMA"] == "${resources.schemas.lakehouse.name}"
+    assert resources["volumes"]["lake"]["schema_name"] == "${resources.schemas.lakehouse.name}"
+    protected = {r.get("lifecycle", {}).get("prevent_destroy", False)
+                 for r in (schemas["lakehouse"], resources["volumes"]["lake"])}
+    assert protected == {target == "prod"}
+    dashboard = resources["dashboards"]["billing_lakehouse"]
+    assert dashboard["warehouse_id"] == CLI_VARS["warehouse_id"]
+    assert json.loads(dashboard["serialized_dashboard"])["datasets"], "the .lvdash.json file was read"
 
 
 def test_analysts_are_granted_the_analyst_schema_only(bundle):
     """Unity Catalog side of the analyst surface (README "Security"): SELECT on the analyst
     schema (views over silver and gold, no bronze, no quarantine) for the analyst group, no
-    grant on the jobs' schema, and the jobs told the schema's deployed name."""
+    grant on the jobs' schema or its volume, and the jobs told the schemas' deployed names."""
     schemas = bundle["resources"]["schemas"]
     analyst = schemas["analyst"]
     assert analyst["catalog_name"] == "${var.catalog}" and analyst["name"] == "${var.analyst_schema}"
     assert analyst["grants"] == [{"principal": "${var.analyst_group}", "privileges": ["USE_SCHEMA", "SELECT"]}]
-    assert all(s["name"] != "${var.schema}" for s in schemas.values()), "no schema resource re-declares the jobs' one"
+    granted = [(kind, key, g["principal"]) for kind in ("schemas", "volumes")
+               for key, res in bundle["resources"][kind].items() for g in res.get("grants", [])]
+    assert [(k, key) for k, key, who in granted if who == "${var.analyst_group}"] == [("schemas", "analyst")]
     env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
     assert env["LAKEHOUSE_ANALYST_SCHEMA"] == "${resources.schemas.analyst.name}"
     assert resolve(bundle, "prod")["resources"]["schemas"]["analyst"]["name"] == "lakehouse_analyst"
     assert resolve(bundle, "dev")["resources"]["schemas"]["analyst"]["name"] == "billing_dev_analyst"
+
+
+def test_the_jobs_schema_and_volume_are_bundle_resources(bundle):
+    """The bundle owns the jobs' schema and the volume that is the lake root; the jobs are
+    told their deployed names (development mode prefixes schemas), the engineers may read
+    them, and in prod `bundle destroy` may not drop them."""
+    res = bundle["resources"]
+    jobs_schema, volume = res["schemas"]["lakehouse"], res["volumes"]["lake"]
+    assert (jobs_schema["catalog_name"], jobs_schema["name"]) == ("${var.catalog}", "${var.schema}")
+    assert jobs_schema["grants"] == [{"principal": "${var.engineers_group}",
+                                      "privileges": ["USE_SCHEMA", "SELECT", "READ_VOLUME"]}]
+    assert (volume["catalog_name"], volume["schema_name"], volume["name"], volume["volume_type"]) == (
+        "${var.catalog}", "${resources.schemas.lakehouse.name}", "${var.lake_volume}", "MANAGED")
+    env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
+    assert env["LAKEHOUSE_SCHEMA"] == "${resources.schemas.lakehouse.name}"
+    assert env["LAKEHOUSE_ROOT"] == "/Volumes/${var.catalog}/${resources.schemas.lakehouse.name}/${var.lake_volume}"
+    for target, protected in (("prod", True), ("dev", False)):
+        resolved = resolve(bundle, target)["resources"]
+        assert resolved["schemas"]["lakehouse"]["lifecycle"] == {"prevent_destroy": protected}, target
+        assert resolved["volumes"]["lake"]["lifecycle"] == {"prevent_destroy": protected}, target
+
+
+def test_the_nightly_close_is_one_job_whose_tasks_wait_for_each_other(bundle):
+    """billing -> quality -> export and plan rules: no job runs on the clock hoping the one
+    before it has finished, and nothing leaves the lakehouse after a failed close or gate."""
+    jobs = bundle["resources"]["jobs"]
+    close = jobs["lakehouse_billing_close"]
+    runs = {t["task_key"]: (t["python_wheel_task"]["entry_point"], [d["task_key"] for d in t.get("depends_on", [])])
+            for t in close["tasks"]}
+    assert runs == {"billing": ("lakehouse-billing", []),
+                    "quality": ("lakehouse-quality", ["billing"]),
+                    "export": ("lakehouse-export", ["quality"]),
+                    "plan_rules": ("lakehouse-plan-rules", ["quality"]),
+                    "analyst_views": ("lakehouse-views", ["billing"])}
+    for entry_point in ("lakehouse-billing", "lakehouse-export", "lakehouse-plan-rules", "lakehouse-views"):
+        owners = [key for key, _job, task in tasks(bundle)
+                  if (task.get("python_wheel_task") or {}).get("entry_point") == entry_point]
+        assert owners == ["lakehouse_billing_close"], entry_point
+    assert close["max_concurrent_runs"] == 1 and close["timeout_seconds"] > 0
+
+
+def test_health_rules_alert_by_email_and_webhook(bundle):
+    """The stream alerts on backlog, the close on duration; both, and every failure of a
+    scheduled job, reach the email and the notification destination given as variables."""
+    jobs = bundle["resources"]["jobs"]
+    email, hook = ["${var.alert_email}"], [{"id": "${var.alert_destination_id}"}]
+    ingest = jobs["lakehouse_ingest"]
+    assert {r["metric"]: r["value"] for r in ingest["health"]["rules"]} == {
+        "STREAMING_BACKLOG_SECONDS": "${var.backlog_seconds_limit}",
+        "STREAMING_BACKLOG_RECORDS": "${var.backlog_records_limit}"}
+    assert ingest["email_notifications"]["on_streaming_backlog_exceeded"] == email
+    assert ingest["webhook_notifications"]["on_streaming_backlog_exceeded"] == hook
+    close = jobs["lakehouse_billing_close"]
+    assert close["health"]["rules"] == [{"metric": "RUN_DURATION_SECONDS", "op": "GREATER_THAN",
+                                         "value": "${var.close_duration_limit_seconds}"}]
+    assert close["email_notifications"]["on_duration_warning_threshold_exceeded"] == email
+    assert close["webhook_notifications"]["on_duration_warning_threshold_exceeded"] == hook
+    for key, job in jobs.items():
+        if "schedule" in job or "continuous" in job:
+            assert job["email_notifications"]["on_failure"] == email, key
+            assert job["webhook_notifications"]["on_failure"] == hook, key
+    for rule in (*ingest["health"]["rules"], *close["health"]["rules"]):
+        assert rule["op"] == "GREATER_THAN"
+    variables = bundle["variables"]
+    assert "default" not in variables["alert_destination_id"], "every deploy names where alerts go"
+    assert all(isinstance(variables[v]["default"], int)
+               for v in ("backlog_seconds_limit", "backlog_records_limit", "close_duration_limit_seconds"))

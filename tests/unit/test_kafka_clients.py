@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import kafka_clients
+from pipelines import secret_scopes
 from pipelines.kafka_auth import KafkaAuthError
 from pipelines.settings import Settings
 
@@ -161,7 +162,7 @@ def test_on_databricks_the_bundles_secret_scope_is_read_through_dbutils(monkeypa
 
 def test_a_notebook_hands_its_dbutils_in(monkeypatch):
     fake = FakeDbutils(SCOPE)
-    monkeypatch.setattr(kafka_clients, "_secret_reader", None)
+    monkeypatch.setattr(secret_scopes, "_secret_reader", None)
     kafka_clients.use_dbutils(fake)
     try:
         env = {k: v for k, v in BUNDLE_ENV.items() if k != "DATABRICKS_RUNTIME_VERSION"}
