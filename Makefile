@@ -61,6 +61,15 @@ drill: setup
 wheel-smoke: setup kafka-start
 	@$(PY) scripts/wheel_smoke.py
 
+# The pipeline on a real multi-executor Spark: a standalone cluster (master and two workers of
+# 1 core and 2g, each its own JVM, on 127.0.0.1, from the installed wheel's pyspark) runs
+# ingest, billing and export from the wheel; every table and export file must equal a
+# local[*] run's over the same events, and both executors must have run tasks. A few
+# minutes; CI runs it after `make wheel-smoke`, on the same broker.
+.PHONY: cluster-check
+cluster-check: setup kafka-start
+	@$(PY) scripts/cluster_check.py
+
 demo: setup
 	@$(DEV) demo
 

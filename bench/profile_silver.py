@@ -249,8 +249,8 @@ class LeanWriter:
             return
         self.with_rows.add(batch_id)
         copies = batch.transform(D.filter_copy_claims)
-        good = silver_job.select_for(copies.transform(filter_good), silver_job.USAGE)
-        bad = copies.transform(filter_bad).transform(silver_job.to_quarantine_rows)
+        good = silver_plan.select_for(copies.transform(filter_good), silver_plan.USAGE)
+        bad = copies.transform(filter_bad).transform(silver_plan.to_quarantine_rows)
 
         def append(rows, name):
             return lambda: rows.write.format("delta").mode("append").save(str(self.root / name))
