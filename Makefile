@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-LAKEHOUSE := $(VENV)/bin/lakehouse
+# The development commands (devtools/, not in the wheel): the local broker, the producer, the demo.
+DEV := $(PY) -m devtools
 UV_VERSION := 0.13.9
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 JARS_STAMP := jvm/target/.resolved
@@ -33,10 +34,10 @@ $(JARS_STAMP): jvm/pom.xml jvm/settings.xml
 	@touch $@
 
 kafka-start: setup
-	@$(LAKEHOUSE) kafka start
+	@$(DEV) kafka start
 
 kafka-stop:
-	@test -x $(LAKEHOUSE) && $(LAKEHOUSE) kafka stop || true
+	@test -x $(PY) && $(DEV) kafka stop || true
 
 # The Databricks CLI is built first so tests/unit/test_bundle.py runs the CLI's own `bundle
 # validate` for dev and prod; LAKEHOUSE_REQUIRE_DATABRICKS_CLI=1 turns those tests' skip
@@ -70,17 +71,17 @@ cluster-check: setup kafka-start
 	@$(PY) scripts/cluster_check.py
 
 demo: setup
-	@$(LAKEHOUSE) demo
+	@$(DEV) demo
 
 bench: setup kafka-start
-	@$(PY) bench/bench_ingest.py
+	@$(PY) -m bench.bench_ingest
 
 # Re-pin requirements.lock from the ranges in pyproject.toml.
 lock: venv
 	@$(VENV)/bin/uv pip compile pyproject.toml --extra local --extra dev -o requirements.lock --python-version 3.11 -q
 
 docs: venv
-	@$(PY) -m pipelines.docs
+	@$(PY) -m devtools.docs
 
 # The Databricks CLI (a Go module, pinned), to validate and deploy the bundle and to regenerate
 # the bundle schema the tests validate against (tests/fixtures/databricks_bundle_schema.json).

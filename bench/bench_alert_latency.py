@@ -3,8 +3,8 @@ threshold to the notification being readable on the notifications topic.
 
 Run by hand, from the repository root, with the broker running:
 
-    .venv/bin/python bench/bench_alert_latency.py                     # 200 crossings
-    .venv/bin/python bench/bench_alert_latency.py --crossings 20      # quick check
+    .venv/bin/python -m bench.bench_alert_latency                     # 200 crossings
+    .venv/bin/python -m bench.bench_alert_latency --crossings 20      # quick check
 
 One process, one SparkSession:
 
@@ -40,15 +40,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench_common import (  # noqa: E402 - the sibling module
+from bench.bench_common import (
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
+from pipelines.settings import Settings
 
-from pipelines.settings import Settings  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 QUOTA_SHARE_USAGE = 240   # 80 % of basic's 300 included tickets: exactly at the threshold
 
@@ -114,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from kafka import KafkaProducer
 
-    from pipelines import kafka_local
+    from devtools import kafka_local
+    from devtools.generator import format_ts, to_ms
+    from pipelines import kafka_topics
+    from pipelines.exact_json import dumps
     from pipelines.jobs.common import JobContext, RunOptions
-    from pipelines.produce import dumps, format_ts, to_ms
     from pipelines.runner import JOBS
     from pipelines.session import build_spark
 
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings().with_overrides(lake_root=str(lake_root), events_topic=f"bench.events.{stamp}",
                                          notifications_topic=f"bench.notifications.{stamp}")
     kafka_local.start(settings)
-    kafka_local.ensure_topics(settings, {settings.events_topic: 3, settings.notifications_topic: 3})
+    kafka_topics.ensure_topics(settings, {settings.events_topic: 3, settings.notifications_topic: 3})
     spark = build_spark("bench-alert-latency")
     machine = machine_info(spark, kafka=True)
     ctx = JobContext.from_settings(settings, RunOptions(continuous=True, processing_time=args.processing_time))

@@ -2,8 +2,8 @@
 
 Run by hand (it is long), from the repository root; no Kafka broker needed:
 
-    .venv/bin/python bench/bench_billing.py                              # 10,000 accounts, 1,000,000 events
-    .venv/bin/python bench/bench_billing.py --accounts 500 --events 50000   # quick check
+    .venv/bin/python -m bench.bench_billing                              # 10,000 accounts, 1,000,000 events
+    .venv/bin/python -m bench.bench_billing --accounts 500 --events 50000   # quick check
 
 One run, one SparkSession (`pipelines.session.build_spark`):
 
@@ -46,15 +46,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from pipelines.billing import export as export_module  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
+from bench.bench_common import (
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
+from pipelines.billing import export as export_module
+from pipelines.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The shipped catalog's plans (pipelines/conf/pricing.yaml), in rank order.
 PLANS = ["starter", "basic", "pro", "advanced", "enterprise"]
@@ -438,6 +436,7 @@ def usage_events_frame(spark, accounts, args: argparse.Namespace):
 def write_table(spark, lake, name: str, frame) -> None:
     """Append `frame` to the table created from its spec, cast to the exact schema."""
     from pyspark.sql import functions as F
+
     from pipelines.tables import spec
 
     lake.ensure(spark, name)
@@ -790,9 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     stages: list[Stage] = []
     try:
         say("starting Spark (one session for every stage)")
-        from pipelines.session import build_spark
-        from pipelines.jobs.common import JobContext
         from pipelines.jobs import billing as billing_job
+        from pipelines.jobs.common import JobContext
+        from pipelines.session import build_spark
 
         spark = build_spark("bench-billing")
         machine = machine_info(spark)

@@ -1,8 +1,8 @@
 """Billing close time as events and accounts grow in 10x steps (the growth curve).
 
-    .venv/bin/python bench/bench_billing_growth.py                        # 10k/100, 100k/1k, 1M/10k
-    .venv/bin/python bench/bench_billing_growth.py --steps 3 --base-events 2000 --base-accounts 20
-    .venv/bin/python bench/bench_billing_growth.py --replot bench/out/billing-growth-<stamp>
+    .venv/bin/python -m bench.bench_billing_growth                        # 10k/100, 100k/1k, 1M/10k
+    .venv/bin/python -m bench.bench_billing_growth --steps 3 --base-events 2000 --base-accounts 20
+    .venv/bin/python -m bench.bench_billing_growth --replot bench/out/billing-growth-<stamp>
 
 Each step is one run of bench/bench_billing.py (its own process and SparkSession, same
 seed and months), `--base-events`/`--base-accounts` times 10^i; this collects the close,
@@ -22,10 +22,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.bench_common import command_line, positive_int, say, write_outputs
 
-from bench_common import command_line, positive_int, say, write_outputs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STAGES = {"close": "billing close", "rerun": "billing rerun", "export": "export (run_export"}
 
@@ -52,7 +51,7 @@ def main(argv=None) -> int:
         events, accounts = args.base_events * 10**i, args.base_accounts * 10**i
         out = run_dir / f"step{i}"
         say(f"step {i + 1}/{args.steps}: {events:,} events, {accounts:,} accounts")
-        subprocess.run([sys.executable, str(ROOT / "bench" / "bench_billing.py"), "--events", str(events),
+        subprocess.run([sys.executable, "-m", "bench.bench_billing", "--events", str(events),
                         "--accounts", str(accounts), "--months", str(args.months), "--out", str(out)],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         summary = json.loads(next(out.glob("billing-*/summary.json")).read_text())

@@ -36,12 +36,15 @@ def positive_int(text: str) -> int:
 
 
 def command_line() -> str:
+    """The command that re-runs this one: `python -m bench.<script> <flags>`."""
     exe = Path(sys.executable)
     try:
         exe_text = str(exe.relative_to(Path.cwd()))
     except ValueError:
         exe_text = str(exe)
-    return shlex.join([exe_text, *sys.argv])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    script = ["-m", spec.name] if spec is not None and spec.name.startswith("bench.") else sys.argv[:1]
+    return shlex.join([exe_text, *script, *sys.argv[1:]])
 
 
 def topic_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:

@@ -2,8 +2,8 @@
 
 Run by hand from the repository root, with the local broker up:
 
-    .venv/bin/python bench/bench_compaction.py                       # 6,000 events, 80 batches
-    .venv/bin/python bench/bench_compaction.py --events 3000 --batches 40
+    .venv/bin/python -m bench.bench_compaction                       # 6,000 events, 80 batches
+    .venv/bin/python -m bench.bench_compaction --events 3000 --batches 40
 
 Every silver micro-batch MERGEs a few small files into each silver table, and each batch
 reads those tables back (the history its dedup depends on). Without compaction the files a
@@ -23,22 +23,15 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench_common import delete_topic, machine_info, machine_line, positive_int, say  # noqa: E402
-from profile_silver import (  # noqa: E402
-    Timings, batches_with_rows, bronze_in_batches, timed_actions, timed_batches,
-)
-
-from pipelines.jobs import silver as silver_job  # noqa: E402
-from pipelines.transforms import silver_plan  # noqa: E402
-from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
-from pipelines.session import build_spark  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from pipelines.tables import Lake  # noqa: E402
+from bench.bench_common import delete_topic, machine_info, machine_line, positive_int, say
+from bench.profile_silver import Timings, batches_with_rows, bronze_in_batches, timed_actions, timed_batches
+from pipelines.jobs import silver as silver_job
+from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.runner import ProgressReporter, run_jobs
+from pipelines.session import build_spark
+from pipelines.settings import Settings
+from pipelines.tables import Lake
+from pipelines.transforms import silver_plan
 
 AUTO_COMPACT = "spark.databricks.delta.autoCompact.enabled"
 SILVER_TABLES = ("silver.usage_events", "silver.duplicates", "silver.account_events")

@@ -1,7 +1,7 @@
 """Identity dedup, two ways, on the same bronze data: the silver hot path vs a Delta MERGE.
 
-    .venv/bin/python bench/bench_dedup_merge.py                      # 200,000 events, 20 batches
-    .venv/bin/python bench/bench_dedup_merge.py --events 20000 --batches 5
+    .venv/bin/python -m bench.bench_dedup_merge                      # 200,000 events, 20 batches
+    .venv/bin/python -m bench.bench_dedup_merge --events 20000 --batches 5
 
 1. bronze  the project's generator (its default 5% exact re-sends, retries, late and bad
            records) written straight to a bronze Delta table in --batches appends, each
@@ -26,11 +26,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.bench_common import bronze_frame, command_line, machine_info, positive_int, say, write_outputs
 
-from bench_common import bronze_frame, command_line, machine_info, positive_int, say, write_outputs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 IDENTITY = ["account_id", "event_id"]
 
@@ -147,7 +145,7 @@ def thirds(times: list[float]) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    from pipelines.produce import GeneratorOptions, generate
+    from devtools.generator import GeneratorOptions, generate
     from pipelines.session import build_spark
 
     args = parse_args(argv)

@@ -2,8 +2,8 @@
 
 Run by hand from the repository root (no broker needed):
 
-    .venv/bin/python bench/bench_delta_append.py               # 500 rows, 14 appends per way
-    .venv/bin/python bench/bench_delta_append.py --rows 10000
+    .venv/bin/python -m bench.bench_delta_append               # 500 rows, 14 appends per way
+    .venv/bin/python -m bench.bench_delta_append --rows 10000
 
 Silver's steady state is a handful of small appends per micro-batch, so a fixed cost per
 commit is paid several times a batch. This script appends the same small frame repeatedly
@@ -18,15 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench_common import machine_info, machine_line, positive_int, say  # noqa: E402
-
-from pipelines.session import build_spark  # noqa: E402
+from bench.bench_common import machine_info, machine_line, positive_int, say
+from pipelines.session import build_spark
 
 WARM_UP = 2
 

@@ -1,9 +1,9 @@
 """Hostile input at full size: a seeded corpus through the real broker, bronze and silver.
 
-    .venv/bin/python bench/bench_hostile.py                  # 100,000 records (broker running)
-    .venv/bin/python bench/bench_hostile.py --count 5000
+    .venv/bin/python -m bench.bench_hostile                  # 100,000 records (broker running)
+    .venv/bin/python -m bench.bench_hostile --count 5000
 
-1. `pipelines.hostile` generates the seeded corpus (truncated and deeply nested JSON, huge
+1. `devtools.hostile` generates the seeded corpus (truncated and deeply nested JSON, huge
    strings and numbers, NaN/Infinity, wrong types, invalid UTF-8, lone surrogates, empty and
    null keys and values, bad and future timestamps, duplicated keys, random bytes, and good
    events), sent to a fresh topic.
@@ -28,17 +28,13 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_common import (  # noqa: E402
+from bench.bench_common import (
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
+from devtools import hostile
+from pipelines.settings import Settings
 
-from pipelines import hostile  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-
+ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -2,10 +2,10 @@
 
 Run by hand (it is long), from the repository root, with the local broker up:
 
-    .venv/bin/python bench/bench_ingest.py                       # 1,000,000 events
-    .venv/bin/python bench/bench_ingest.py --events 50000 --watermark-delay-seconds 2
-    .venv/bin/python bench/bench_ingest.py --events 10000000 --produce-only   # then, later:
-    .venv/bin/python bench/bench_ingest.py --events 10000000 --topic bench.events.<stamp>
+    .venv/bin/python -m bench.bench_ingest                       # 1,000,000 events
+    .venv/bin/python -m bench.bench_ingest --events 50000 --watermark-delay-seconds 2
+    .venv/bin/python -m bench.bench_ingest --events 10000000 --produce-only   # then, later:
+    .venv/bin/python -m bench.bench_ingest --events 10000000 --topic bench.events.<stamp>
 
 One run, one set of events:
 
@@ -51,19 +51,19 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from pipelines import kafka_local  # noqa: E402
-from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.produce import GeneratorOptions, generate, kind_family, send  # noqa: E402
-from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from bench_common import (  # noqa: E402 - the sibling module (bench/ is on sys.path when run as a script)
+from bench.bench_common import (
     command_block, command_line, delete_topic, machine_info, machine_line, positive_int, say, topic_offsets,
     write_outputs,
 )
+from devtools import kafka_local
+from devtools.generator import GeneratorOptions, generate, kind_family
+from devtools.sender import send
+from pipelines import kafka_topics
+from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.runner import ProgressReporter, run_jobs
+from pipelines.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_RATIO = 0.6
 MIN_DELAY_MULTIPLES = 10
@@ -128,7 +128,7 @@ def rate(rows: float, seconds: float) -> float:
 
 
 def produce(settings: Settings, topic: str, args: argparse.Namespace) -> dict:
-    kafka_local.ensure_topics(settings, {topic: args.partitions}, configs=kafka_local.RETAIN_EVERYTHING)
+    kafka_topics.ensure_topics(settings, {topic: args.partitions}, configs=kafka_local.RETAIN_EVERYTHING)
     options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC))
     kinds: Counter = Counter()
     every = max(10_000, args.events // 10)
@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         socket.create_connection((host, port), timeout=2).close()
     except OSError as exc:
         say(f"no Kafka broker answering at {settings.bootstrap_servers} ({exc}); "
-            "start it with `.venv/bin/lakehouse kafka start`")
+            "start it with `make kafka-start`")
         return 2
     out = args.out.resolve()
     run_dir = out / f"run-{stamp}"

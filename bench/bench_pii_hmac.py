@@ -2,8 +2,8 @@
 
 Run by hand from the repository root (no broker needed):
 
-    .venv/bin/python bench/bench_pii_hmac.py                     # 50,000 records, best of 3
-    .venv/bin/python bench/bench_pii_hmac.py --records 20000 --reps 2
+    .venv/bin/python -m bench.bench_pii_hmac                     # 50,000 records, best of 3
+    .venv/bin/python -m bench.bench_pii_hmac --records 20000 --reps 2
 
 Two ways of hashing, on the same rows, in one process, rounds interleaved (the machine's
 load moves; a before/after pair run minutes apart measured the neighbours as much as us):
@@ -24,26 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from pyspark.sql import DataFrame  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from pipelines import hostile, pii  # noqa: E402
-from pipelines.jobs import silver as silver_job  # noqa: E402
-from pipelines.jobs.common import JobContext  # noqa: E402
-from pipelines.pii_key import parse_key_value  # noqa: E402
-from pipelines.session import build_spark  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from bench_common import command_line, machine_info, machine_line, positive_int, say  # noqa: E402
-from profile_parse import bronze_rows  # noqa: E402
+from bench.bench_common import command_line, machine_info, machine_line, positive_int, say
+from bench.profile_parse import bronze_rows
+from devtools import hostile
+from pipelines import pii
+from pipelines.jobs import silver as silver_job
+from pipelines.jobs.common import JobContext
+from pipelines.pii_key import parse_key_value
+from pipelines.session import build_spark
+from pipelines.settings import Settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

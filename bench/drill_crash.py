@@ -1,14 +1,14 @@
 """Crash drill: SIGKILL the streaming pipeline at random moments and restart the broker
 while events flow; the tables must equal those of an uninterrupted run, row for row.
 
-    .venv/bin/python bench/drill_crash.py                      # 200,000 events, 10 kills
-    .venv/bin/python bench/drill_crash.py --events 3000 --kills 2 --max-run 15
+    .venv/bin/python -m bench.drill_crash                      # 200,000 events, 10 kills
+    .venv/bin/python -m bench.drill_crash --events 3000 --kills 2 --max-run 15
 
 What happens:
 
 1. A private Kafka broker (own port and data dir under the run folder; the shared broker
    at 9092 is never touched) and a 3-partition topic.
-2. A producer thread sends a seeded `lakehouse produce` stream (duplicates, gateway
+2. A producer thread sends a seeded `python -m devtools produce` stream (duplicates, gateway
    retries, reopened tickets, late and bad records) at a steady rate; when the broker is
    down it waits and re-sends the unacknowledged chunk (extra copies the pipeline must
    absorb).
@@ -46,13 +46,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.bench_common import command_line, elapsed, positive_int, say, topic_offsets, write_outputs
+from pipelines.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_common import command_line, elapsed, positive_int, say, topic_offsets, write_outputs  # noqa: E402
-
-from pipelines.settings import Settings  # noqa: E402
 
 TOPIC = "drill.events"
 TABLES = ("silver.usage_events", "silver.account_events", "silver.duplicates", "silver.quarantine",
@@ -216,12 +213,11 @@ def kafka_records(settings: Settings) -> int:
 
 
 def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
+    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     from pipelines.session import build_spark
     from pipelines.tables import Lake
-
-    from pyspark.sql import SparkSession
 
     # Inside pytest the suite's session is already running: use it and leave it running.
     active = SparkSession.getActiveSession()
@@ -251,8 +247,9 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import kafka_local
-    from pipelines.produce import GeneratorOptions, generate
+    from devtools import kafka_local
+    from devtools.generator import GeneratorOptions, generate
+    from pipelines import kafka_topics
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -278,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"drill broker on {broker.bootstrap_servers} (data in {run_dir / 'kafka-local'})")
     kafka_local.start(broker)
-    kafka_local.ensure_topics(broker, {TOPIC: 3})
+    kafka_topics.ensure_topics(broker, {TOPIC: 3})
     try:
         now = datetime.now(UTC).replace(microsecond=0)
         # Forty days of event time: the previous calendar month is closed, so billing makes

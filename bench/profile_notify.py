@@ -2,8 +2,8 @@
 
 Run by hand from the repository root, with the local broker up:
 
-    .venv/bin/python bench/profile_notify.py                  # 3,000 events
-    .venv/bin/python bench/profile_notify.py --events 30000 --batches 6
+    .venv/bin/python -m bench.profile_notify                  # 3,000 events
+    .venv/bin/python -m bench.profile_notify --events 30000 --batches 6
 
 The notify stream (`pipelines/jobs/notify.py`) reads silver's change feeds and, per
 micro-batch, computes the usage alerts and reactive notifications, stages them in the outbox
@@ -24,21 +24,15 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from pipelines import kafka_local  # noqa: E402
-from pipelines import notify as outbox  # noqa: E402
-from pipelines.jobs import notify as notify_job  # noqa: E402
-from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
-from pipelines.session import build_spark  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from bench_common import delete_topic, say  # noqa: E402 - sibling modules
-from profile_silver import (  # noqa: E402
-    Timings, bronze_in_batches, profile_parser, report, timed_actions, timed_batches,
-)
+from bench.bench_common import delete_topic, say
+from bench.profile_silver import Timings, bronze_in_batches, profile_parser, report, timed_actions, timed_batches
+from pipelines import kafka_topics
+from pipelines import notify as outbox
+from pipelines.jobs import notify as notify_job
+from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.runner import ProgressReporter, run_jobs
+from pipelines.session import build_spark
+from pipelines.settings import Settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     topics = (f"profile.events.{stamp}", f"profile.notifications.{stamp}")
     with tempfile.TemporaryDirectory(prefix="profile-notify-") as lake:
         settings = Settings(lake_root=Path(lake), events_topic=topics[0], notifications_topic=topics[1])
-        kafka_local.ensure_topics(settings, {topics[1]: outbox.TOPIC_PARTITIONS})
+        kafka_topics.ensure_topics(settings, {topics[1]: outbox.TOPIC_PARTITIONS})
         spark = build_spark("profile-notify")
         try:
             bronze_in_batches(spark, settings, args)

@@ -2,8 +2,8 @@
 
 Run by hand from the repository root (no broker needed):
 
-    .venv/bin/python bench/profile_parse.py                   # 100,000 records, best of 3
-    .venv/bin/python bench/profile_parse.py --records 20000 --reps 2
+    .venv/bin/python -m bench.profile_parse                   # 100,000 records, best of 3
+    .venv/bin/python -m bench.profile_parse --records 20000 --reps 2
 
 `silver_input` (pipelines/jobs/silver.py) is the per-row work every silver micro-batch does
 before its dedup state and writes: `parse_events` (VARIANT parse and the contract checks),
@@ -24,30 +24,24 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from pyspark.sql import DataFrame  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from pipelines.config import SilverConfig  # noqa: E402
-from pipelines.contract import load_contract  # noqa: E402
-from pipelines.jobs import silver as silver_job  # noqa: E402
-from pipelines.jobs.common import JobContext  # noqa: E402
-from pipelines import hostile  # noqa: E402
-from pipelines.pii import load_pii_config, with_protected_properties  # noqa: E402
-from pipelines.pii_key import parse_key_value  # noqa: E402
-from pipelines.produce import GeneratorOptions, generate  # noqa: E402
-from pipelines.session import build_spark  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from pipelines.transforms.parse import parse_events  # noqa: E402
-from bench_common import bronze_frame, command_line, machine_info, machine_line, positive_int, say  # noqa: E402
+from bench.bench_common import bronze_frame, command_line, machine_info, machine_line, positive_int, say
+from devtools import hostile
+from devtools.generator import GeneratorOptions, generate
+from pipelines.config import SilverConfig
+from pipelines.contract import load_contract
+from pipelines.jobs import silver as silver_job
+from pipelines.jobs.common import JobContext
+from pipelines.pii import load_pii_config, with_protected_properties
+from pipelines.pii_key import parse_key_value
+from pipelines.session import build_spark
+from pipelines.settings import Settings
+from pipelines.transforms.parse import parse_events
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

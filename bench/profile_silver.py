@@ -2,8 +2,8 @@
 
 Run by hand from the repository root, with the local broker up:
 
-    .venv/bin/python bench/profile_silver.py                  # 3,000 events, 6 micro-batches
-    .venv/bin/python bench/profile_silver.py --events 60000 --batches 6
+    .venv/bin/python -m bench.profile_silver                  # 3,000 events, 6 micro-batches
+    .venv/bin/python -m bench.profile_silver --events 60000 --batches 6
 
 The silver writer (`pipelines/jobs/silver.py`) builds lazy plans and runs them at a few
 actions: local checkpoints, emptiness checks, Delta MERGEs and appends, table reads. This
@@ -27,8 +27,8 @@ read; the floor times silver's job count says what a batch of that shape cannot 
 from __future__ import annotations
 
 import argparse
-import os
 import inspect
+import os
 import statistics
 import sys
 import tempfile
@@ -39,19 +39,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
-
-from pipelines import kafka_local  # noqa: E402
-from pipelines.jobs import silver as silver_job  # noqa: E402
-from pipelines.transforms import silver_plan  # noqa: E402
-from pipelines.jobs.common import JobContext, RunOptions  # noqa: E402
-from pipelines.produce import GeneratorOptions, generate, send  # noqa: E402
-from pipelines.runner import ProgressReporter, run_jobs  # noqa: E402
-from pipelines.session import build_spark  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from bench_common import delete_topic, positive_int, say  # noqa: E402 - the sibling module
+from bench.bench_common import delete_topic, positive_int, say
+from devtools import kafka_local
+from devtools.generator import GeneratorOptions, generate
+from devtools.sender import send
+from pipelines import kafka_topics
+from pipelines.jobs import silver as silver_job
+from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.runner import ProgressReporter, run_jobs
+from pipelines.session import build_spark
+from pipelines.settings import Settings
+from pipelines.transforms import silver_plan
 
 _PACKAGE_PARENT = Path(kafka_local.__file__).resolve().parent.parent
 
@@ -83,7 +81,7 @@ def bronze_in_batches(spark, settings: Settings, args: argparse.Namespace) -> in
     """--events generator events into settings.events_topic (a fresh one-partition topic), then
     bronze over them in --batches micro-batches, so bronze has that many versions; returns
     the events sent."""
-    kafka_local.ensure_topics(settings, {settings.events_topic: 1})
+    kafka_topics.ensure_topics(settings, {settings.events_topic: 1})
     options = GeneratorOptions(count=args.events, accounts=args.accounts, seed=args.seed, now=datetime.now(UTC),
                                span=timedelta(hours=args.span_hours))
     sent = send(generate(options), settings, topic=settings.events_topic)

@@ -9,13 +9,15 @@ from pathlib import Path
 from pipelines.settings import Settings
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
+    """--lake-root, --bootstrap-servers, --topic: the flags every command takes."""
     p.add_argument("--lake-root", help="lake root folder (default $LAKEHOUSE_ROOT or ./lakehouse)")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     p.add_argument("--topic", dest="events_topic", help="events topic (default billing.events)")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with the common flags over them."""
     return Settings().with_overrides(
         lake_root=getattr(args, "lake_root", None),
         bootstrap_servers=getattr(args, "bootstrap_servers", None),
@@ -30,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.session import build_spark
 
     resolve_jobs(args.jobs)
-    settings = _settings(args)
+    settings = settings_from(args)
     run = RunOptions(continuous=args.continuous, processing_time=args.processing_time,
                      max_offsets_per_trigger=args.max_offsets_per_trigger,
                      max_files_per_trigger=args.max_files_per_trigger,
@@ -43,46 +45,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_kafka(args: argparse.Namespace) -> int:
-    from pipelines import kafka_local
-
-    settings = _settings(args)
-    if args.action == "start":
-        st = kafka_local.start(settings)
-        print(f"kafka: running on {st.bootstrap} (pid {st.pid}, data {st.data_dir})")
-    elif args.action == "stop":
-        stopped = kafka_local.stop(settings)
-        print("kafka: stopped" if stopped else "kafka: was not running")
-    else:
-        st = kafka_local.status(settings)
-        print(f"kafka: {'running' if st.running else 'not running'} on {st.bootstrap}"
-              + (f" (pid {st.pid})" if st.pid else "") + (f": {st.detail}" if st.detail else ""))
-        return 0 if st.running else 1
-    return 0
-
-
-def _cmd_produce(args: argparse.Namespace) -> int:
-    from pipelines import produce
-
-    produce.run(args, _settings(args))
-    return 0
-
-
 def _cmd_sql(args: argparse.Namespace) -> int:
     from pipelines.analyst import run_sql
     from pipelines.session import build_spark
 
-    settings = _settings(args)
+    settings = settings_from(args)
     spark = build_spark("lakehouse-sql")
     run_sql(spark, settings, args.query, limit=args.limit, fmt=args.format, out=sys.stdout)
     return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import DemoOptions, run_demo
-
-    options = DemoOptions(events=args.events, accounts=args.accounts, seed=args.seed, fresh=not args.keep)
-    return run_demo(_settings(args), options)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -92,7 +62,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.tables import Lake
 
     spark = build_spark("lakehouse-status")
-    metrics = read_metrics(spark, Lake(_settings(args)))
+    metrics = read_metrics(spark, Lake(settings_from(args)))
     statuses = stream_statuses(metrics, load_slos(args.slo))
     print(render_status(statuses))
     if args.plot:
@@ -106,7 +76,7 @@ def _cmd_fraud(args: argparse.Namespace) -> int:
     from pipelines.tables import Lake
 
     spark = build_spark("lakehouse-fraud")
-    lake = Lake(_settings(args))
+    lake = Lake(settings_from(args))
     if args.action == "clear":
         cleared = clear_flags(spark, lake, args.account, rule=args.rule, by=args.by, reason=args.reason)
         print(f"fraud: cleared {cleared} open flag(s) of account {args.account}"
@@ -140,59 +110,52 @@ def build_parser() -> argparse.ArgumentParser:
                      help="plan-rules, notify: plan rules YAML (default: pipelines/conf/plan_rules.yaml)")
     run.add_argument("--dry-run", action="store_true",
                      help="plan-rules: record decisions as proposed, send no plan.changed event or notification")
-    _add_common(run)
+    add_common(run)
     run.set_defaults(func=_cmd_run)
-
-    kafka = sub.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
-    kafka.add_argument("action", choices=["start", "stop", "status"])
-    _add_common(kafka)
-    kafka.set_defaults(func=_cmd_kafka)
-
-    prod = sub.add_parser("produce", help="send synthetic or recorded events to Kafka")
-    from pipelines import produce
-    produce.add_arguments(prod)
-    if not any(a.dest == "lake_root" for a in prod._actions):
-        prod.add_argument("--lake-root", help=argparse.SUPPRESS)
-    prod.set_defaults(func=_cmd_produce)
 
     sql = sub.add_parser("sql", help="query the tables by logical name, e.g. SELECT * FROM gold.daily_usage")
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=50, help="rows to print (table format)")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    _add_common(sql)
+    add_common(sql)
     sql.set_defaults(func=_cmd_sql)
 
-    demo = sub.add_parser("demo", help="the whole local story: Kafka, events, jobs, summary")
-    demo.add_argument("--events", type=int, default=10_000)
-    demo.add_argument("--accounts", type=int, default=40)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--keep", action="store_true", help="keep the existing lake instead of starting fresh")
-    _add_common(demo)
-    demo.set_defaults(func=_cmd_demo)
     status = sub.add_parser("status", help="each stream against its SLOs, from ops.stream_metrics "
                                            "(exit 1 on a breach)")
     status.add_argument("--plot", type=Path, metavar="PATH", help="also write a PNG of throughput, lag and freshness")
     status.add_argument("--slo", type=Path, help="SLO YAML (default: pipelines/conf/slo.yaml)")
-    _add_common(status)
+    add_common(status)
     status.set_defaults(func=_cmd_status)
 
     fraud = sub.add_parser("fraud", help="fraud flags (gold.fraud_flags): list them, clear one")
     fraud_sub = fraud.add_subparsers(dest="action", required=True)
     fraud_list = fraud_sub.add_parser("list", help="open flags (--all: cleared ones too)")
     fraud_list.add_argument("--all", action="store_true")
-    _add_common(fraud_list)
+    add_common(fraud_list)
     fraud_clear = fraud_sub.add_parser("clear", help="clear an account's open flag(s): its export lines are released")
     fraud_clear.add_argument("account")
     fraud_clear.add_argument("--rule", help="only this rule's flags (default: every open flag of the account)")
     fraud_clear.add_argument("--by", required=True, help="who clears it")
     fraud_clear.add_argument("--reason", required=True, help="why it is cleared")
-    _add_common(fraud_clear)
+    add_common(fraud_clear)
     fraud.set_defaults(func=_cmd_fraud)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# Failures that carry a one-line, actionable message: printed as `<prog>: <message>` with
+# exit status 2 (the traceback with -v). By class name, so no module is imported to list them.
+KNOWN_ERRORS = frozenset({
+    "ConfigError", "ContractError", "UnknownJobError", "SparkSetupError", "TableSpecError",
+    "ReadOnlyQueryError", "BillingError", "CatalogError", "ExportRefused", "ExportIntegrityError",
+    "QualityGateFailed", "FraudError", "KafkaAuthError", "PiiConfigError", "BackfillError",
+    "ViewConfigError", "AuditError", "NotificationError", "PublishError", "TopicAdminError",
+})
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None,
+                known_errors: frozenset[str] = KNOWN_ERRORS) -> int:
+    """Parse, set up logging, call the command's `func`; a known failure becomes one line."""
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -201,18 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one readable line for known failures; traceback with -v
-        known = {"KafkaLocalError", "ConfigError", "ContractError", "UnknownJobError", "SparkSetupError",
-                 "TableSpecError", "ProduceError", "ReadOnlyQueryError", "RecordFileError",
-                 "BillingError", "CatalogError", "ExportRefused", "ExportIntegrityError",
-                 "QualityGateFailed", "FraudError",
-                 "KafkaAuthError", "PiiConfigError",
-                 "BackfillError", "ViewConfigError", "AuditError",
-                 "NotificationError", "PublishError"}
-        if type(exc).__name__ in known and not args.verbose:
-            print(f"lakehouse: {exc}", file=sys.stderr)
+        if type(exc).__name__ in known_errors and not args.verbose:
+            print(f"{parser.prog}: {exc}", file=sys.stderr)
             return 2
         raise
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,12 +1,14 @@
 """Every Kafka client the project creates gets its settings here, and only here.
 
-The kafka-python producer (produce, hostile input, the notification publisher), the
-consumers (the publisher's read-back, `read_topic`), the admin client (topic creation,
-the demo) and the Spark Kafka source all take bootstrap servers, security protocol, SASL
-mechanism, credentials and CA file from `client_auth`, so one client can no longer speak
-PLAINTEXT to a broker that the others reach over SASL_SSL (the publisher's read-back and
-the topic admin once did, and nothing was published). tests/unit/test_kafka_clients.py
-checks that no module of the package builds a Kafka client anywhere else.
+The kafka-python producers (the notification publisher; the development producer and
+hostile corpus), with batching and retries from `producer_tuning`, the consumers (the
+publisher's read-back, `read_topic`), the admin client (topic creation in
+pipelines/kafka_topics.py, the demo) and the Spark Kafka source all take bootstrap
+servers, security protocol, SASL mechanism, credentials and CA file from `client_auth`, so
+one client can no longer speak PLAINTEXT to a broker that the others reach over SASL_SSL
+(the publisher's read-back and the topic admin once did, and nothing was published).
+tests/unit/test_kafka_clients.py checks that no module (of the package or of the
+development tools) builds a Kafka client anywhere else.
 
 Credentials come from the environment, or on Databricks from a secret scope read through
 `dbutils.secrets.get` (pipelines/secret_scopes.py, shared with the PII key; see pipelines/kafka_auth.py
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # kafka-python is imported lazily: configuration checks never
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 ALLOW_PLAINTEXT_ENV = "LAKEHOUSE_KAFKA_ALLOW_PLAINTEXT"
+# Producer timeouts; module-level so tests against a closed port need not wait long.
+BOOTSTRAP_TIMEOUT_MS = 10_000
+MAX_BLOCK_MS = 30_000
 PLAINTEXT_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT")
 _TRUE = ("1", "true", "yes")
 
@@ -91,6 +96,30 @@ def _python_config(settings: Settings, defaults: dict, overrides: dict, allowed:
     config.update(client_auth(settings, env=env, secrets=secrets).python_client_config())
     # kafka-python 2.x rejects keys only 3.x knows (bootstrap_timeout_ms) and vice versa.
     return {k: v for k, v in config.items() if k in allowed}
+
+
+def producer_tuning(**overrides) -> dict:
+    """How the project's producers batch and retry (the notification publisher, the
+    development event producer and hostile corpus); `producer_config` adds servers and
+    security. Keyword arguments override a setting, e.g. a client_id or a transactional_id."""
+    from kafka import KafkaProducer
+
+    config: dict = {
+        "client_id": "lakehouse",
+        "acks": "all",
+        # The client is Python-bound; bigger batches after a short linger are its best lever.
+        "linger_ms": 10,
+        "batch_size": 256 * 1024,
+        "retries": 10,
+        "max_block_ms": MAX_BLOCK_MS,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+    }
+    # Idempotence stops the producer's own retries from duplicating records; older
+    # kafka-python releases do not know the option.
+    if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG:
+        config["enable_idempotence"] = True
+        config["max_in_flight_requests_per_connection"] = 5
+    return {**config, **overrides}
 
 
 def producer_config(settings: Settings, *, env: Mapping[str, str] | None = None,

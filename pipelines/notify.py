@@ -36,6 +36,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines import kafka_topics
+from pipelines.exact_json import dumps
 from pipelines.settings import Settings
 from pipelines.tables import Lake, spec
 
@@ -88,8 +90,6 @@ _RFC3339 = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'"
 
 def render_notification(row: dict) -> bytes:
     """One outbox row (occurred_at already RFC 3339 text) -> the JSON value on the topic."""
-    from pipelines.produce import dumps
-
     # Decimals in the payload stay exact: parsed as Decimal, written back as number text.
     payload = json.loads(row["payload"], parse_float=Decimal)
     body = {
@@ -260,16 +260,15 @@ class _Publisher:
         from kafka.errors import KafkaError
 
         from pipelines import kafka_clients
-        from pipelines.produce import producer_tuning
 
         servers = self.settings.bootstrap_servers
         try:
             if not self.topic_ready:
                 self._ensure_topic()
             if self.producer is None:
-                config = producer_tuning(client_id="lakehouse-publish",
-                                         transactional_id=f"lakehouse-publish.{self.topic}",
-                                         enable_idempotence=True, linger_ms=0)
+                config = kafka_clients.producer_tuning(client_id="lakehouse-publish",
+                                                       transactional_id=f"lakehouse-publish.{self.topic}",
+                                                       enable_idempotence=True, linger_ms=0)
                 producer = kafka_clients.new_producer(self.settings, **config)
                 # Fences any earlier publisher of this topic and completes its transaction.
                 producer.init_transactions()
@@ -282,13 +281,11 @@ class _Publisher:
         except KafkaError as exc:
             self.close()
             raise PublishError(f"cannot publish to {self.topic!r} at {servers}: {exc!r}; is the broker up "
-                               "(`lakehouse kafka start`)?") from exc
+                               "(locally: `make kafka-start`)?") from exc
 
     def _ensure_topic(self) -> None:
         try:
-            from pipelines import kafka_local
-
-            kafka_local.ensure_topics(self.settings, {self.topic: TOPIC_PARTITIONS})
+            kafka_topics.ensure_topics(self.settings, {self.topic: TOPIC_PARTITIONS})
         except Exception as exc:  # noqa: BLE001 - managed clusters may forbid topic admin; sending still works
             log.info("could not ensure topic %s (%s); relying on it existing", self.topic, exc)
         self.topic_ready = True

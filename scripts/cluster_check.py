@@ -494,10 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         produced = work / "produce.log"
         logs.append(produced)
         with open(produced, "wb") as out:
-            step("produce", [venv / "bin" / "lakehouse", "produce", "--count", args.events, "--accounts", "6",
-                             "--seed", "21", "--start",
-                             wheel_smoke.previous_month_start(datetime.now(UTC)).isoformat()],
-                 cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+            # The development producer is not in the wheel: it runs from the checkout's source
+            # under the checkout's interpreter, as in wheel_smoke. Only the jobs must not.
+            step("produce (devtools, from the checkout)",
+                 [sys.executable, "-m", "devtools", "produce", "--count", args.events, "--accounts", "6",
+                  "--seed", "21", "--start", wheel_smoke.previous_month_start(datetime.now(UTC)).isoformat()],
+                 cwd=work, env={**env, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT)
 
         # The two runs go on side by side: each is mostly one driver thread planning small
         # jobs, so on two cores together they take little more than the slower one alone.

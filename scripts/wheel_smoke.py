@@ -102,6 +102,9 @@ def check_wheel(wheel: Path) -> None:
     names = {n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n}
     if missing := sorted(expected_files() - names):
         raise SystemExit(f"wheel-smoke: {wheel.name} lacks {len(missing)} file(s) of the package: {missing}")
+    # Production only: the development tools (devtools/), benches and tests stay out.
+    if stray := sorted(n for n in names if not n.startswith("pipelines/")):
+        raise SystemExit(f"wheel-smoke: {wheel.name} holds {len(stray)} file(s) outside the package: {stray}")
     data = sorted(n for n in names if not n.endswith(".py"))
     say(f"{wheel.name}: {len(names)} files, every committed file of the package; data files: {', '.join(data)}")
 
@@ -169,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     bin_ = venv / "bin"
     step("installed package", [bin_ / "python", "-c", INSTALLED_CHECK], cwd=rundir, env=env)
 
-    step("produce", [bin_ / "lakehouse", "produce", "--count", args.events, "--accounts", "6", "--seed", "21",
-                     "--start", previous_month_start(datetime.now(UTC)).isoformat()], cwd=rundir, env=env)
+    # The events come from the development producer, which is not in the wheel: it runs
+    # from the checkout's source under the checkout's interpreter. Only the jobs must not.
+    dev_env = {**env, "PYTHONPATH": str(ROOT)}
+    step("produce (devtools, from the checkout)",
+         [sys.executable, "-m", "devtools", "produce", "--count", args.events, "--accounts", "6", "--seed", "21",
+          "--start", previous_month_start(datetime.now(UTC)).isoformat()], cwd=rundir, env=dev_env)
     step("entry points", [bin_ / "python", "-c", CALL_ENTRY_POINTS, json.dumps(ENTRY_POINT_RUNS)],
          cwd=rundir, env=env)
     # A failure fails through the installed console script too.

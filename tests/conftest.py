@@ -22,7 +22,7 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kafka_settings() -> Settings:
     """The shared broker `make test` starts; started here too if it is not running."""
-    from pipelines import kafka_local
+    from devtools import kafka_local
 
     settings = Settings()
     kafka_local.start(settings)
@@ -32,10 +32,10 @@ def kafka_settings() -> Settings:
 @pytest.fixture
 def topic(kafka_settings) -> str:
     """A fresh topic per test, so tests never see each other's records."""
-    from pipelines import kafka_local
+    from pipelines import kafka_topics
 
     name = f"test.events.{uuid.uuid4().hex[:10]}"
-    kafka_local.ensure_topics(kafka_settings, {name: 3})
+    kafka_topics.ensure_topics(kafka_settings, {name: 3})
     return name
 
 

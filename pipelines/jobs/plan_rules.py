@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 
 from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
 from pipelines.billing.periods import filter_plan_events, plan_changes, plan_segments, with_plan_rank
+from pipelines.exact_json import dumps
 from pipelines.jobs.common import JobContext
 from pipelines.notify import (
     Outbox, notification_id_col, publish_outbox, publish_pending, stage_notifications,
@@ -67,8 +68,6 @@ class PlanRulesResult:
 
 
 def decisions_outbox(topic: str) -> Outbox:
-    from pipelines.produce import dumps
-
     def render(r: dict) -> tuple[bytes, bytes]:
         event = {
             "event_id": r["event_id"], "event_type": "plan.changed", "account_id": r["account_id"],

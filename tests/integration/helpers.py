@@ -6,8 +6,8 @@ from datetime import timedelta
 from kafka import KafkaProducer
 
 from pipelines.config import SilverConfig, load_dedup_rules
+from pipelines.exact_json import dumps
 from pipelines.jobs.common import JobContext, RunOptions
-from pipelines.produce import dumps
 from pipelines.runner import ProgressReporter, run_jobs
 from pipelines.settings import Settings
 from pipelines.tables import Lake

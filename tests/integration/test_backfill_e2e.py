@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import kafka_local, produce
+from pipelines import kafka_topics
+from devtools import generator, sender
 from pipelines.backfill import BronzeRange, run_backfill
 from pipelines.tables import Lake
 from tests.integration.helpers import context, run
@@ -53,14 +54,14 @@ def versions(spark, settings) -> dict[str, int]:
 def built(spark, kafka_settings, tmp_path_factory):
     """A lake built by bronze -> silver -> gold in several micro-batches."""
     topic = f"test.backfill.{uuid.uuid4().hex[:10]}"
-    kafka_local.ensure_topics(kafka_settings, {topic: 2})
+    kafka_topics.ensure_topics(kafka_settings, {topic: 2})
     clock = datetime(2026, 10, 15, tzinfo=timezone.utc)
-    records = list(produce.generate(produce.GeneratorOptions(
+    records = list(generator.generate(generator.GeneratorOptions(
         count=500, accounts=5, seed=23, start=clock - timedelta(days=20), span=timedelta(days=20), now=clock,
         duplicates=0.1, gateway_retries=0.08, reopened_tickets=0.08, late=0.05, bad=0.04)))
     settings = kafka_settings.with_overrides(lake_root=str(tmp_path_factory.mktemp("backfill") / "lake"),
                                              events_topic=topic)
-    produce.send(records, settings)
+    sender.send(records, settings)
     # Three bronze and about three silver micro-batches: enough cuts for "however the stream
     # had cut its micro-batches", few enough to keep the fixture under a minute.
     ctx = context(settings, watermark_seconds=1, max_offsets_per_trigger=250, max_files_per_trigger=2)

@@ -4,21 +4,15 @@ reference run row for row (bench/drill_crash.py has the full-size command)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+
+from bench import drill_crash
 
 # Its own broker on its own port: needs neither the shared broker nor the suite's session.
 pytestmark = pytest.mark.drill
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
 def test_kills_and_a_broker_restart_change_nothing(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    import drill_crash
-
     status = drill_crash.main(["--events", "2500", "--accounts", "30", "--kills", "2", "--min-run", "0",
                                "--max-run", "12", "--port", "19192", "--max-offsets-per-trigger", "500",
                                "--out", str(tmp_path / "drill")])

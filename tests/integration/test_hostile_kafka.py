@@ -11,7 +11,7 @@ from datetime import UTC
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import hostile
+from devtools import hostile
 from pipelines.audit import COORDINATES, properties_containing, record_homes
 from pipelines.tables import Lake
 from pipelines.transforms.parse import with_kafka_coordinates

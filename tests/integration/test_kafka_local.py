@@ -15,8 +15,9 @@ from typing import Iterator
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from pipelines import kafka_local
-from pipelines.kafka_local import KafkaLocalError
+from pipelines import kafka_topics
+from devtools import kafka_local
+from devtools.kafka_local import KafkaLocalError
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -86,8 +87,8 @@ def test_billing_topics_exist_with_three_partitions(admin: KafkaAdminClient) -> 
 def test_ensure_topics_is_idempotent(admin: KafkaAdminClient) -> None:
     topic = f"test.kafka_local.{uuid.uuid4().hex[:8]}"
     try:
-        assert kafka_local.ensure_topics(SHARED, {topic: 2}) == [topic]
-        assert kafka_local.ensure_topics(SHARED, {topic: 2}) == []
+        assert kafka_topics.ensure_topics(SHARED, {topic: 2}) == [topic]
+        assert kafka_topics.ensure_topics(SHARED, {topic: 2}) == []
         (described,) = admin.describe_topics([topic])
         assert len(described["partitions"]) == 2
     finally:
@@ -99,10 +100,10 @@ def test_topics_created_with_retain_everything_keep_what_the_broker_would_delete
 
     kept, plain = (f"test.kafka_local.{uuid.uuid4().hex[:8]}" for _ in range(2))
     try:
-        kafka_local.ensure_topics(SHARED, {kept: 1}, configs=kafka_local.RETAIN_EVERYTHING)
-        kafka_local.ensure_topics(SHARED, {plain: 1})
+        kafka_topics.ensure_topics(SHARED, {kept: 1}, configs=kafka_local.RETAIN_EVERYTHING)
+        kafka_topics.ensure_topics(SHARED, {plain: 1})
         # Already there: the configs apply to topics the call creates, never to existing ones.
-        assert kafka_local.ensure_topics(SHARED, {plain: 1}, configs=kafka_local.RETAIN_EVERYTHING) == []
+        assert kafka_topics.ensure_topics(SHARED, {plain: 1}, configs=kafka_local.RETAIN_EVERYTHING) == []
 
         def overrides(topic: str) -> dict[str, str]:
             """The topic's own retention settings (none: it inherits the broker's)."""
@@ -118,7 +119,7 @@ def test_topics_created_with_retain_everything_keep_what_the_broker_would_delete
 
 def test_produce_then_consume_with_append_time(admin: KafkaAdminClient) -> None:
     topic = f"test.kafka_local.{uuid.uuid4().hex[:8]}"
-    kafka_local.ensure_topics(SHARED, {topic: 1})
+    kafka_topics.ensure_topics(SHARED, {topic: 1})
     try:
         producer = KafkaProducer(bootstrap_servers=SHARED.bootstrap_servers)
         before_ms = int(time.time() * 1000)

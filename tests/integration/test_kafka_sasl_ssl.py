@@ -3,7 +3,7 @@
 The test makes a self-signed certificate (keytool, from the JDK that runs the broker) and
 starts its own KRaft broker from the same jars as the local one, on free ports, listening
 SASL_SSL with SASL/PLAIN only. Then, configured by environment variables alone (as a job
-is), the topic admin (ensure_topics), the producer (produce.send), read_topic, the
+is), the topic admin (ensure_topics), the producer (devtools.sender.send), read_topic, the
 notification publisher (its transactional producer and read_committed read-back
 consumer) and the Spark Kafka source (the bronze job) all reach it. The shared local
 broker is not touched.
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import kafka_clients, kafka_local, produce
+from pipelines import kafka_clients, kafka_topics
+from devtools import generator, kafka_local, sender
 from pipelines.notify import (
     _publisher, close_publishers, notification_id, publish_pending, read_topic, stage_notifications, stage_rows,
 )
@@ -144,15 +145,15 @@ def note(n: int) -> dict:
 def test_every_client_reaches_a_sasl_ssl_broker(spark, sasl_broker):
     settings, _env = sasl_broker
 
-    # Topic admin (the one notifications and `lakehouse kafka start` use).
-    created = kafka_local.ensure_topics(settings, {settings.events_topic: 2, settings.notifications_topic: 2})
+    # Topic admin (the one notifications and `python -m devtools kafka start` use).
+    created = kafka_topics.ensure_topics(settings, {settings.events_topic: 2, settings.notifications_topic: 2})
     assert sorted(created) == sorted([settings.events_topic, settings.notifications_topic])
 
     # The event producer.
-    records = list(produce.generate(produce.GeneratorOptions(count=EVENTS, accounts=3, seed=11,
-                                                             span=timedelta(days=1),
-                                                             now=datetime.now(timezone.utc))))
-    assert produce.send(records, settings) == EVENTS
+    records = list(generator.generate(generator.GeneratorOptions(count=EVENTS, accounts=3, seed=11,
+                                                                 span=timedelta(days=1),
+                                                                 now=datetime.now(timezone.utc))))
+    assert sender.send(records, settings) == EVENTS
 
     # read_topic (a read_committed consumer).
     on_topic = read_topic(settings, settings.events_topic, raw=True)

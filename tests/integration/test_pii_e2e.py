@@ -1,6 +1,6 @@
 """Personal data through the real broker and every job downstream of silver.
 
-The hostile corpus's PII cases (pipelines/hostile.py: emails, IPv4, phones and IPv6 inside
+The hostile corpus's PII cases (devtools/hostile.py: emails, IPv4, phones and IPv6 inside
 free text, Luhn-valid card numbers whole and in text, credentials under any spelling of a
 sensitive key, nested data, a personal value where a notification reads a property) are
 sent on every event type silver keeps, beside a seeded hostile corpus, and run through
@@ -19,7 +19,7 @@ from functools import reduce
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import hostile
+from devtools import hostile
 from pipelines.jobs.common import JobContext
 from pipelines.notify import close_publishers, read_topic
 from pipelines.pii_key import KEY_FILE

@@ -1,4 +1,4 @@
-"""`produce.send` against the real local broker: what goes in comes back byte for byte."""
+"""`devtools.sender.send` against the real local broker: what goes in comes back byte for byte."""
 from __future__ import annotations
 
 import base64
@@ -11,8 +11,9 @@ from typing import Iterator
 
 import pytest
 
-from pipelines import produce
-from pipelines.produce import FileRecord, GeneratorOptions, generate, read_records_file, send
+from devtools.generator import GeneratorOptions, ProducedRecord, generate
+from devtools.record_files import FileRecord, read_records_file
+from devtools.sender import send
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -110,7 +111,7 @@ def test_file_batch_round_trips_with_partitions(kafka_settings: Settings, topic:
 def test_rate_limited_send(kafka_settings: Settings, topic: str) -> None:
     import time
 
-    records = [produce.ProducedRecord(b"k", f'{{"n":{i}}}'.encode(), "event") for i in range(60)]
+    records = [ProducedRecord(b"k", f'{{"n":{i}}}'.encode(), "event") for i in range(60)]
     started = time.monotonic()
     assert send(records, kafka_settings, topic=topic, rate=100) == 60
     # 10 records of burst, then 50 at 100/s.

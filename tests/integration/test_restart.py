@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipelines import produce
+from devtools import generator, sender
 from pipelines.jobs import silver
 from pipelines.tables import Lake
 from tests.integration.helpers import context, run
@@ -50,12 +50,12 @@ class Crash(RuntimeError):
 
 def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_settings, topic, tmp_path, monkeypatch):
     clock = datetime(2026, 10, 15, tzinfo=timezone.utc)
-    records = list(produce.generate(produce.GeneratorOptions(
+    records = list(generator.generate(generator.GeneratorOptions(
         count=500, accounts=6, seed=11, start=clock - timedelta(days=20), span=timedelta(days=20), now=clock,
         duplicates=0.1, gateway_retries=0.08, reopened_tickets=0.08, late=0.05, bad=0.03)))
     first, second = records[:280], records[280:]
     base = kafka_settings.with_overrides(events_topic=topic)
-    produce.send(first, base)
+    sender.send(first, base)
 
     # --- interrupted run --------------------------------------------------------------
     a = base.with_overrides(lake_root=str(tmp_path / "interrupted"))
@@ -97,7 +97,7 @@ def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_s
     monkeypatch.setattr(silver.SilverBatchWriter, "__call__", call)
 
     run(spark, ctx, "silver", "gold")       # restart from the checkpoints
-    produce.send(second, base)              # more records arrive
+    sender.send(second, base)              # more records arrive
     run(spark, ctx, "bronze", "silver", "gold")
     interrupted = snapshot(spark, a)
 

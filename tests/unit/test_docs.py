@@ -1,4 +1,4 @@
-from pipelines.docs import README, render_readme
+from devtools.docs import README, render_readme
 
 
 def test_readme_contract_and_table_reference_match_the_schemas():

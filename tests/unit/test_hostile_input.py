@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import SilverConfig
 from pipelines.contract import load_contract, schemas_dir
-from pipelines.hostile import FIELDS, HUGE_NUMBERS, Corpus, corpus
+from devtools.hostile import FIELDS, HUGE_NUMBERS, Corpus, corpus
 from pipelines.transforms.parse import MAX_CONTAINERS, REASONS, RFC3339, parse_events
 from tests.unit.frames import local_frame
 
@@ -200,7 +200,7 @@ def test_the_seeded_corpus_is_accounted_for(spark):
 def test_the_fast_path_certifies_generated_traffic(spark):
     """Ordinary producer traffic never needs the exact path: every good generated record is
     certified by the fast one (a record it cannot vouch for would cost the diagnostics)."""
-    from pipelines.produce import GeneratorOptions, generate
+    from devtools.generator import GeneratorOptions, generate
     generated = list(generate(GeneratorOptions(count=300, seed=11, now=INGESTED.replace(tzinfo=None),
                                                start=INGESTED.replace(tzinfo=None) - timedelta(hours=48))))
     values = [(r.key, r.value) for r in generated]

@@ -100,13 +100,13 @@ def test_incomplete_settings_are_named(env, message):
 
 
 def test_producer_config_takes_the_environment(monkeypatch):
-    from pipelines.produce import producer_config
-
     for k, v in SASL.items():
         monkeypatch.setenv(k, v)
+    from pipelines import kafka_clients
     from pipelines.settings import Settings
 
-    config = producer_config(Settings().with_overrides(bootstrap_servers="broker:9093"))
+    config = kafka_clients.producer_config(Settings().with_overrides(bootstrap_servers="broker:9093"),
+                                           **kafka_clients.producer_tuning())
     assert config["security_protocol"] == "SASL_SSL"
     assert config["sasl_plain_password"] == PASSWORD
     assert config["ssl_cafile"] == "/etc/ssl/kafka-ca.pem"

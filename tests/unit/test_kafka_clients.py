@@ -16,6 +16,7 @@ from pipelines.kafka_auth import KafkaAuthError
 from pipelines.settings import Settings
 
 PACKAGE = Path(kafka_clients.__file__).resolve().parent
+DEVTOOLS = PACKAGE.parent / "devtools"
 REMOTE = Settings().with_overrides(bootstrap_servers="b-1.kafka.example.com:9096,b-2.kafka.example.com:9096")
 LOCAL = Settings().with_overrides(bootstrap_servers="127.0.0.1:9092")
 SASL = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
@@ -179,11 +180,12 @@ def test_off_databricks_a_scope_without_a_reader_is_named():
 
 def test_no_module_builds_a_kafka_client_anywhere_else():
     """The promise holds only if nothing bypasses kafka_clients: no direct construction of a
-    kafka-python client, no Spark Kafka source or sink without its options."""
+    kafka-python client, no Spark Kafka source or sink without its options, neither in the
+    package nor in the development tools (the producer, the broker runner, the demo)."""
     client = re.compile(r"\b(KafkaProducer|KafkaConsumer|KafkaAdminClient)\s*\(")
     spark_kafka = re.compile(r"""\.format\(\s*["']kafka["']\s*\)""")
     offenders = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted([*PACKAGE.rglob("*.py"), *DEVTOOLS.rglob("*.py")]):
         if path.name == "kafka_clients.py":
             continue
         text = path.read_text(encoding="utf-8")
@@ -197,11 +199,11 @@ def test_no_module_builds_a_kafka_client_anywhere_else():
 
 
 def test_the_cli_turns_a_refusal_into_one_line_and_exit_2(monkeypatch, capsys):
-    from pipelines import cli
+    from devtools import cli
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example.com:9092")
     monkeypatch.delenv("KAFKA_SECURITY_PROTOCOL", raising=False)
     monkeypatch.delenv("LAKEHOUSE_KAFKA_ALLOW_PLAINTEXT", raising=False)
     assert cli.main(["produce", "--count", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("lakehouse: refusing PLAINTEXT to kafka.example.com:9092")
+    assert err.startswith("devtools: refusing PLAINTEXT to kafka.example.com:9092")

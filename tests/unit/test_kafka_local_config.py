@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import kafka_local
-from pipelines.kafka_local import KafkaLocalError
+from devtools import kafka_local
+from devtools.kafka_local import KafkaLocalError
 from pipelines.settings import Settings
 
 

@@ -13,24 +13,20 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipelines import produce
-from pipelines.produce import (
+from pipelines import kafka_clients
+from devtools import generator, produce, record_files, sender
+from devtools.generator import (
     BAD_REASONS,
     PLANS,
     REQUIRED_FIELDS,
     USAGE_REQUIRED_FIELDS,
     GeneratorOptions,
     ProducedRecord,
-    ProduceError,
-    RecordFileError,
-    TokenBucket,
-    dumps,
-    format_record_line,
     generate,
     kind_family,
-    parse_record_line,
-    read_records_file,
 )
+from devtools.record_files import RecordFileError, format_record_line, parse_record_line, read_records_file
+from devtools.sender import ProduceError, TokenBucket
 from pipelines.settings import REPO_ROOT, Settings
 
 SCHEMA = json.loads((REPO_ROOT / "schemas" / "events" / "v1.json").read_text(encoding="utf-8"))
@@ -57,7 +53,7 @@ def records() -> list[ProducedRecord]:
 
 
 def ms(occurred_at: str) -> int:
-    return produce.to_ms(datetime.fromisoformat(occurred_at))
+    return generator.to_ms(datetime.fromisoformat(occurred_at))
 
 
 def good(records: list[ProducedRecord]) -> list[tuple[int, ProducedRecord, dict]]:
@@ -81,8 +77,8 @@ def test_other_seed_other_records() -> None:
 
 def test_default_start_ends_the_stream_at_the_generation_clock() -> None:
     opts = GeneratorOptions(count=10, now=NOW)
-    start_ms, end_ms, now_ms = produce.resolve_window(opts)
-    assert end_ms == now_ms == produce.to_ms(NOW)
+    start_ms, end_ms, now_ms = generator.resolve_window(opts)
+    assert end_ms == now_ms == generator.to_ms(NOW)
     assert end_ms - start_ms == 48 * 3600 * 1000
 
 
@@ -148,7 +144,7 @@ def test_products_metrics_and_sources_match(records: list[ProducedRecord]) -> No
                 assert event["dedup_key"]
             if event["metric"] == "billable_tickets":
                 assert event["quantity"] == 1
-    expected = {(p, produce.METRIC_BY_PRODUCT[p], produce.SOURCE_BY_PRODUCT[p]) for p in produce.PRODUCTS}
+    expected = {(p, generator.METRIC_BY_PRODUCT[p], generator.SOURCE_BY_PRODUCT[p]) for p in generator.PRODUCTS}
     assert seen == expected
 
 
@@ -165,13 +161,6 @@ def test_quantities_are_exact_decimals_without_float_artifacts(records: list[Pro
         event = json.loads(r.value, parse_float=Decimal)
         if "quantity" in event:
             assert str(event["quantity"]) == QUANTITY_TEXT.search(r.value).group(1).decode()
-
-
-def test_dumps_writes_decimals_as_plain_numbers() -> None:
-    text = dumps({"q": Decimal("3.250000"), "big": Decimal("1E+3"), "tiny": Decimal("0.000001"), "s": "é"})
-    assert text == '{"q":3.25,"big":1000,"tiny":0.000001,"s":"é"}'
-    with pytest.raises(TypeError):
-        dumps({"q": 0.1})
 
 
 def test_accounts_onboard_before_their_usage(records: list[ProducedRecord]) -> None:
@@ -215,10 +204,10 @@ def test_a_few_big_merchants_make_most_of_the_usage(records: list[ProducedRecord
 
 
 def test_usage_follows_merchant_daytime() -> None:
-    rng = produce.Random(1)
-    start = produce.to_ms(datetime(2026, 3, 2, tzinfo=UTC))
-    account = produce.Account("acct_x", "x", "GB", 0, 1.0, "pro", ("helpdesk",))
-    times = produce.sample_usage_times(rng, 20_000, [account], start, start + 7 * 24 * 3600 * 1000)
+    rng = generator.Random(1)
+    start = generator.to_ms(datetime(2026, 3, 2, tzinfo=UTC))
+    account = generator.Account("acct_x", "x", "GB", 0, 1.0, "pro", ("helpdesk",))
+    times = generator.sample_usage_times(rng, 20_000, [account], start, start + 7 * 24 * 3600 * 1000)
     hours = Counter((t // 3_600_000) % 24 for t in times)
     assert sum(hours[h] for h in range(10, 16)) > 5 * sum(hours[h] for h in range(1, 7))
 
@@ -290,7 +279,7 @@ def test_late_events_are_hours_behind_the_stream(records: list[ProducedRecord]) 
 
 
 def test_no_good_event_is_in_the_future(records: list[ProducedRecord]) -> None:
-    limit = produce.to_ms(NOW) + 24 * 3600 * 1000
+    limit = generator.to_ms(NOW) + 24 * 3600 * 1000
     assert all(ms(e["occurred_at"]) <= limit for _, _, e in good(records))
 
 
@@ -334,7 +323,7 @@ def _bad_in_stated_way(reason: str, value: bytes | None) -> bool:
     if reason == "negative_quantity":
         return Decimal(str(parsed["quantity"])) < 0
     if reason == "future_occurred_at":
-        return ms(parsed["occurred_at"]) > produce.to_ms(NOW) + 24 * 3600 * 1000
+        return ms(parsed["occurred_at"]) > generator.to_ms(NOW) + 24 * 3600 * 1000
     raise AssertionError(reason)
 
 
@@ -369,7 +358,7 @@ def test_json_line_is_sent_byte_for_byte_with_account_key() -> None:
     record = parse_record_line(line, 3)
     assert record is not None
     assert record.value == line and record.key == "acct_é".encode() and record.partition is None
-    assert record.kind == produce.KIND_FILE_JSON
+    assert record.kind == record_files.KIND_FILE_JSON
 
 
 def test_json_line_without_string_account_has_no_key() -> None:
@@ -437,7 +426,7 @@ def test_dry_run_lines_round_trip_every_generated_record() -> None:
         assert "\n" not in line
         parsed = parse_record_line(line.encode("utf-8"), 1)
         assert (parsed.key, parsed.value) == (r.key, r.value), r.kind
-        json_lines += parsed.kind == produce.KIND_FILE_JSON
+        json_lines += parsed.kind == record_files.KIND_FILE_JSON
     assert json_lines > 0.8 * len(recs)  # readable, not base64, wherever possible
 
 
@@ -506,8 +495,8 @@ def test_run_dry_run_from_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_send_to_a_closed_port_names_the_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(produce, "BOOTSTRAP_TIMEOUT_MS", 500)
-    monkeypatch.setattr(produce, "MAX_BLOCK_MS", 500)
+    monkeypatch.setattr(kafka_clients, "BOOTSTRAP_TIMEOUT_MS", 500)
+    monkeypatch.setattr(kafka_clients, "MAX_BLOCK_MS", 500)
     settings = Settings().with_overrides(bootstrap_servers="127.0.0.1:1")
     with pytest.raises(ProduceError, match=r"127\.0\.0\.1:1"):
-        produce.send([ProducedRecord(b"k", b"{}", "event")], settings, topic="nowhere")
+        sender.send([ProducedRecord(b"k", b"{}", "event")], settings, topic="nowhere")

@@ -1,4 +1,4 @@
-"""`lakehouse demo`: the whole local story in one command, with a readable summary.
+"""`python -m devtools demo` (`make demo`): the whole local story, with a readable summary.
 
 Starts the local broker, sends a seeded synthetic stream (duplicates, gateway retries,
 reopened tickets, late events, bad records), runs bronze -> silver -> gold with progress,
@@ -30,7 +30,7 @@ def _say(msg: str) -> None:
 
 def _reset_topic(settings: Settings) -> None:
     """A fresh demo starts from an empty topic, or old runs' records would be re-read."""
-    from pipelines import kafka_clients, kafka_local
+    from pipelines import kafka_clients, kafka_topics
 
     admin = kafka_clients.new_admin(settings, client_id="lakehouse-demo", request_timeout_ms=30_000)
     try:
@@ -43,15 +43,15 @@ def _reset_topic(settings: Settings) -> None:
         admin.close()
     for _ in range(20):  # topic deletion finishes asynchronously on the broker
         try:
-            kafka_local.ensure_topics(settings, {settings.events_topic: 3})
+            kafka_topics.ensure_topics(settings, {settings.events_topic: 3})
             return
         except Exception:  # noqa: BLE001 - retried, then re-raised below
             time.sleep(0.5)
-    kafka_local.ensure_topics(settings, {settings.events_topic: 3})
+    kafka_topics.ensure_topics(settings, {settings.events_topic: 3})
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
-    from pipelines import kafka_local, produce
+    from devtools import generator, kafka_local, sender
 
     started = time.monotonic()
     _say(f"1/4 kafka: starting the local broker on {settings.bootstrap_servers}")
@@ -65,20 +65,20 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     # Forty days of event time: the previous month closes, so billing has final lines to
     # export as well as this month's running estimate. Twice the quarantine SLO's 1 % of bad
     # records, so the status table shows the monitor firing.
-    gen = produce.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
-                                   span=timedelta(days=40), bad=0.02)
+    gen = generator.GeneratorOptions(count=options.events, accounts=options.accounts, seed=options.seed,
+                                     span=timedelta(days=40), bad=0.02)
     kinds: Counter[str] = Counter()
 
     def tagged():
-        for record in produce.generate(gen):
-            kinds[produce.kind_family(record.kind)] += 1
+        for record in generator.generate(gen):
+            kinds[generator.kind_family(record.kind)] += 1
             yield record
 
     def progress(n: int) -> None:
         if n % 5000 == 0:
             _say(f"    sent {n:,}/{options.events:,}")
 
-    sent = produce.send(tagged(), settings, progress=progress)
+    sent = sender.send(tagged(), settings, progress=progress)
     _say(f"    sent {sent:,} records: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
     _say("3/4 jobs: bronze -> silver -> gold (availableNow: process everything, then stop), billing, export")
@@ -91,7 +91,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     reporter = run_jobs(spark, ctx, ["bronze", "silver", "gold", "billing", "export"])
 
     _say("4/4 summary")
-    from pipelines.summary import render_summary
+    from devtools.summary import render_summary
 
     print(render_summary(spark, ctx.lake, reporter, sent_kinds=kinds))
     print("(The demo sends forty days of event time at once, so most events count as late: their\n"

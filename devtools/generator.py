@@ -1,13 +1,10 @@
-"""`lakehouse produce`: a synthetic but realistic billing event stream for Kafka.
+"""A synthetic but realistic billing event stream: the development generator.
 
-Three layers, IO at the edges:
-
-- `generate(options)` is pure: a deterministic (seeded) iterator of `ProducedRecord`s that
-  mixes good events with every messiness the pipeline must survive (DESIGN sections 3 and 4):
-  exact re-sends, SMS gateway retries, reopened tickets, late events and bad records.
-  Each record carries a `kind` tag so tests can compute the expected billing truth.
-- `read_records_file(path)` parses a hand-written record file (`--from-file`).
-- `send(records, settings)` writes records to Kafka with kafka-python.
+`generate(options)` is pure: a deterministic (seeded) iterator of `ProducedRecord`s that
+mixes good events with every messiness the pipeline must survive (DESIGN sections 3 and 4):
+exact re-sends, SMS gateway retries, reopened tickets, late events and bad records. Each
+record carries a `kind` tag so tests can compute the expected billing truth. The demo, the
+tests and the benches use it; `python -m devtools produce` sends it (devtools/produce.py).
 
 Kinds emitted by `generate` (`kind_family(kind)` strips the `:detail` suffix):
 
@@ -24,26 +21,19 @@ Kinds emitted by `generate` (`kind_family(kind)` strips the `:detail` suffix):
 """
 from __future__ import annotations
 
-import argparse
-import base64
 import bisect
 import gzip
 import heapq
 import json
 import math
-import sys
-import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from json.encoder import encode_basestring as _encode_string
-from pathlib import Path
 from random import Random
-from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
+from typing import Iterable, Iterator, NamedTuple
 
-from pipelines.settings import Settings
+from pipelines.exact_json import decimal_text, dumps
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -54,8 +44,6 @@ KIND_GATEWAY_RETRY = "gateway_retry"
 KIND_GATEWAY_RETRY_OUTSIDE = "gateway_retry:outside_window"
 KIND_REOPENED_TICKET = "reopened_ticket"
 KIND_REOPENED_NEXT_MONTH = "reopened_ticket:next_month"
-KIND_FILE_JSON = "file:json"
-KIND_FILE_RAW = "file:raw"
 
 BAD_REASONS: tuple[str, ...] = (
     "not_utf8",
@@ -100,9 +88,6 @@ GATEWAY_RETRY_WINDOW_MS = 10 * 60 * 1000
 # The quarantine threshold for occurred_at in the future (DESIGN section 3).
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
 
-# Producer timeouts; module-level so tests against a closed port need not wait long.
-BOOTSTRAP_TIMEOUT_MS = 10_000
-MAX_BLOCK_MS = 30_000
 
 _MS_PER_HOUR = 3600 * 1000
 _MS_PER_DAY = 24 * _MS_PER_HOUR
@@ -151,31 +136,6 @@ class ProducedRecord(NamedTuple):
 
 
 @dataclass(frozen=True)
-class FileRecord:
-    """One record read from a `--from-file` file; `partition` None lets the key decide."""
-
-    key: bytes | None
-    value: bytes | None
-    kind: str
-    partition: int | None = None
-    line_no: int = 0
-
-
-class SendableRecord(Protocol):
-    key: bytes | None
-    value: bytes | None
-    kind: str
-
-
-class ProduceError(RuntimeError):
-    """Producing failed; the message names the broker/topic/file and what to do."""
-
-
-class RecordFileError(ValueError):
-    """A `--from-file` line is neither a JSON event nor a raw record."""
-
-
-@dataclass(frozen=True)
 class GeneratorOptions:
     count: int = 10_000
     accounts: int = 50
@@ -215,29 +175,6 @@ class GeneratorOptions:
         }
 
 
-@dataclass
-class ProduceSummary:
-    records: int
-    kinds: dict[str, int]
-    topic: str
-    bootstrap_servers: str
-    source: str
-    dry_run: bool
-    elapsed_s: float
-    window: tuple[datetime, datetime] | None = None
-
-    def describe(self) -> str:
-        rate = self.records / self.elapsed_s if self.elapsed_s > 0 else float("inf")
-        verb = "Wrote (dry run, to stdout)" if self.dry_run else f"Sent to topic {self.topic} at {self.bootstrap_servers}"
-        parts = [f"{verb} {self.records} records from {self.source} in {self.elapsed_s:.1f} s ({rate:,.0f}/s)."]
-        if self.window:
-            parts.append(f"Event time window {format_ts(to_ms(self.window[0]))} to {format_ts(to_ms(self.window[1]))}.")
-        if self.kinds:
-            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.kinds.items(), key=lambda kv: (-kv[1], kv[0])))
-            parts.append(f"By kind: {kinds}.")
-        return " ".join(parts)
-
-
 def kind_family(kind: str) -> str:
     """`gateway_retry:outside_window` -> `gateway_retry`, `bad:not_json` -> `bad`."""
     return kind.split(":", 1)[0]
@@ -261,41 +198,6 @@ def format_ts(ms: int) -> str:
     """RFC 3339, UTC `Z`, millisecond precision: `2026-05-01T09:30:00.250Z`."""
     ts = from_ms(ms)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-def decimal_text(value: Decimal) -> str:
-    """Plain positional notation, no exponent, no trailing zeros: the JSON number text."""
-    if not value.is_finite():
-        raise ValueError(f"not a finite decimal: {value}")
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
-
-
-def dumps(obj: object) -> str:
-    """Compact JSON where Decimal becomes a bare number written exactly (never via float).
-
-    The stdlib encoder offers no hook to emit raw number text, so the walk is done here, with
-    the stdlib's own string escaper (UTF-8 kept as is, like ensure_ascii=False).
-    """
-    if isinstance(obj, str):
-        return _encode_string(obj)
-    if obj is None:
-        return "null"
-    if obj is True:
-        return "true"
-    if obj is False:
-        return "false"
-    if isinstance(obj, Decimal):
-        return decimal_text(obj)
-    if isinstance(obj, int):
-        return int.__repr__(obj)
-    if isinstance(obj, dict):
-        return "{" + ",".join(f"{_encode_string(str(k))}:{dumps(v)}" for k, v in obj.items()) + "}"
-    if isinstance(obj, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in obj) + "]"
-    if isinstance(obj, float):
-        raise TypeError("floats are not allowed in events; use Decimal")
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
 def encode_event(event: dict) -> bytes:
@@ -899,363 +801,3 @@ def _parse_ms(occurred_at: str) -> int:
 def generate(options: GeneratorOptions) -> Iterator[ProducedRecord]:
     """Exactly `options.count` records, deterministic for (seed, start, now, shares...)."""
     return _Stream(options).records()
-
-
-# --------------------------------------------------------------------------- record files
-
-_RAW_FIELDS = {"key", "value_b64", "partition"}
-
-
-def parse_record_line(line: bytes, line_no: int, *, where: str = "line") -> FileRecord | None:
-    """One `--from-file` line -> a record; None for blank and `#` comment lines."""
-    body = line[:-1] if line.endswith(b"\r") else line
-    stripped = body.strip()
-    if not stripped or stripped.startswith(b"#"):
-        return None
-
-    def fail(why: str) -> RecordFileError:
-        return RecordFileError(
-            f"{where} {line_no}: {why}; each line must be a JSON event object or "
-            '{"key": <string|null>, "value_b64": <base64|null>, "partition": <int, optional>}'
-        )
-
-    try:
-        parsed = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise fail(f"not UTF-8 ({exc.reason}); use value_b64 for raw bytes") from exc
-    except json.JSONDecodeError as exc:
-        raise fail(f"not JSON ({exc.msg} at column {exc.colno}); use value_b64 for raw bytes") from exc
-    if not isinstance(parsed, dict):
-        raise fail(f"a JSON {type(parsed).__name__}, not an object; use value_b64 for raw bytes")
-    if "value_b64" in parsed and set(parsed) <= _RAW_FIELDS:
-        return _raw_record(parsed, line_no, fail)
-    # A JSON event: its own bytes go out untouched, good or bad, so malformed events can be tested.
-    return FileRecord(record_key(parsed.get("account_id")), body, KIND_FILE_JSON, None, line_no)
-
-
-def _raw_record(obj: dict, line_no: int, fail: Callable[[str], RecordFileError]) -> FileRecord:
-    key, value_b64, partition = obj.get("key"), obj["value_b64"], obj.get("partition")
-    if key is not None and not isinstance(key, str):
-        raise fail(f'"key" must be a string or null, got {type(key).__name__}')
-    if value_b64 is not None and not isinstance(value_b64, str):
-        raise fail(f'"value_b64" must be a base64 string or null, got {type(value_b64).__name__}')
-    if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int) or partition < 0):
-        raise fail(f'"partition" must be a non-negative integer, got {partition!r}')
-    if key is None and value_b64 is None:
-        raise fail("a Kafka record needs a key or a value; both are null")
-    try:
-        value = None if value_b64 is None else base64.b64decode(value_b64, validate=True)
-    except ValueError as exc:
-        raise fail(f'"value_b64" is not valid base64 ({exc})') from exc
-    return FileRecord(record_key(key), value, KIND_FILE_RAW, partition, line_no)
-
-
-def read_records_file(path: str | Path) -> Iterator[FileRecord]:
-    """Records of a `--from-file` file, lazily; errors name the file and the line."""
-    path = Path(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise RecordFileError(f"cannot read {path}: {exc.strerror}") from exc
-    with handle:
-        for line_no, line in enumerate(handle, start=1):
-            record = parse_record_line(line.rstrip(b"\n"), line_no, where=f"{path}: line")
-            if record is not None:
-                yield record
-
-
-def format_record_line(record: SendableRecord) -> str:
-    """The `--from-file` line that reproduces the record exactly (what `--dry-run` prints).
-
-    The event JSON itself when it round-trips byte for byte, else the raw base64 form.
-    """
-    partition = getattr(record, "partition", None)
-    value = record.value
-    if value is not None and partition is None and b"\n" not in value and b"\r" not in value:
-        try:
-            parsed = parse_record_line(value, 0)
-        except RecordFileError:
-            parsed = None
-        if parsed is not None and parsed.kind == KIND_FILE_JSON and parsed.key == record.key and parsed.value == value:
-            return value.decode("utf-8")
-    if record.key is not None:
-        try:
-            key: str | None = record.key.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError("record keys must be UTF-8 to be written as a record line") from exc
-    else:
-        key = None
-    raw: dict = {"key": key, "value_b64": None if value is None else base64.b64encode(value).decode("ascii")}
-    if partition is not None:
-        raw["partition"] = partition
-    return json.dumps(raw, ensure_ascii=False)
-
-
-# --------------------------------------------------------------------------- sending
-
-
-class TokenBucket:
-    """Average `rate` acquisitions per second with a short burst; sleeps, never spins."""
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
-        self.rate = rate
-        # ~100 ms worth of burst smooths timer jitter without visible clumping.
-        self.capacity = burst if burst is not None else max(1.0, rate / 10)
-        self._clock, self._sleep = clock, sleep
-        self._tokens = self.capacity
-        self._last = clock()
-
-    def acquire(self, n: float = 1.0) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= n:
-            self._tokens -= n
-            return
-        wait = (n - self._tokens) / self.rate
-        self._sleep(wait)
-        # The bucket is empty at the moment the wait ends; re-reading the clock and retrying
-        # instead could spin on float rounding. Any oversleep is credited on the next call.
-        self._tokens = 0.0
-        self._last = now + wait
-
-
-def producer_tuning(**overrides) -> dict:
-    """How the project's producers batch and retry; servers and security are added by
-    pipelines/kafka_clients.py, the one place every Kafka client gets them from."""
-    from kafka import KafkaProducer
-
-    config: dict = {
-        "client_id": "lakehouse-produce",
-        "acks": "all",
-        # The client is Python-bound; bigger batches after a short linger are its best lever.
-        "linger_ms": 10,
-        "batch_size": 256 * 1024,
-        "retries": 10,
-        "max_block_ms": MAX_BLOCK_MS,
-        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
-    }
-    # Idempotence stops the producer's own retries from duplicating records; older
-    # kafka-python releases do not know the option.
-    if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG:
-        config["enable_idempotence"] = True
-        config["max_in_flight_requests_per_connection"] = 5
-    return {**config, **overrides}
-
-
-def producer_config(settings: Settings, **overrides) -> dict:
-    """The complete KafkaProducer keyword arguments of the event producer."""
-    from pipelines import kafka_clients
-
-    return kafka_clients.producer_config(settings, **producer_tuning(**overrides))
-
-
-def send(
-    records: Iterable[SendableRecord],
-    settings: Settings,
-    *,
-    topic: str | None = None,
-    rate: float | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Send every record (key/value bytes as given) and flush; returns how many were sent."""
-    from kafka.errors import KafkaError
-
-    from pipelines import kafka_clients
-
-    topic = topic or settings.events_topic
-    servers = settings.bootstrap_servers
-    unreachable = (
-        f"Kafka broker not reachable at {servers} (bootstrap servers); start it with "
-        f"`lakehouse kafka start` or set KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers"
-    )
-    try:
-        producer = kafka_clients.new_producer(settings, **producer_tuning())
-    except KafkaError as exc:
-        raise ProduceError(f"{unreachable} ({exc})") from exc
-    bucket = TokenBucket(rate) if rate else None
-    failures: list[BaseException] = []
-    sent = 0
-    try:
-        try:
-            # Fail fast and clearly: metadata for the topic proves the broker answers.
-            producer.partitions_for(topic)
-        except KafkaError as exc:
-            raise ProduceError(f"{unreachable}; could not get metadata for topic {topic!r} ({exc})") from exc
-        for record in records:
-            if failures:
-                break
-            if bucket:
-                bucket.acquire()
-            partition = getattr(record, "partition", None)
-            try:
-                future = producer.send(topic, key=record.key, value=record.value, partition=partition)
-            except AssertionError as exc:  # kafka-python validates partitions with asserts
-                raise ProduceError(f"cannot send to {topic!r} partition {partition}: {exc}") from exc
-            except KafkaError as exc:
-                raise ProduceError(f"sending to {topic!r} at {servers} failed after {sent} records: {exc}") from exc
-            future.add_errback(failures.append)
-            sent += 1
-            if progress:
-                progress(sent)
-        producer.flush(timeout=120)
-    except KafkaError as exc:
-        raise ProduceError(f"sending to {topic!r} at {servers} failed after {sent} records: {exc}") from exc
-    finally:
-        producer.close(timeout=10)
-    if failures:
-        raise ProduceError(
-            f"{len(failures)} record(s) to {topic!r} at {servers} were not acknowledged; first error: {failures[0]!r}"
-        )
-    return sent
-
-
-# --------------------------------------------------------------------------- CLI glue
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a share must be between 0 and 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def parse_timestamp(text: str) -> datetime:
-    """ISO 8601 / RFC 3339; a naive timestamp means UTC."""
-    try:
-        ts = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r} (e.g. 2026-04-30T12:00:00Z)") from exc
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    gen = parser.add_argument_group("generator")
-    gen.add_argument("--count", type=_non_negative_int, default=10_000, help="records to emit in total (default 10000)")
-    gen.add_argument("--accounts", type=_positive_int, default=50, help="merchant accounts (default 50)")
-    gen.add_argument("--seed", type=int, default=42, help="random seed; same seed and --start, same records (default 42)")
-    gen.add_argument("--start", type=parse_timestamp, default=None,
-                     help="event time of the stream start, ISO (default: now minus --span-hours)")
-    gen.add_argument("--span-hours", type=_positive_float, default=48.0, help="event time covered (default 48)")
-    gen.add_argument("--duplicates", type=_share, default=0.05, help="share of exact re-sends (default 0.05)")
-    gen.add_argument("--gateway-retries", type=_share, default=0.03,
-                     help="share of SMS gateway retries, same dedup_key (default 0.03)")
-    gen.add_argument("--reopened-tickets", type=_share, default=0.02,
-                     help="share of reopened tickets, same dedup_key (default 0.02)")
-    gen.add_argument("--late", type=_share, default=0.02, help="share of events hours/days late (default 0.02)")
-    gen.add_argument("--bad", type=_share, default=0.01, help="share of bad records, every kind (default 0.01)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--from-file", type=Path, default=None,
-                     help="send the records of this file instead of generating (JSON event or "
-                          '{"key","value_b64","partition"} per line; # comments)')
-    out.add_argument("--topic", default=None, help="topic (default: the events topic from settings)")
-    out.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers (default from settings)")
-    out.add_argument("--rate", type=_positive_float, default=None, help="records per second (default: unlimited)")
-    out.add_argument("--dry-run", action="store_true",
-                     help="print the records to stdout, one --from-file line each, instead of sending")
-    out.add_argument("--progress-every", type=_positive_int, default=None,
-                     help="progress line on stderr every N records (default: ~10 per run)")
-
-
-def options_from_args(args: argparse.Namespace) -> GeneratorOptions:
-    return GeneratorOptions(
-        count=args.count,
-        accounts=args.accounts,
-        seed=args.seed,
-        start=args.start,
-        span=timedelta(hours=args.span_hours),
-        duplicates=args.duplicates,
-        gateway_retries=args.gateway_retries,
-        reopened_tickets=args.reopened_tickets,
-        late=args.late,
-        bad=args.bad,
-    )
-
-
-def _tally(records: Iterable[SendableRecord], kinds: Counter) -> Iterator[SendableRecord]:
-    for record in records:
-        kinds[record.kind] += 1
-        yield record
-
-
-def run(args: argparse.Namespace, settings: Settings) -> ProduceSummary:
-    settings = settings.with_overrides(bootstrap_servers=getattr(args, "bootstrap_servers", None))
-    topic = args.topic or settings.events_topic
-    window: tuple[datetime, datetime] | None = None
-    if args.from_file:
-        records: Iterable[SendableRecord] = read_records_file(args.from_file)
-        source, total = f"file {args.from_file}", None
-    else:
-        # Pin the clock once so the reported window is the one generated.
-        options = replace(options_from_args(args), now=datetime.now(UTC))
-        start_ms, end_ms, _ = resolve_window(options)
-        window = (from_ms(start_ms), from_ms(end_ms))
-        records = generate(options)
-        source = f"the generator (seed {options.seed}, {options.accounts} accounts)"
-        total = options.count
-    every = args.progress_every or max(1_000, (total or 10_000) // 10)
-    kinds: Counter = Counter()
-    started = time.monotonic()
-
-    def progress(n: int) -> None:
-        if n % every == 0:
-            elapsed = time.monotonic() - started
-            of = f"/{total}" if total else ""
-            print(f"produce: {n}{of} records ({n / max(elapsed, 1e-9):,.0f}/s)", file=sys.stderr, flush=True)
-
-    tallied = _tally(records, kinds)
-    if args.dry_run:
-        n = 0
-        bucket = TokenBucket(args.rate) if args.rate else None
-        out = sys.stdout
-        for record in tallied:
-            if bucket:
-                bucket.acquire()
-            out.write(format_record_line(record) + "\n")
-            n += 1
-            progress(n)
-        out.flush()
-    else:
-        n = send(tallied, settings, topic=topic, rate=args.rate, progress=progress)
-    summary = ProduceSummary(
-        records=n,
-        kinds=dict(kinds),
-        topic=topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        source=source,
-        dry_run=bool(args.dry_run),
-        elapsed_s=time.monotonic() - started,
-        window=window,
-    )
-    print(summary.describe(), file=sys.stderr, flush=True)
-    return summary

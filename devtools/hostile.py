@@ -6,7 +6,7 @@ field, out-of-range values, missing and null fields) or in ways it does not expe
 lone surrogates, duplicated keys, empty and null keys and values, timestamps out of any
 range). A share of well-formed events is mixed in, so the run also shows good records pass.
 
-`python -m pipelines.hostile --count 100000 --topic T` sends a corpus to a topic; the same
+`python -m devtools.hostile --count 100000 --topic T` sends a corpus to a topic; the same
 seed always gives the same records.
 """
 from __future__ import annotations
@@ -237,9 +237,8 @@ def corpus(seed: int, count: int, now: datetime | None = None) -> list[HostileRe
 def send(records, settings) -> int:
     """Send (key, value) records in order to settings.events_topic; returns the count."""
     from pipelines import kafka_clients
-    from pipelines.produce import producer_tuning
 
-    producer = kafka_clients.new_producer(settings, **producer_tuning(client_id="lakehouse-hostile"))
+    producer = kafka_clients.new_producer(settings, **kafka_clients.producer_tuning(client_id="lakehouse-hostile"))
     sent = 0
     try:
         for record in records:
@@ -254,7 +253,7 @@ def send(records, settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pipelines.settings import Settings
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.hostile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devtools.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--topic", required=True)

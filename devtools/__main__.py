@@ -1,0 +1,6 @@
+"""`python -m devtools`: the development command line (devtools/cli.py)."""
+import sys
+
+from devtools.cli import main
+
+sys.exit(main())
