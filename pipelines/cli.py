@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -27,9 +27,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.billing.periods import parse_period
-    from pipelines.jobs.common import JobContext, RunOptions
+    from pipelines.core.context import JobContext, RunOptions
     from pipelines.runner import resolve_jobs, run_jobs
-    from pipelines.session import build_spark
+    from pipelines.core.session import build_spark
 
     resolve_jobs(args.jobs)
     settings = settings_from(args)
@@ -46,8 +46,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    from pipelines.analyst import run_sql
-    from pipelines.session import build_spark
+    from pipelines.analyst.sql import run_sql
+    from pipelines.core.session import build_spark
 
     settings = settings_from(args)
     spark = build_spark("lakehouse-sql")
@@ -58,8 +58,8 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.monitoring.slo import load_slos
     from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
-    from pipelines.session import build_spark
-    from pipelines.tables import Lake
+    from pipelines.core.session import build_spark
+    from pipelines.core.tables import Lake
 
     spark = build_spark("lakehouse-status")
     metrics = read_metrics(spark, Lake(settings_from(args)))
@@ -72,8 +72,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_fraud(args: argparse.Namespace) -> int:
     from pipelines.fraud.flags import clear_flags, render_flags
-    from pipelines.session import build_spark
-    from pipelines.tables import Lake
+    from pipelines.core.session import build_spark
+    from pipelines.core.tables import Lake
 
     spark = build_spark("lakehouse-fraud")
     lake = Lake(settings_from(args))

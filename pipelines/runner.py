@@ -13,9 +13,9 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.jobs import bronze, gold, silver
-from pipelines.jobs import notify as notify_stream
-from pipelines.jobs.common import JobContext
+from pipelines.ingest import bronze, gold, silver
+from pipelines.rules import notify as notify_stream
+from pipelines.core.context import JobContext
 from pipelines.monitoring.listener import StreamMonitor
 
 JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = {
@@ -27,7 +27,7 @@ JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = {
 
 
 def _billing(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.jobs.billing import run_billing
+    from pipelines.billing.close import run_billing
 
     return run_billing(spark, ctx, period=ctx.run.period, catalog_path=ctx.run.catalog, log=say)
 
@@ -42,7 +42,7 @@ def _export(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
 
 
 def _plan_rules(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.jobs.plan_rules import run_plan_rules
+    from pipelines.rules.plan_rules import run_plan_rules
 
     return run_plan_rules(spark, ctx, rules_path=ctx.run.plan_rules, catalog_path=ctx.run.catalog,
                           dry_run=ctx.run.dry_run, log=say)
@@ -58,7 +58,7 @@ def _views(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
     """The analyst surface: in Unity Catalog the views of views.yaml and one view per surface
     table, created in the analyst schema the analyst group is granted (the bundle runs this
     after each close); locally the same statements, in the session's own catalog."""
-    from pipelines.views import register_views
+    from pipelines.analyst.views import register_views
 
     tables = ctx.lake.register_views(spark)
     created = register_views(spark, ctx.lake)

@@ -60,7 +60,7 @@ from pyspark.sql import functions as F
 from pipelines.billing.gate import (ExportRefused, check_export_gate, minor_unit_digits, money_string,
                                     period_bounds)
 from pipelines.billing.periods import parse_period
-from pipelines.tables import Lake, _sql_string, spec
+from pipelines.core.tables import Lake, _sql_string, spec
 
 __all__ = ["ExportRefused", "ExportIntegrityError", "ExportResult", "adjustment_lines", "pending_lines",
            "run_export", "provider_record", "finance_cells", "neutralise_cell", "FINANCE_COLUMNS",

@@ -26,7 +26,7 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from pipelines.tables import Lake
+from pipelines.core.tables import Lake
 
 INVOICE_LINES = "gold.invoice_lines"
 PERIOD_USAGE = "gold.period_usage"

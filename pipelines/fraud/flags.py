@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.fraud.rules import FraudRules, fraud_candidates, load_fraud_rules
-from pipelines.tables import Lake, spec
+from pipelines.core.tables import Lake, spec
 
 FLAGS = "gold.fraud_flags"
 USAGE = "silver.usage_events"
@@ -50,8 +50,8 @@ def flag_rows(candidates: DataFrame) -> DataFrame:
 
 
 def notification_rows(new_flags: DataFrame) -> DataFrame:
-    """New flags -> rows for pipelines.notify.stage_notifications (one per flag)."""
-    from pipelines.notify import notification_id_col
+    """New flags -> rows for pipelines.rules.notifications.stage_notifications (one per flag)."""
+    from pipelines.rules.notifications import notification_id_col
 
     payload = F.concat(F.lit('{"flag_id":"'), F.col("flag_id"), F.lit('","rule":"'), F.col("rule"),
                        F.lit('","evidence":'), F.col("evidence"), F.lit("}"))
@@ -63,7 +63,7 @@ def notification_rows(new_flags: DataFrame) -> DataFrame:
 
 def _stage_notifications(spark: SparkSession, lake: Lake, new_flags: DataFrame) -> int | None:
     try:
-        from pipelines.notify import stage_notifications
+        from pipelines.rules.notifications import stage_notifications
     except ImportError:
         return None
     return stage_notifications(spark, lake, notification_rows(new_flags))

@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
+from pipelines.core.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
 
 DEFAULT_FRAUD_RULES = CONF_DIR / "fraud_rules.yaml"
 FLAG_COLUMNS = ["account_id", "flag_id", "rule", "evidence", "first_seen", "last_seen"]

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from pipelines.tables import Lake, spec
+from pipelines.core.tables import Lake, spec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from pipelines.monitoring.listener import METRICS
 from pipelines.monitoring.slo import Slos, StreamSlo, load_slos
-from pipelines.tables import Lake
+from pipelines.core.tables import Lake
 
 # The status and the plot read at most this many recent batches per stream (driver-side).
 MAX_BATCHES = 5000

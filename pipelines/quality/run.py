@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pipelines.quality import gx_adapter
 from pipelines.quality.datasets import DATASETS
 from pipelines.quality.suites import Check, load_suites
-from pipelines.tables import Lake, spec
+from pipelines.core.tables import Lake, spec
 
 RESULTS = "ops.quality_results"
 MAX_SHOWN = 5

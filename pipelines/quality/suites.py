@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import CONF_DIR, ConfigError
+from pipelines.core.config import CONF_DIR, ConfigError
 
 QUALITY_DIR = CONF_DIR / "quality"
 SEVERITIES = ("critical", "warning")
@@ -40,7 +40,7 @@ class Check:
 
 def parse_suite(doc: object, where: str, *, check_expectations: bool = True) -> tuple[Check, ...]:
     from pipelines.quality.datasets import DATASETS
-    from pipelines.tables import table_specs
+    from pipelines.core.tables import table_specs
 
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")

@@ -164,9 +164,9 @@ def test_targets_dev_is_development_and_prod_is_production(bundle):
 
 
 def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
-    """The jobs read the credentials through dbutils.secrets (pipelines/kafka_clients.py)
+    """The jobs read the credentials through dbutils.secrets (pipelines/core/kafka_clients.py)
     from the scope and keys named here; no value, nor a reference to one, is in the env."""
-    from pipelines.kafka_auth import DEFAULT_PASSWORD_KEY, DEFAULT_USERNAME_KEY
+    from pipelines.core.kafka_auth import DEFAULT_PASSWORD_KEY, DEFAULT_USERNAME_KEY
 
     env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
     assert env["KAFKA_SASL_SECRET_SCOPE"] == "${var.kafka_secret_scope}"
@@ -179,9 +179,9 @@ def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
 
 
 def test_the_pii_key_is_named_in_a_secret_scope_only(bundle):
-    """Silver refuses to start on Databricks without a PII key (pipelines/pii_key.py): the
+    """Silver refuses to start on Databricks without a PII key (pipelines/ingest/pii_key.py): the
     jobs are told the scope, the key inside it is pii.yaml's, and no value is in the env."""
-    from pipelines.pii import load_pii_config
+    from pipelines.ingest.pii import load_pii_config
 
     key = load_pii_config().key
     env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]

@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.quality.run import RESULTS, run_quality
 from pipelines.quality.suites import load_suites
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec
 
 
 def test_local_names_are_folders_and_catalog_names_are_tables(tmp_path):

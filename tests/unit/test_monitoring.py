@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 from pipelines.monitoring.listener import kafka_lag, progress_row
 from pipelines.monitoring.slo import StreamSlo, load_slos, parse_slos
 from pipelines.monitoring.status import evaluate, lag_is_growing, plot_metrics, render_status
@@ -122,8 +122,8 @@ def test_plot_writes_a_png_with_three_labelled_panels(tmp_path):
 
 def test_monitor_records_each_batch_once_and_keeps_rows_a_failed_write_did_not_store(spark, tmp_path, monkeypatch):
     from pipelines.monitoring.listener import METRICS, StreamMonitor
-    from pipelines.settings import Settings
-    from pipelines.tables import Lake
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake
 
     lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
     save = lake.save

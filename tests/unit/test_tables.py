@@ -8,8 +8,8 @@ import re
 import pytest
 from pyspark.sql import types as T
 
-from pipelines.settings import Settings
-from pipelines.tables import ColumnSpec, Lake, TableSpec, TableSpecError, parse_table_specs, spec, table_specs
+from pipelines.core.settings import Settings
+from pipelines.core.tables import ColumnSpec, Lake, TableSpec, TableSpecError, parse_table_specs, spec, table_specs
 
 DESIGN_TABLES = ("bronze.events", "silver.usage_events", "silver.account_events", "silver.quarantine",
                  "gold.daily_usage")
