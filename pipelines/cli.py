@@ -46,7 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    from pipelines.analyst.sql import run_sql
+    from pipelines.analyst.query import run_sql
     from pipelines.core.session import build_spark
 
     settings = settings_from(args)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pyspark.sql import SparkSession
 
-from pipelines.analyst.sql import ReadOnlyQueryError, check_read_only, surface_tables
+from pipelines.analyst.guard import ReadOnlyQueryError, check_read_only, surface_tables
 from pipelines.core.config import CONF_DIR
 from pipelines.core.settings import split_table_name
 from pipelines.core.tables import Lake, _sql_string as _quote, table_specs

@@ -15,10 +15,12 @@ Pure transforms (DataFrame -> DataFrame) in the middle; `run_audit` reads the ta
 """
 from __future__ import annotations
 
+import io
 import operator
 from dataclasses import dataclass
 from functools import reduce
 
+from matplotlib.figure import Figure
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -227,8 +229,6 @@ def plot_timeline(usage, billed):
     """Usage per metric over time (top) and billed amount per period (bottom): a matplotlib
     Figure. Decimals become floats here, for drawing only."""
     # The Figure API, not pyplot: no GUI backend needed headless, notebooks display it inline.
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 7))
     top, bottom = fig.subplots(2, 1)
     for metric, rows in usage.groupby("metric"):
@@ -250,8 +250,6 @@ def plot_timeline(usage, billed):
 def figure_png(fig) -> bytes:
     """A Figure as PNG bytes: displays the same in Jupyter, Databricks and headless runs,
     whatever matplotlib backend is active."""
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()

@@ -57,9 +57,9 @@ from pathlib import Path
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.billing.gate import (ExportRefused, check_export_gate, minor_unit_digits, money_string,
-                                    period_bounds)
+from pipelines.billing.gate import ExportRefused, check_export_gate, period_bounds
 from pipelines.billing.periods import parse_period
+from pipelines.core.money import minor_unit_digits, money_string
 from pipelines.core.tables import Lake, _sql_string, spec
 
 __all__ = ["ExportRefused", "ExportIntegrityError", "ExportResult", "adjustment_lines", "pending_lines",
@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 LINES = "gold.invoice_lines"
 LEDGER = "gold.billing_exports"
+FRAUD_FLAGS = "gold.fraud_flags"
 STAGED = "staged"
 DELIVERED = "delivered"
 FINAL = "final"
@@ -538,6 +539,15 @@ def _insert_adjustments(spark: SparkSession, lake: Lake, adjustments: DataFrame)
      .execute())
 
 
+def open_flag_holds(spark: SparkSession, lake: Lake) -> DataFrame:
+    """account_id, hold_reason for every account with an open fraud flag (gold.fraud_flags,
+    written by pipelines/fraud/flags.py): the export holds their lines until it is cleared."""
+    lake.ensure(spark, FRAUD_FLAGS)
+    return (lake.read(spark, FRAUD_FLAGS).filter(F.col("state") == "open").groupBy("account_id")
+            .agg(F.concat(F.lit("open fraud flag: "), F.concat_ws(", ", F.array_sort(F.collect_set("rule"))))
+                 .alias("hold_reason")))
+
+
 def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: str | None = None,
                now: datetime | None = None) -> ExportResult:
     """Export the final lines not exported yet (all periods, or `period` only). Returns
@@ -562,8 +572,6 @@ def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: st
         lines = lines.filter(F.col("period") == period)
     ledger = lake.read(spark, LEDGER)
     adjustments = adjustment_lines(lines, ledger, computed_at=now).localCheckpoint()
-    from pipelines.fraud.flags import open_flag_holds
-
     pending, held_lines = split_held_lines(pending_lines(lines.unionByName(adjustments), ledger),
                                            open_flag_holds(spark, lake))
     pending = pending.localCheckpoint()

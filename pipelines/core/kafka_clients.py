@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from pipelines.core import secret_scopes
 from pipelines.core.kafka_auth import KafkaAuth, KafkaAuthError, SecretGetter
 from pipelines.core.settings import Settings
-
-if TYPE_CHECKING:  # kafka-python is imported lazily: configuration checks never need it
-    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 ALLOW_PLAINTEXT_ENV = "LAKEHOUSE_KAFKA_ALLOW_PLAINTEXT"
 # Producer timeouts; module-level so tests against a closed port need not wait long.
@@ -102,8 +101,6 @@ def producer_tuning(**overrides) -> dict:
     """How the project's producers batch and retry (the notification publisher, the
     development event producer and hostile corpus); `producer_config` adds servers and
     security. Keyword arguments override a setting, e.g. a client_id or a transactional_id."""
-    from kafka import KafkaProducer
-
     config: dict = {
         "client_id": "lakehouse",
         "acks": "all",
@@ -125,8 +122,6 @@ def producer_tuning(**overrides) -> dict:
 def producer_config(settings: Settings, *, env: Mapping[str, str] | None = None,
                     secrets: SecretGetter | None = None, **overrides) -> dict:
     """kafka-python KafkaProducer keyword arguments."""
-    from kafka import KafkaProducer
-
     return _python_config(settings, {}, overrides, KafkaProducer.DEFAULT_CONFIG, env, secrets)
 
 
@@ -134,8 +129,6 @@ def consumer_config(settings: Settings, *, env: Mapping[str, str] | None = None,
                     secrets: SecretGetter | None = None, **overrides) -> dict:
     """kafka-python KafkaConsumer keyword arguments (no group, no auto commit by default:
     the project's consumers read ranges they seek to themselves)."""
-    from kafka import KafkaConsumer
-
     defaults = {"group_id": None, "enable_auto_commit": False}
     return _python_config(settings, defaults, overrides, KafkaConsumer.DEFAULT_CONFIG, env, secrets)
 
@@ -143,8 +136,6 @@ def consumer_config(settings: Settings, *, env: Mapping[str, str] | None = None,
 def admin_config(settings: Settings, *, env: Mapping[str, str] | None = None,
                  secrets: SecretGetter | None = None, **overrides) -> dict:
     """kafka-python KafkaAdminClient keyword arguments."""
-    from kafka import KafkaAdminClient
-
     return _python_config(settings, {}, overrides, KafkaAdminClient.DEFAULT_CONFIG, env, secrets)
 
 
@@ -156,20 +147,14 @@ def spark_options(settings: Settings, *, env: Mapping[str, str] | None = None,
             **client_auth(settings, env=env, secrets=secrets).spark_options()}
 
 
-def new_producer(settings: Settings, **overrides) -> "KafkaProducer":
-    from kafka import KafkaProducer
-
+def new_producer(settings: Settings, **overrides) -> KafkaProducer:
     return KafkaProducer(**producer_config(settings, **overrides))
 
 
-def new_consumer(settings: Settings, **overrides) -> "KafkaConsumer":
-    from kafka import KafkaConsumer
-
+def new_consumer(settings: Settings, **overrides) -> KafkaConsumer:
     return KafkaConsumer(**consumer_config(settings, **overrides))
 
 
-def new_admin(settings: Settings, **overrides) -> "KafkaAdminClient":
-    from kafka import KafkaAdminClient
-
+def new_admin(settings: Settings, **overrides) -> KafkaAdminClient:
     return KafkaAdminClient(**admin_config(settings, **overrides))
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipelines.core import kafka_clients
 from pipelines.core.settings import Settings
-
-if TYPE_CHECKING:  # kafka-python is imported lazily, like everywhere in the package
-    from kafka import KafkaAdminClient
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ def admin(settings: Settings, *, client_id: str = "lakehouse-admin",
           timeout_ms: int = 10_000) -> Iterator[KafkaAdminClient]:
     """An admin client of `settings.bootstrap_servers`, closed on exit; TopicAdminError
     when no broker answers within `timeout_ms`."""
-    from kafka.errors import KafkaError
-
     try:
         # bootstrap_timeout_ms is kafka-python 3's; kafka_clients drops it for 2.x.
         client = kafka_clients.new_admin(settings, client_id=client_id,
@@ -54,8 +52,6 @@ def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[s
     partition count: adding partitions would silently move keys to other partitions.
     Topics are created with one replica, as the local single-node broker needs.
     """
-    from kafka.errors import TopicAlreadyExistsError
-
     with admin(settings) as client:
         existing = set(client.list_topics())
         _warn_on_partition_mismatch(client, {n: p for n, p in topics.items() if n in existing})

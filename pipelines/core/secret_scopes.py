@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
+from pyspark.sql import SparkSession
+
 SecretGetter = Callable[[str, str], str]
 
 # A secret reader set by the process (a notebook passes its `dbutils`); else found lazily.
@@ -38,12 +40,11 @@ def secret_reader(env: Mapping[str, str] | None = None, *,
 
     def read(scope: str, key: str) -> str:
         try:
-            from pyspark.dbutils import DBUtils  # only exists on a Databricks Runtime
+            # Only on a Databricks Runtime: imported when a secret is really read there.
+            from pyspark.dbutils import DBUtils
         except ImportError as exc:
             raise error(f"a secret is in secret scope {scope!r} but pyspark.dbutils is not importable "
                         "here; pass dbutils to pipelines.core.secret_scopes.use_dbutils") from exc
-        from pyspark.sql import SparkSession
-
         spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         return DBUtils(spark).secrets.get(scope=scope, key=key)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import yaml
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -158,14 +159,12 @@ class Lake:
         return self.settings.checkpoint_path(job, query)
 
     def exists(self, spark: SparkSession, name: str) -> bool:
-        from delta.tables import DeltaTable
         if table := self.table_name(name):
             return spark.catalog.tableExists(table.replace("`", ""))
         return DeltaTable.isDeltaTable(spark, self.path(name))
 
     def ensure(self, spark: SparkSession, name: str) -> None:
         """Create the table from its spec if it does not exist yet (idempotent)."""
-        from delta.tables import DeltaTable
         table = spec(name)
         if catalog_name := self.table_name(name):
             # SQL, not the builder: the builder's name parser takes `db.table` only, while a
@@ -213,7 +212,6 @@ class Lake:
             writer.save(self.path(name))
 
     def delta(self, spark: SparkSession, name: str):
-        from delta.tables import DeltaTable
         if table := self.table_name(name):
             return DeltaTable.forName(spark, table)
         return DeltaTable.forPath(spark, self.path(name))

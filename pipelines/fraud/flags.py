@@ -1,5 +1,6 @@
 """gold.fraud_flags: the fraud job (rules -> flags, idempotent MERGE, one fraud.flagged
-notification per new flag), clearing a flag, and the open flags the export holds on.
+notification per new flag) and clearing a flag. The export holds the lines of accounts
+with an open flag (pipelines/billing/export.py: open_flag_holds reads the table).
 
 A flag's id is deterministic (pipelines/fraud/rules.py), so a rerun updates the evidence
 of an open flag, inserts only flags never seen before, and leaves a cleared flag cleared:
@@ -15,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.fraud.rules import FraudRules, fraud_candidates, load_fraud_rules
+from pipelines.rules.notifications import notification_id_col, stage_notifications
 from pipelines.core.tables import Lake, spec
 
 FLAGS = "gold.fraud_flags"
@@ -34,7 +36,7 @@ class FraudResult:
     candidates: int
     new_flags: int
     open_flags: int
-    notifications: int | None   # None when the notifications module is not there
+    notifications: int | None   # fraud.flagged notifications staged (None: not counted)
 
     def render(self) -> str:
         sent = "" if self.notifications is None else f", {self.notifications} {NOTIFICATION_TYPE} notification(s) staged"
@@ -51,8 +53,6 @@ def flag_rows(candidates: DataFrame) -> DataFrame:
 
 def notification_rows(new_flags: DataFrame) -> DataFrame:
     """New flags -> rows for pipelines.rules.notifications.stage_notifications (one per flag)."""
-    from pipelines.rules.notifications import notification_id_col
-
     payload = F.concat(F.lit('{"flag_id":"'), F.col("flag_id"), F.lit('","rule":"'), F.col("rule"),
                        F.lit('","evidence":'), F.col("evidence"), F.lit("}"))
     return new_flags.select(
@@ -61,11 +61,7 @@ def notification_rows(new_flags: DataFrame) -> DataFrame:
         F.array().cast("array<string>").alias("trigger_event_ids"), payload.alias("payload"))
 
 
-def _stage_notifications(spark: SparkSession, lake: Lake, new_flags: DataFrame) -> int | None:
-    try:
-        from pipelines.rules.notifications import stage_notifications
-    except ImportError:
-        return None
+def _stage_notifications(spark: SparkSession, lake: Lake, new_flags: DataFrame) -> int:
     return stage_notifications(spark, lake, notification_rows(new_flags))
 
 
@@ -90,14 +86,6 @@ def run_fraud(spark: SparkSession, lake: Lake, *, rules: FraudRules | None = Non
     notified = _stage_notifications(spark, lake, new) if new_count else 0
     open_count = lake.read(spark, FLAGS).filter(F.col("state") == OPEN).count()
     return FraudResult(candidates.count(), new_count, open_count, notified)
-
-
-def open_flag_holds(spark: SparkSession, lake: Lake) -> DataFrame:
-    """account_id, hold_reason for every account with an open flag (what the export holds)."""
-    lake.ensure(spark, FLAGS)
-    return (lake.read(spark, FLAGS).filter(F.col("state") == OPEN).groupBy("account_id")
-            .agg(F.concat(F.lit("open fraud flag: "), F.concat_ws(", ", F.array_sort(F.collect_set("rule"))))
-                 .alias("hold_reason")))
 
 
 def clear_flags(spark: SparkSession, lake: Lake, account_id: str, *, rule: str | None, by: str, reason: str,

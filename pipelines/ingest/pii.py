@@ -34,7 +34,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.core.config import CONF_DIR, ConfigError, read_yaml
-from pipelines.ingest.pii_key import PiiHmacKey
+from pipelines.ingest.pii_key import KeySource, PiiHmacKey
 
 DEFAULT_PII = CONF_DIR / "pii.yaml"
 KINDS = ("email", "phone", "ip", "text")
@@ -63,14 +63,6 @@ class PiiPattern:
     kind: str
     regex: str
     in_text: bool
-
-
-@dataclass(frozen=True)
-class KeySource:
-    """Where the HMAC key is read from (pipelines/ingest/pii_key.py)."""
-    env: str = "LAKEHOUSE_PII_KEY"
-    scope_env: str = "LAKEHOUSE_PII_SECRET_SCOPE"
-    scope_key: str = "pii-hmac-key"
 
 
 @dataclass(frozen=True)

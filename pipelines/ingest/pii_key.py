@@ -32,15 +32,12 @@ import secrets as random_source
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, Protocol
 
 from pipelines.core import secret_scopes
 from pipelines.core.kafka_auth import Secret
 from pipelines.core.kafka_clients import is_loopback_bootstrap
 from pipelines.core.settings import Settings
-
-if TYPE_CHECKING:
-    from pipelines.ingest.pii import PiiConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +136,20 @@ def _local_key(settings: Settings) -> PiiHmacKey:
     return parse_key_value(path.read_text(encoding="utf-8"), str(path))
 
 
-def load_pii_key(config: "PiiConfig", settings: Settings, master: str, *, env: Mapping[str, str] | None = None,
+@dataclass(frozen=True)
+class KeySource:
+    """Where the HMAC key is read from (pipelines/conf/pii.yaml: key)."""
+    env: str = "LAKEHOUSE_PII_KEY"
+    scope_env: str = "LAKEHOUSE_PII_SECRET_SCOPE"
+    scope_key: str = "pii-hmac-key"
+
+
+class KeyConfig(Protocol):
+    """What load_pii_key reads of the PII config (pipelines/ingest/pii.py: PiiConfig)."""
+    key: KeySource
+
+
+def load_pii_key(config: KeyConfig, settings: Settings, master: str, *, env: Mapping[str, str] | None = None,
                  secrets: secret_scopes.SecretGetter | None = None) -> PiiHmacKey:
     """The key silver hashes with, or PiiKeyError (see the module docstring for the order)."""
     env = os.environ if env is None else env

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
+from pipelines.core.tables import Lake
 from pipelines.monitoring.listener import METRICS
 from pipelines.monitoring.slo import Slos, StreamSlo, load_slos
-from pipelines.core.tables import Lake
 
 # The status and the plot read at most this many recent batches per stream (driver-side).
 MAX_BATCHES = 5000
@@ -84,8 +84,6 @@ def read_metrics(spark: SparkSession, lake: Lake) -> dict[str, list[dict]]:
     """The newest MAX_BATCHES rows per stream, oldest first (a bounded driver read)."""
     if not lake.exists(spark, METRICS):
         return {}
-    from pyspark.sql import Window
-
     newest = Window.partitionBy("query_name").orderBy(F.col("batch_started_at").desc(), F.col("batch_id").desc())
     rows = (lake.read(spark, METRICS).withColumn("_n", F.row_number().over(newest))
             .filter(F.col("_n") <= MAX_BATCHES).drop("_n").collect())
@@ -140,6 +138,8 @@ def status(spark: SparkSession, lake: Lake, *, slo_path=None) -> list[StreamStat
 def plot_metrics(metrics: dict[str, list[dict]], path: Path | str) -> Path:
     """Three panels over time (UTC): processing throughput per stream, Kafka lag of the
     streams reading Kafka, and ingestion/event freshness per stream."""
+    # matplotlib only here: `lakehouse status --plot` is its one user, and the headless
+    # backend must be chosen before pyplot is first imported.
     import matplotlib
 
     matplotlib.use("Agg")

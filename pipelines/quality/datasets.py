@@ -14,8 +14,8 @@ from typing import Protocol
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.billing.gate import (critical_line_failures, line_failure_details, mismatch_details,
-                                    reconcile_period_usage)
+from pipelines.quality.checks import (critical_line_failures, line_failure_details, mismatch_details,
+                                      reconcile_period_usage)
 from pipelines.ingest.gold import DAILY_KEYS, aggregate_daily_usage
 
 COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]

@@ -34,9 +34,11 @@ from typing import Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from kafka import TopicPartition
+from kafka.errors import KafkaError, ProducerFencedError
 from pyspark.sql import types as T
 
-from pipelines.core import kafka_topics
+from pipelines.core import kafka_clients, kafka_topics
 from pipelines.core.exact_json import dumps
 from pipelines.core.settings import Settings
 from pipelines.core.tables import Lake, spec
@@ -257,10 +259,6 @@ class _Publisher:
         self.topic_ready = False
 
     def _connect(self) -> None:
-        from kafka.errors import KafkaError
-
-        from pipelines.core import kafka_clients
-
         servers = self.settings.bootstrap_servers
         try:
             if not self.topic_ready:
@@ -300,8 +298,6 @@ class _Publisher:
         self.producer = self.consumer = None
 
     def deliver(self, rows: list[dict], outbox: Outbox, since_ms: int) -> int:
-        from kafka.errors import KafkaError, ProducerFencedError
-
         with self.lock:
             for attempt in (1, 2):
                 self._connect()
@@ -350,8 +346,6 @@ class _Publisher:
 
     def _ids_on_topic(self, since_ms: int, wanted: set[str]) -> set[str]:
         """Which of `wanted` are committed on the topic at or after since_ms (header ids)."""
-        from kafka import TopicPartition
-
         consumer = self.consumer
         parts = consumer.partitions_for_topic(self.topic) or set()
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
@@ -404,10 +398,6 @@ def read_topic(settings: Settings, topic: str, *, timeout_s: float = 10.0, raw: 
     """Every committed record of a topic, decoded (tests, the bench and audits):
     key, value (parsed JSON, or the bytes as sent with raw=True), headers, partition,
     offset, timestamp_ms."""
-    from kafka import TopicPartition
-
-    from pipelines.core import kafka_clients
-
     consumer = kafka_clients.new_consumer(settings, client_id="lakehouse-read-topic",
                                           isolation_level="read_committed")
     try:

@@ -20,8 +20,9 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines.analyst import sql as analyst
-from pipelines.analyst.sql import ReadOnlyQueryError, analyst_session, checked_plan, run_sql, surface
+from pipelines.analyst import guard as analyst
+from pipelines.analyst.guard import ReadOnlyQueryError, analyst_session, checked_plan, surface
+from pipelines.analyst.query import run_sql
 from pipelines.core.settings import Settings
 from pipelines.core.tables import Lake, spec, table_specs
 from pipelines.analyst.views import load_views, register_views

@@ -5,8 +5,9 @@ import io
 
 import pytest
 
-from pipelines.analyst.sql import (ReadOnlyQueryError, check_plan_read_only, check_read_only, qualified, run_sql,
-                               surface, surface_tables)
+from pipelines.analyst.guard import (ReadOnlyQueryError, check_plan_read_only, check_read_only, qualified, surface,
+                                     surface_tables)
+from pipelines.analyst.query import run_sql
 from pipelines.core.settings import Settings
 from pipelines.core.tables import Lake, table_specs
 

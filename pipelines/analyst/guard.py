@@ -1,5 +1,5 @@
-"""The analyst surface (`lakehouse sql`): queries over the lake's silver, gold and analyst
-tables and views, and nothing else.
+"""The guard of the analyst surface (`lakehouse sql`, run by query.py): queries over the
+lake's silver, gold and analyst tables and views, and nothing else.
 
 The decision is Spark's analysed plan checked against an allowlist, never the text:
 
@@ -23,13 +23,12 @@ The plan that was checked is the plan that runs: no second parse of the text.
 """
 from __future__ import annotations
 
-import contextlib
 import re
-from typing import Iterable, TextIO
+from typing import Iterable
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
-from pipelines.core.settings import Settings, split_table_name
+from pipelines.core.settings import split_table_name
 from pipelines.core.tables import Lake, table_specs
 
 READ_STARTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE")
@@ -425,40 +424,3 @@ def checked_plan(session: SparkSession, statement: str, allowed: frozenset):
         raise
     except Exception as exc:  # noqa: BLE001 - a plan that cannot be inspected is refused, not skipped
         raise ReadOnlyQueryError(f"refused: the statement could not be inspected: {_first_line(exc)}") from None
-
-
-def analyst_frame(spark: SparkSession, lake: Lake, statement: str) -> DataFrame:
-    """The statement as a DataFrame of the analyst session, built from the plan that was
-    checked. The lake's tables and views must be registered (Lake.register_views,
-    views.register_views) in `spark` first."""
-    from pyspark.sql.classic.dataframe import DataFrame as ClassicDataFrame
-
-    from pipelines.analyst.views import load_views
-
-    session = analyst_session(spark)
-    plan = checked_plan(session, statement, surface(lake, load_views()))
-    jdf = session._jvm.org.apache.spark.sql.classic.Dataset.ofRows(session._jsparkSession, plan)
-    return ClassicDataFrame(jdf, session)
-
-
-def run_sql(spark: SparkSession, settings: Settings, query: str, *, limit: int = 50, fmt: str = "table",
-            out: TextIO) -> None:
-    statement = check_read_only(query)
-    check_plan_read_only(spark, statement)   # before registering anything
-    from pipelines.analyst.views import register_views
-
-    lake = Lake(settings)
-    # Naming the tables and views is the project's own SQL, run in the caller's session;
-    # only then is the analyst's statement analysed, in a session of its own.
-    lake.register_views(spark)
-    register_views(spark, lake)   # analyst.* views (pipelines/conf/views.yaml)
-    df = analyst_frame(spark, lake, statement)
-    if fmt == "table":
-        with contextlib.redirect_stdout(out):
-            df.show(n=limit, truncate=40)
-        return
-    rows = df.limit(limit).toPandas() if limit else df.toPandas()
-    if fmt == "csv":
-        rows.to_csv(out, index=False)
-    else:
-        rows.to_json(out, orient="records", lines=True, date_format="iso")
