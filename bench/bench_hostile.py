@@ -69,7 +69,8 @@ def judge_placements(spark, lake, chunk: int = 5_000) -> tuple[Counter, Counter,
     partition of them does not fit the driver."""
     from pyspark.sql import functions as F
 
-    from pipelines.billing.audit import COORDINATES, record_homes
+    from pipelines.billing.audit import record_homes
+    from pipelines.core.tables import COORDINATES
     from pipelines.ingest.parse import with_kafka_coordinates
     from tests.unit.test_hostile_input import judge, misplaced
 

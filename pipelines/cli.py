@@ -28,8 +28,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.billing.periods import parse_period
     from pipelines.core.context import JobContext, RunOptions
-    from pipelines.runner import resolve_jobs, run_jobs
     from pipelines.core.session import build_spark
+    from pipelines.runner import resolve_jobs, run_jobs
 
     resolve_jobs(args.jobs)
     settings = settings_from(args)
@@ -56,10 +56,10 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipelines.monitoring.slo import load_slos
-    from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
     from pipelines.core.session import build_spark
     from pipelines.core.tables import Lake
+    from pipelines.monitoring.slo import load_slos
+    from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
 
     spark = build_spark("lakehouse-status")
     metrics = read_metrics(spark, Lake(settings_from(args)))
@@ -71,9 +71,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_fraud(args: argparse.Namespace) -> int:
-    from pipelines.fraud.flags import clear_flags, render_flags
     from pipelines.core.session import build_spark
     from pipelines.core.tables import Lake
+    from pipelines.fraud.flags import clear_flags, render_flags
 
     spark = build_spark("lakehouse-fraud")
     lake = Lake(settings_from(args))

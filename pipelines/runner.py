@@ -13,10 +13,10 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.ingest import bronze, gold, silver
-from pipelines.rules import notify as notify_stream
 from pipelines.core.context import JobContext
+from pipelines.ingest import bronze, gold, silver
 from pipelines.monitoring.listener import StreamMonitor
+from pipelines.rules import notify as notify_stream
 
 JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = {
     "bronze": bronze.start,

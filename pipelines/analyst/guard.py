@@ -29,7 +29,7 @@ from typing import Iterable
 from pyspark.sql import SparkSession
 
 from pipelines.core.settings import split_table_name
-from pipelines.core.tables import Lake, table_specs
+from pipelines.core.tables import QUARANTINE, Lake, table_specs
 
 READ_STARTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE")
 # Words that only ever appear in statements that write, change the session or reach the JVM.
@@ -83,7 +83,7 @@ TABLE_FUNCTIONS = frozenset({
 # bad record's raw bytes, which the contract requires). The ops layer is the operators'
 # (quality results show failing values).
 SURFACE_LAYERS = ("silver", "gold")
-RAW_PERSONAL_DATA = frozenset({"silver.quarantine"})
+RAW_PERSONAL_DATA = frozenset({QUARANTINE})
 
 # Query operators the analysed plan may hold, by class. Anything else (a command, a
 # streaming or file relation, an object-level Dataset operator, a platform's own node) is

@@ -13,7 +13,8 @@ from pyspark.sql import SparkSession
 from pipelines.analyst.guard import ReadOnlyQueryError, check_read_only, surface_tables
 from pipelines.core.config import CONF_DIR
 from pipelines.core.settings import split_table_name
-from pipelines.core.tables import Lake, _sql_string as _quote, table_specs
+from pipelines.core.tables import Lake, table_specs
+from pipelines.core.tables import _sql_string as _quote
 
 DEFAULT_PATH = CONF_DIR / "views.yaml"
 LAYER = "analyst"

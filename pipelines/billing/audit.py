@@ -25,22 +25,17 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.billing.periods import parse_period
-from pipelines.core.tables import Lake
+from pipelines.core.tables import (ACCOUNT_EVENTS, BILLING_EXPORTS, BRONZE_EVENTS, COORDINATES, DAILY_USAGE,
+                                   DUPLICATES, INVOICE_LINES, QUARANTINE, USAGE_EVENTS, Lake)
 from pipelines.ingest.parse import with_kafka_coordinates
 
-USAGE = "silver.usage_events"
-DAILY = "gold.daily_usage"
-LINES = "gold.invoice_lines"
-LEDGER = "gold.billing_exports"
 OK = "ok"
 USAGE_KEYS = ["account_id", "period", "product", "metric"]
 AMOUNT_KEYS = ["account_id", "period", "currency"]
 
 
 # Where a bronze record can end up, by silver table; each holds the record's Kafka coordinates.
-SILVER_HOMES = {"silver.usage_events": "usage", "silver.account_events": "account",
-                "silver.duplicates": "duplicate", "silver.quarantine": "quarantine"}
-COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
+SILVER_HOMES = {USAGE_EVENTS: "usage", ACCOUNT_EVENTS: "account", DUPLICATES: "duplicate", QUARANTINE: "quarantine"}
 
 
 class AuditError(ValueError):
@@ -195,14 +190,14 @@ class AuditReport:
 def run_audit(spark: SparkSession, lake: Lake, *, period: str | None = None,
               account_id: str | None = None) -> AuditReport:
     period = parse_period(period) if period else None
-    for name in (USAGE, LINES, LEDGER):
+    for name in (USAGE_EVENTS, INVOICE_LINES, BILLING_EXPORTS):
         lake.ensure(spark, name)
     scope = filter_scope(period, account_id or None)
-    lines = lake.read(spark, LINES)
-    usage = (lake.read(spark, USAGE).transform(used_per_period).transform(scope)
+    lines = lake.read(spark, INVOICE_LINES)
+    usage = (lake.read(spark, USAGE_EVENTS).transform(used_per_period).transform(scope)
              .transform(reconcile_usage(billed_per_period(lines).transform(scope))))
     amounts = (invoiced_per_period(lines).transform(scope)
-               .transform(reconcile_amounts(exported_per_period(lake.read(spark, LEDGER)).transform(scope))))
+               .transform(reconcile_amounts(exported_per_period(lake.read(spark, BILLING_EXPORTS)).transform(scope))))
     return AuditReport(usage.orderBy(*USAGE_KEYS), amounts.orderBy(*AMOUNT_KEYS))
 
 
@@ -210,10 +205,10 @@ def timeline(spark: SparkSession, lake: Lake, *, account_id: str | None = None):
     """(daily usage per day and metric, billed amount per period, status and currency) as
     pandas frames for plotting. Both are bounded by the calendar (days x metrics, periods x
     currencies), not by the number of events, so reading them to the driver is safe."""
-    for name in (DAILY, LINES):
+    for name in (DAILY_USAGE, INVOICE_LINES):
         lake.ensure(spark, name)
-    daily = lake.read(spark, DAILY)
-    lines = lake.read(spark, LINES)
+    daily = lake.read(spark, DAILY_USAGE)
+    lines = lake.read(spark, INVOICE_LINES)
     if account_id:
         daily = daily.filter(F.col("account_id") == account_id)
         lines = lines.filter(F.col("account_id") == account_id)
@@ -277,14 +272,14 @@ def record_homes(spark: SparkSession, lake: Lake) -> DataFrame:
     for table, home in SILVER_HOMES.items():
         part = lake.read(spark, table).select(*COORDINATES, F.lit(home).alias("home"))
         landed = part if landed is None else landed.unionByName(part)
-    return lake.read(spark, "bronze.events").transform(with_homes(landed))
+    return lake.read(spark, BRONZE_EVENTS).transform(with_homes(landed))
 
 
 def properties_containing(spark: SparkSession, lake: Lake, needles) -> DataFrame:
     """Rows of the silver event tables (`table`, event_id, properties) whose properties
     hold any of `needles` as text: raw personal data that should have been hashed."""
     found = None
-    for table in ("silver.usage_events", "silver.account_events", "silver.duplicates"):
+    for table in (USAGE_EVENTS, ACCOUNT_EVENTS, DUPLICATES):
         props = F.col("properties")
         part = (lake.read(spark, table).filter(props.isNotNull())
                 .filter(reduce(operator.or_, [props.contains(n) for n in needles]))

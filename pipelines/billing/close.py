@@ -19,21 +19,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
-from pipelines.billing.invoice import (
-    ADJUSTMENT, PERIOD_USAGE_KEYS, aggregate_period_usage, base_lines, finish_lines, line_totals, unpriced_usage,
-    usage_lines,
-)
-from pipelines.billing.periods import (
-    filter_plan_events, next_period_start, parse_period, period_segments, plan_changes, plan_segments, with_plan_rank,
-    with_segment,
-)
+from pipelines.billing.invoice import (ADJUSTMENT, PERIOD_USAGE_KEYS, aggregate_period_usage, base_lines, finish_lines,
+                                       line_totals, unpriced_usage, usage_lines)
+from pipelines.billing.periods import (filter_plan_events, next_period_start, parse_period, period_segments,
+                                       plan_changes, plan_segments, with_plan_rank, with_segment)
 from pipelines.core.context import JobContext
-from pipelines.core.tables import spec
+from pipelines.core.tables import ACCOUNT_EVENTS, INVOICE_LINES, PERIOD_USAGE, USAGE_EVENTS, spec
 
-ACCOUNT = "silver.account_events"
-USAGE = "silver.usage_events"
-PERIOD_USAGE = "gold.period_usage"
-LINES = "gold.invoice_lines"
 # What makes a recomputed line different from the stored one.
 _LINE_VALUES = ["segment_end", "units", "included", "billable_units", "amount", "currency", "status"]
 
@@ -84,15 +76,15 @@ def compute(spark: SparkSession, ctx: JobContext, *, now: datetime, period: str 
     plans = plans_frame(spark, catalog)
     prices = prices_frame(spark, catalog)
     segments = (
-        lake.read(spark, ACCOUNT).transform(filter_plan_events).transform(with_plan_rank(plans))
+        lake.read(spark, ACCOUNT_EVENTS).transform(filter_plan_events).transform(with_plan_rank(plans))
         .transform(plan_changes).transform(plan_segments).transform(period_segments(now, period))
     ).localCheckpoint()
     horizon_end = next_period_start(F.lit(now).cast("timestamp"))
-    usage = lake.read(spark, USAGE).filter(F.col("occurred_at") < horizon_end)
+    usage = lake.read(spark, USAGE_EVENTS).filter(F.col("occurred_at") < horizon_end)
     if period:
         usage = usage.filter(F.date_format("occurred_at", "yyyy-MM") == period)
     period_usage = usage.transform(with_segment(segments)).transform(aggregate_period_usage(now)).localCheckpoint()
-    columns = spec(LINES).column_names
+    columns = spec(INVOICE_LINES).column_names
     lines = (
         segments.transform(base_lines(plans)).transform(finish_lines(columns, now))
         .unionByName(period_usage.filter(F.col("plan_id").isNotNull())
@@ -111,7 +103,7 @@ def run_billing(spark: SparkSession, ctx: JobContext, *, period: str | None = No
     now = now or started
     period = parse_period(period)
     lake = ctx.lake
-    for table in (ACCOUNT, USAGE, PERIOD_USAGE, LINES):
+    for table in (ACCOUNT_EVENTS, USAGE_EVENTS, PERIOD_USAGE, INVOICE_LINES):
         lake.ensure(spark, table)
     say(f"billing: computing {'period ' + period if period else 'every period'} as of {now:%Y-%m-%d %H:%M:%S} UTC")
     period_usage, lines, unpriced = compute(spark, ctx, now=now, period=period, catalog_path=catalog_path)
@@ -131,12 +123,12 @@ def run_billing(spark: SparkSession, ctx: JobContext, *, period: str | None = No
     else:
         say("billing: gold.period_usage unchanged")
 
-    line_cols = spec(LINES).column_names
-    stored_lines = lake.read(spark, LINES).filter(_scope(period, alias=None)).filter(F.col("line_type") != ADJUSTMENT)
+    line_cols = spec(INVOICE_LINES).column_names
+    stored_lines = lake.read(spark, INVOICE_LINES).filter(_scope(period, alias=None)).filter(F.col("line_type") != ADJUSTMENT)
     # Lines a recomputation no longer produces are zeroed, once.
     if _differs(lines, stored_lines, ["idempotency_key"], _LINE_VALUES, removable="amount <> 0"):
         changed = "NOT (" + " AND ".join(f"t.{c} <=> s.{c}" for c in _LINE_VALUES) + ")"
-        (lake.delta(spark, LINES).alias("t").merge(lines.alias("s"), "t.idempotency_key = s.idempotency_key")
+        (lake.delta(spark, INVOICE_LINES).alias("t").merge(lines.alias("s"), "t.idempotency_key = s.idempotency_key")
          .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in line_cols})
          .whenNotMatchedInsertAll()
          .whenNotMatchedBySourceUpdate(
@@ -149,7 +141,7 @@ def run_billing(spark: SparkSession, ctx: JobContext, *, period: str | None = No
         say("billing: gold.invoice_lines unchanged")
 
     # Reporting at the job's edge: a handful of aggregate rows.
-    current = lake.read(spark, LINES)
+    current = lake.read(spark, INVOICE_LINES)
     if period:
         current = current.filter(F.col("period") == period)
     summary = current.transform(line_totals).collect()

@@ -16,14 +16,10 @@ from datetime import UTC, datetime
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.core.tables import Lake
+from pipelines.core.tables import INVOICE_LINES, PERIOD_USAGE, USAGE_EVENTS, Lake
 from pipelines.quality.checks import (critical_line_failures, line_failure_details, mismatch_details,
                                       reconcile_period_usage)
 from pipelines.quality.run import Inputs, gate_refusals
-
-INVOICE_LINES = "gold.invoice_lines"
-PERIOD_USAGE = "gold.period_usage"
-USAGE_EVENTS = "silver.usage_events"
 
 
 def period_bounds(periods: list[str]) -> list[tuple[str, datetime, datetime]]:

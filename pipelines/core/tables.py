@@ -18,6 +18,27 @@ from pyspark.sql import types as T
 from pipelines.core.contract import schemas_dir
 from pipelines.core.settings import Settings, split_table_name
 
+# Every table's logical name, once; schemas/tables.yaml holds their columns (a test keeps
+# the two in step). Modules import these rather than spelling the names.
+BRONZE_EVENTS = "bronze.events"
+USAGE_EVENTS = "silver.usage_events"
+ACCOUNT_EVENTS = "silver.account_events"
+DUPLICATES = "silver.duplicates"
+QUARANTINE = "silver.quarantine"
+DAILY_USAGE = "gold.daily_usage"
+PERIOD_USAGE = "gold.period_usage"
+INVOICE_LINES = "gold.invoice_lines"
+BILLING_EXPORTS = "gold.billing_exports"
+NOTIFICATIONS = "gold.notifications"
+PLAN_DECISIONS = "gold.plan_decisions"
+FRAUD_FLAGS = "gold.fraud_flags"
+SILVER_BATCHES = "ops.silver_batches"
+QUALITY_RESULTS = "ops.quality_results"
+STREAM_METRICS = "ops.stream_metrics"
+
+# The Kafka coordinates a silver row keeps of the copy it came from: one record, anywhere.
+COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
+
 
 class TableSpecError(ValueError):
     pass

@@ -28,19 +28,19 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from pipelines.ingest import silver as S
-from pipelines.ingest.gold import merge_daily_usage
 from pipelines.core.context import JobContext
+from pipelines.core.tables import (ACCOUNT_EVENTS, BRONZE_EVENTS, COORDINATES, DAILY_USAGE, DUPLICATES, QUARANTINE,
+                                   USAGE_EVENTS)
 from pipelines.ingest import dedup as D
-from pipelines.ingest.gold import DAILY_KEYS, aggregate_daily_usage, touched_daily_keys, with_recomputed_totals
+from pipelines.ingest import silver as S
+from pipelines.ingest.gold import (DAILY_KEYS, aggregate_daily_usage, merge_daily_usage, touched_daily_keys,
+                                   with_recomputed_totals)
 from pipelines.ingest.parse import filter_good
 
-DAILY = "gold.daily_usage"
 # Silver tables where a bronze record can leave a trace, by its Kafka coordinates.
-TRACED_IN = (S.USAGE, S.ACCOUNT, S.DUPLICATES, S.QUARANTINE)
+TRACED_IN = (USAGE_EVENTS, ACCOUNT_EVENTS, DUPLICATES, QUARANTINE)
 # Kept copies: a byte-identical re-send of one of these is only ever counted, never stored.
-KEPT_IN = (S.USAGE, S.ACCOUNT, S.DUPLICATES)
-COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
+KEPT_IN = (USAGE_EVENTS, ACCOUNT_EVENTS, DUPLICATES)
 _DAILY_VALUES = ["quantity", "event_count", "last_ingested_at"]
 
 
@@ -216,7 +216,7 @@ class BackfillResult:
     @property
     def changed_tables(self) -> list[str]:
         changed = [t for t, (a, b) in self.silver_versions.items() if b != a]
-        return changed + ([DAILY] if self.daily_rows_changed else [])
+        return changed + ([DAILY_USAGE] if self.daily_rows_changed else [])
 
     def render(self) -> str:
         return "\n".join([
@@ -242,7 +242,7 @@ def _silver_state(spark: SparkSession, ctx: JobContext) -> tuple[DataFrame, Data
     kept = None
     for table in KEPT_IN:
         part = lake.read(spark, table)
-        if table == S.DUPLICATES:
+        if table == DUPLICATES:
             part = part.filter(F.col("rule") != D.IDENTITY_RULE)
         part = part.select(*D.IDENTITY, "payload_sha256")
         kept = part if kept is None else kept.unionByName(part)
@@ -257,14 +257,14 @@ def _recompute_daily(spark: SparkSession, ctx: JobContext, touched: DataFrame) -
         if not days:
             return 0, 0
         current = (
-            lake.read(spark, S.USAGE)
+            lake.read(spark, USAGE_EVENTS)
             .join(F.broadcast(touched.withColumnRenamed("usage_date", "event_date")),
                   on=["account_id", "product", "metric", "event_date"], how="left_semi")
             .transform(aggregate_daily_usage)
         )
         changed = (
             touched.transform(with_recomputed_totals(current))
-            .transform(filter_changed_daily(lake.read(spark, DAILY)))
+            .transform(filter_changed_daily(lake.read(spark, DAILY_USAGE)))
             .localCheckpoint()
         )
         rows = changed.count()
@@ -280,12 +280,12 @@ def run_backfill(spark: SparkSession, ctx: JobContext, bronze_range: BronzeRange
     """Replay `bronze_range` into silver, then bring gold.daily_usage in line for its days."""
     say = log or (lambda _msg: None)
     lake = ctx.lake
-    for table in (S.BRONZE, *S.TABLES, DAILY):
+    for table in (BRONZE_EVENTS, *S.TABLES, DAILY_USAGE):
         lake.ensure(spark, table)
     result = BackfillResult(range=bronze_range.describe())
     before = {t: _version(spark, ctx, t) for t in S.TABLES}
 
-    slice_ = lake.read(spark, S.BRONZE).transform(filter_bronze_range(bronze_range)).localCheckpoint()
+    slice_ = lake.read(spark, BRONZE_EVENTS).transform(filter_bronze_range(bronze_range)).localCheckpoint()
     try:
         # The only driver-side reads are counts (for the report and to skip empty writes).
         result.records_in_range = slice_.count()
@@ -301,20 +301,20 @@ def run_backfill(spark: SparkSession, ctx: JobContext, bronze_range: BronzeRange
             # batch id = usage_events' version before the replay: a retry after a crash that
             # committed nothing reuses it (ops.silver_batches appends once), a retry after
             # partial commits replays only what is still missing under a new id.
-            S.SilverBatchWriter(ctx, claims=False).write_batch(todo, before[S.USAGE], bronze_range.key())
+            S.SilverBatchWriter(ctx, claims=False).write_batch(todo, before[USAGE_EVENTS], bronze_range.key())
         result.silver_versions = {t: (before[t], _version(spark, ctx, t)) for t in S.TABLES}
 
         # Gold: the days of the range's usage events as silver now holds them, plus every
         # day a silver change of this replay touched (a rule may have moved other events).
-        slice_days = (lake.read(spark, S.USAGE)
+        slice_days = (lake.read(spark, USAGE_EVENTS)
                       .join(parsed.select(*COORDINATES), on=COORDINATES, how="left_semi")
                       .transform(touched_daily_keys))
         touched = slice_days
-        start, end = result.silver_versions[S.USAGE]
+        start, end = result.silver_versions[USAGE_EVENTS]
         if end > start:
             changes = (spark.read.format("delta").option("readChangeFeed", "true")
                        .option("startingVersion", str(start + 1)).option("endingVersion", str(end)))
-            touched = touched.unionByName(lake.load(changes, S.USAGE).transform(touched_daily_keys))
+            touched = touched.unionByName(lake.load(changes, USAGE_EVENTS).transform(touched_daily_keys))
         result.days_recomputed, result.daily_rows_changed = _recompute_daily(spark, ctx, touched.distinct())
         parsed.unpersist()
         todo.unpersist()

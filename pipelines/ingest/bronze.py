@@ -12,9 +12,8 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.core import kafka_clients
 from pipelines.core.context import JobContext, apply_trigger
-from pipelines.core.tables import spec
+from pipelines.core.tables import BRONZE_EVENTS, spec
 
-TABLE = "bronze.events"
 JOB = "bronze"
 
 
@@ -46,15 +45,15 @@ def to_bronze_rows(df: DataFrame) -> DataFrame:
         F.col("timestampType").alias("kafka_timestamp_type"),
         "headers",
         F.current_timestamp().alias("ingested_at"),
-    ).select(*spec(TABLE).column_names)
+    ).select(*spec(BRONZE_EVENTS).column_names)
 
 
 def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
-    ctx.lake.ensure(spark, TABLE)
+    ctx.lake.ensure(spark, BRONZE_EVENTS)
     writer = (
         read_kafka(spark, ctx).transform(to_bronze_rows)
         .writeStream.format("delta").outputMode("append")
         .queryName(JOB)
         .option("checkpointLocation", ctx.lake.checkpoint(JOB, "events"))
     )
-    return ctx.lake.start_stream(apply_trigger(writer, ctx.run), TABLE)
+    return ctx.lake.start_stream(apply_trigger(writer, ctx.run), BRONZE_EVENTS)

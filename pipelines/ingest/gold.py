@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.core.context import JobContext, apply_trigger
-from pipelines.core.tables import filter_touched_partitions, spec
+from pipelines.core.tables import DAILY_USAGE, USAGE_EVENTS, filter_touched_partitions, spec
 
 # The pure part: silver rows and change-feed rows -> day totals.
 
@@ -47,8 +47,6 @@ def with_recomputed_totals(current: DataFrame):
 
 
 JOB = "gold"
-SOURCE = "silver.usage_events"
-DAILY = "gold.daily_usage"
 
 
 def merge_daily_usage(spark: SparkSession, lake, recomputed: DataFrame) -> None:
@@ -56,8 +54,8 @@ def merge_daily_usage(spark: SparkSession, lake, recomputed: DataFrame) -> None:
     events are all gone (event_count null) is deleted, the others upserted. The stream and
     the backfill both write through here."""
     on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
-    cols = spec(DAILY).column_names
-    (lake.delta(spark, DAILY).alias("t").merge(recomputed.alias("s"), on)
+    cols = spec(DAILY_USAGE).column_names
+    (lake.delta(spark, DAILY_USAGE).alias("t").merge(recomputed.alias("s"), on)
      .whenMatchedDelete(condition="s.event_count IS NULL")
      .whenMatchedUpdate(set={c: f"s.{c}" for c in cols})
      .whenNotMatchedInsert(condition="s.event_count IS NOT NULL", values={c: f"s.{c}" for c in cols})
@@ -75,7 +73,7 @@ class DailyUsageWriter:
         try:
             # Only the touched days' partitions of silver are read.
             current = (
-                lake.read(spark, SOURCE)
+                lake.read(spark, USAGE_EVENTS)
                 .transform(filter_touched_partitions(touched.withColumnRenamed("usage_date", "event_date"),
                                                      ["account_id", "product", "metric", "event_date"]))
                 .transform(aggregate_daily_usage)
@@ -87,11 +85,11 @@ class DailyUsageWriter:
 
 
 def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
-    ctx.lake.ensure(spark, SOURCE)
-    ctx.lake.ensure(spark, DAILY)
+    ctx.lake.ensure(spark, USAGE_EVENTS)
+    ctx.lake.ensure(spark, DAILY_USAGE)
     reader = spark.readStream.format("delta").option("readChangeFeed", "true").option("startingVersion", "0")
     writer = (
-        ctx.lake.read_stream(reader, SOURCE).writeStream.queryName(JOB)
+        ctx.lake.read_stream(reader, USAGE_EVENTS).writeStream.queryName(JOB)
         .foreachBatch(DailyUsageWriter(ctx))
         .option("checkpointLocation", ctx.lake.checkpoint(JOB, "daily_usage"))
     )

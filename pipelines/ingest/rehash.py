@@ -22,14 +22,15 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.ingest import silver as S
 from pipelines.core.context import JobContext
+from pipelines.core.tables import ACCOUNT_EVENTS, BRONZE_EVENTS, COORDINATES, DUPLICATES, USAGE_EVENTS
+from pipelines.ingest import silver as S
 from pipelines.ingest.pii import load_pii_config
 from pipelines.ingest.pii_key import load_pii_key, spark_master
 
 log = logging.getLogger(__name__)
 
-TABLES = (S.USAGE, S.ACCOUNT, S.DUPLICATES)
+TABLES = (USAGE_EVENTS, ACCOUNT_EVENTS, DUPLICATES)
 
 
 def filter_stale(version: int):
@@ -43,15 +44,15 @@ def filter_stale(version: int):
 
 def rehash_lake(spark: SparkSession, ctx: JobContext) -> dict[str, int]:
     key = load_pii_key(load_pii_config(), ctx.settings, spark_master(spark))
-    fresh = (S.silver_input(ctx.lake.read(spark, S.BRONZE), ctx)
-             .select(*S.COORDINATES, F.col("properties").alias("_rehashed")))
+    fresh = (S.silver_input(ctx.lake.read(spark, BRONZE_EVENTS), ctx)
+             .select(*COORDINATES, F.col("properties").alias("_rehashed")))
     counts: dict[str, int] = {}
     for table in TABLES:
         if not ctx.lake.exists(spark, table):
             continue
         # Materialised: the MERGE rewrites the table the stale rows are read from.
-        stale = (ctx.lake.read(spark, table).transform(filter_stale(key.version)).select(*S.COORDINATES)
-                 .join(fresh, on=S.COORDINATES, how="left").localCheckpoint())
+        stale = (ctx.lake.read(spark, table).transform(filter_stale(key.version)).select(*COORDINATES)
+                 .join(fresh, on=COORDINATES, how="left").localCheckpoint())
         rehashed = stale.filter(F.col("_rehashed").isNotNull())
         counts[table] = rehashed.count()
         counts[f"{table}:unrecoverable"] = stale.count() - counts[table]

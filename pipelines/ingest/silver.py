@@ -53,10 +53,12 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.core.contract import load_contract
 from pipelines.core.context import JobContext, apply_trigger
-from pipelines.ingest.pii import load_pii_config, with_protected_properties
-from pipelines.ingest.pii_key import load_pii_key, spark_master
+from pipelines.core.tables import BRONZE_EVENTS as BRONZE
+from pipelines.core.tables import SILVER_BATCHES as BATCHES
 from pipelines.core.tables import spec
 from pipelines.ingest import dedup as D
+from pipelines.ingest.pii import load_pii_config, with_protected_properties
+from pipelines.ingest.pii_key import load_pii_key, spark_master
 from pipelines.ingest.parse import filter_bad, parse_events, with_kafka_coordinates
 from pipelines.ingest.silver_plan import (
     ACCOUNT, COORDINATES, DUPLICATES, QUARANTINE, USAGE, SilverPlan, inside_ranges, plan_batch,
@@ -65,8 +67,6 @@ from pipelines.ingest.silver_plan import (
 log = logging.getLogger(__name__)
 
 JOB = "silver"
-BRONZE = "bronze.events"
-BATCHES = "ops.silver_batches"
 TABLES = (USAGE, ACCOUNT, DUPLICATES, QUARANTINE, BATCHES)
 SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
 SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)

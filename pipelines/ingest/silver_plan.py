@@ -15,15 +15,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.core.config import DedupRule, SilverConfig
-from pipelines.core.tables import filter_touched_partitions, spec
+from pipelines.core.tables import ACCOUNT_EVENTS as ACCOUNT
+from pipelines.core.tables import COORDINATES, DUPLICATES, QUARANTINE, filter_touched_partitions, spec
+from pipelines.core.tables import USAGE_EVENTS as USAGE
 from pipelines.ingest import dedup as D
 from pipelines.ingest.parse import filter_bad, filter_good
 
-USAGE = "silver.usage_events"
-ACCOUNT = "silver.account_events"
-DUPLICATES = "silver.duplicates"
-QUARANTINE = "silver.quarantine"
-COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
 # Stored silver rows carry where they are: kept (usage_events) or dropped by a rule (duplicates).
 IN_USAGE = "usage"
 IN_DUPLICATES = "duplicates"

@@ -32,20 +32,19 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Callable
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
-from pyspark.sql import functions as F
 from kafka import TopicPartition
 from kafka.errors import KafkaError, ProducerFencedError
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.core import kafka_clients, kafka_topics
 from pipelines.core.exact_json import dumps
 from pipelines.core.settings import Settings
-from pipelines.core.tables import Lake, spec
+from pipelines.core.tables import NOTIFICATIONS, Lake, spec
 
 log = logging.getLogger(__name__)
 
-OUTBOX = "gold.notifications"
 SCHEMA_VERSION = 1
 ID_HEADER = "lakehouse-id"
 STAGE_COLUMNS = ["notification_id", "type", "account_id", "occurred_at", "trigger_event_ids", "payload"]
@@ -137,7 +136,7 @@ def to_outbox_rows(df: DataFrame) -> DataFrame:
             "created_at": F.current_timestamp(),
             "published_at": F.lit(None).cast("timestamp"),
         })
-        .select(*spec(OUTBOX).column_names)
+        .select(*spec(NOTIFICATIONS).column_names)
     )
 
 
@@ -148,7 +147,7 @@ def stage_notifications(spark: SparkSession, lake: Lake, df: DataFrame) -> int:
     missing = [c for c in STAGE_COLUMNS if c not in df.columns]
     if missing:
         raise NotificationError(f"stage_notifications: missing columns {missing} (need {STAGE_COLUMNS})")
-    lake.ensure(spark, OUTBOX)
+    lake.ensure(spark, NOTIFICATIONS)
     rows = df.select(*STAGE_COLUMNS).localCheckpoint()
     try:
         # Bounded: one offending row, to name it in the error.
@@ -161,7 +160,7 @@ def stage_notifications(spark: SparkSession, lake: Lake, df: DataFrame) -> int:
             return 0
         source = rows.transform(to_outbox_rows)
         metrics = (
-            lake.delta(spark, OUTBOX).alias("t")
+            lake.delta(spark, NOTIFICATIONS).alias("t")
             .merge(source.alias("s"), "t.notification_id = s.notification_id")
             .whenNotMatchedInsertAll()
             .execute()
@@ -201,7 +200,7 @@ class Outbox:
 
 def notifications_outbox(settings: Settings) -> Outbox:
     return Outbox(
-        table=OUTBOX, topic=settings.notifications_topic, id_column="notification_id",
+        table=NOTIFICATIONS, topic=settings.notifications_topic, id_column="notification_id",
         pending="published_at IS NULL", since_column="created_at",
         select=(F.col("notification_id"), F.col("type"), F.col("account_id"),
                 F.date_format("occurred_at", _RFC3339).alias("occurred_at"),

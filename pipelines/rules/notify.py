@@ -26,14 +26,12 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
 from pipelines.billing.periods import filter_plan_events, period_of, plan_changes, plan_segments, with_plan_rank
 from pipelines.core.context import JobContext, apply_trigger
-from pipelines.rules.notifications import publish_pending, stage_notifications
+from pipelines.core.tables import ACCOUNT_EVENTS, USAGE_EVENTS, filter_touched_partitions
 from pipelines.rules import alerts as A
 from pipelines.rules.config import load_plan_rules
-from pipelines.core.tables import filter_touched_partitions
+from pipelines.rules.notifications import publish_pending, stage_notifications
 
 JOB = "notify"
-USAGE = "silver.usage_events"
-ACCOUNT = "silver.account_events"
 _NEW = ("insert", "update_postimage")
 
 
@@ -46,9 +44,9 @@ def read_changes(spark: SparkSession, ctx: JobContext) -> DataFrame:
             reader = reader.option("maxFilesPerTrigger", str(ctx.run.max_files_per_trigger))
         return ctx.lake.load(reader, table)
 
-    usage = feed(USAGE).select(F.lit("usage").alias("_kind"), "account_id", "event_id", "event_type", "metric",
+    usage = feed(USAGE_EVENTS).select(F.lit("usage").alias("_kind"), "account_id", "event_id", "event_type", "metric",
                                "occurred_at", "_change_type")
-    account = feed(ACCOUNT).select(F.lit("account").alias("_kind"), "account_id", "event_id", "event_type",
+    account = feed(ACCOUNT_EVENTS).select(F.lit("account").alias("_kind"), "account_id", "event_id", "event_type",
                                    F.lit(None).cast("string").alias("metric"), "occurred_at", "_change_type")
     return usage.unionByName(account)
 
@@ -81,7 +79,7 @@ class NotifyWriter:
         new_events = batch.filter((F.col("_kind") == "account") & F.col("_change_type").isin(*_NEW)
                                   & F.col("event_type").isin(*A.REACTIVE_EVENTS)).select("account_id", "event_id")
         accounts = keys.select("account_id").unionByName(new_events.select("account_id")).distinct()
-        lifecycle = lake.read(spark, ACCOUNT).join(F.broadcast(accounts), on="account_id", how="left_semi").localCheckpoint()
+        lifecycle = lake.read(spark, ACCOUNT_EVENTS).join(F.broadcast(accounts), on="account_id", how="left_semi").localCheckpoint()
         segments = (lifecycle.transform(filter_plan_events).transform(with_plan_rank(plans))
                     .transform(plan_changes).transform(plan_segments))
         # The touched periods' days, so the read below prunes silver's event_date partitions.
@@ -90,7 +88,7 @@ class NotifyWriter:
             F.date_sub(F.add_months(F.to_date(F.concat(F.col("period"), F.lit("-01"))), 1), 1))).alias("event_date")
         ).distinct()
         usage = (
-            lake.read(spark, USAGE)
+            lake.read(spark, USAGE_EVENTS)
             .transform(filter_touched_partitions(days, ["event_date"]))
             .withColumn("period", period_of(F.col("occurred_at")))
             .join(F.broadcast(keys), on=["account_id", "metric", "period"], how="left_semi")
@@ -106,7 +104,7 @@ class NotifyWriter:
 
 
 def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
-    for table in (USAGE, ACCOUNT):
+    for table in (USAGE_EVENTS, ACCOUNT_EVENTS):
         ctx.lake.ensure(spark, table)
     writer = (
         read_changes(spark, ctx).writeStream.queryName(JOB)

@@ -28,19 +28,14 @@ from pyspark.sql import functions as F
 
 from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
 from pipelines.billing.periods import filter_plan_events, plan_changes, plan_segments, with_plan_rank
-from pipelines.core.exact_json import dumps
 from pipelines.core.context import JobContext
-from pipelines.rules.notifications import (
-    Outbox, notification_id_col, publish_outbox, publish_pending, stage_notifications,
-)
+from pipelines.core.exact_json import dumps
+from pipelines.core.tables import ACCOUNT_EVENTS, FRAUD_FLAGS, PLAN_DECISIONS, USAGE_EVENTS, spec
 from pipelines.rules import plan as R
 from pipelines.rules.config import PlanRules, load_plan_rules
-from pipelines.core.tables import spec
+from pipelines.rules.notifications import (Outbox, notification_id_col, publish_outbox, publish_pending,
+                                           stage_notifications)
 
-USAGE = "silver.usage_events"
-ACCOUNT = "silver.account_events"
-DECISIONS = "gold.plan_decisions"
-FRAUD_FLAGS = "gold.fraud_flags"
 NOTIFICATION_TYPE = "plan.auto_changed"
 # What makes a re-evaluated decision different from the stored one. Not decided_at, nor
 # effective_at (an upgrade's is its decided_at; a downgrade's is fixed by the period in
@@ -79,7 +74,7 @@ def decisions_outbox(topic: str) -> Outbox:
         return r["account_id"].encode("utf-8"), dumps(event).encode("utf-8")
 
     return Outbox(
-        table=DECISIONS, topic=topic, id_column="event_id",
+        table=PLAN_DECISIONS, topic=topic, id_column="event_id",
         pending=f"state = '{R.APPLIED}' AND published_at IS NULL", since_column="updated_at",
         select=(F.col("event_id"), F.col("decision_id"), F.col("account_id"), F.col("rule"), F.col("from_plan"),
                 F.col("to_plan"), F.date_format("decided_at", "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'").alias("occurred_at")),
@@ -94,7 +89,7 @@ def compute_decisions(spark: SparkSession, ctx: JobContext, rules: PlanRules, as
     catalog = load_catalog(catalog_path)
     plans, prices = plans_frame(spark, catalog), prices_frame(spark, catalog).select("plan_id", "metric", "included")
     win = R.Evaluation.at(as_of)
-    accounts = lake.read(spark, ACCOUNT)
+    accounts = lake.read(spark, ACCOUNT_EVENTS)
     # The timeline as of the evaluation: a change after it is neither in force nor pending.
     changes = (
         accounts.filter(F.col("occurred_at") <= F.lit(win.as_of)).transform(filter_plan_events)
@@ -103,7 +98,7 @@ def compute_decisions(spark: SparkSession, ctx: JobContext, rules: PlanRules, as
     current = changes.transform(plan_segments).transform(R.plan_in_force(win.as_of))
     pending = changes.transform(R.pending_downgrades(win.as_of))
     moves = plans.transform(R.plan_moves(rules.exclusions.plans))
-    usage = lake.read(spark, USAGE).select("account_id", "metric", "occurred_at", "quantity")
+    usage = lake.read(spark, USAGE_EVENTS).select("account_id", "metric", "occurred_at", "quantity")
     candidates = (
         current.transform(R.upgrade_candidates(usage, prices, moves, rules.upgrade, win))
         .unionByName(current.transform(R.downgrade_candidates(usage, prices, moves, rules, win)))
@@ -113,7 +108,7 @@ def compute_decisions(spark: SparkSession, ctx: JobContext, rules: PlanRules, as
     else:
         fraud = spark.createDataFrame([], "account_id string, fraud_rule string")
     flagged = accounts.transform(R.flagged_accounts(rules.exclusions.account_flags))
-    prior = lake.read(spark, DECISIONS)
+    prior = lake.read(spark, PLAN_DECISIONS)
     return candidates.transform(R.decide(rules, win, prior=prior, flagged=flagged, fraud=fraud,
                                          pending=pending)).localCheckpoint()
 
@@ -139,11 +134,11 @@ def run_plan_rules(spark: SparkSession, ctx: JobContext, *, now: datetime | None
     if dry_run:
         rules = replace(rules, dry_run=True)
     lake = ctx.lake
-    for table in (USAGE, ACCOUNT, DECISIONS):
+    for table in (USAGE_EVENTS, ACCOUNT_EVENTS, PLAN_DECISIONS):
         lake.ensure(spark, table)
     decisions = compute_decisions(spark, ctx, rules, as_of, catalog_path)
 
-    stored = lake.read(spark, DECISIONS)
+    stored = lake.read(spark, PLAN_DECISIONS)
     # Only new decisions and re-evaluated ones that are not applied yet and moved: a rerun
     # commits no table version, and an applied decision is history.
     same = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in ["decision_id", *_VALUES]]
@@ -152,10 +147,10 @@ def run_plan_rules(spark: SparkSession, ctx: JobContext, *, now: datetime | None
         .join(stored.alias("t"), on=same, how="left_anti")
         .join(stored.filter(F.col("state") == R.APPLIED).select("decision_id"), on="decision_id", how="left_anti")
     ).withColumns({"published_at": F.lit(None).cast("timestamp"), "updated_at": F.current_timestamp()}
-                  ).select(*spec(DECISIONS).column_names).localCheckpoint()
+                  ).select(*spec(PLAN_DECISIONS).column_names).localCheckpoint()
     if not changed.isEmpty():
-        cols = [c for c in spec(DECISIONS).column_names if c != "published_at"]
-        (lake.delta(spark, DECISIONS).alias("t").merge(changed.alias("s"), "t.decision_id = s.decision_id")
+        cols = [c for c in spec(PLAN_DECISIONS).column_names if c != "published_at"]
+        (lake.delta(spark, PLAN_DECISIONS).alias("t").merge(changed.alias("s"), "t.decision_id = s.decision_id")
          .whenMatchedUpdate(condition=f"t.state <> '{R.APPLIED}'", set={c: f"s.{c}" for c in cols})
          .whenNotMatchedInsertAll()
          .execute())
@@ -167,7 +162,7 @@ def run_plan_rules(spark: SparkSession, ctx: JobContext, *, now: datetime | None
     if not rules.dry_run:
         # From the table, not this run's frame: a run that crashed after its MERGE left
         # applied decisions whose notification or event is still owed.
-        owed = lake.read(spark, DECISIONS).filter(
+        owed = lake.read(spark, PLAN_DECISIONS).filter(
             (F.col("state") == R.APPLIED) & ((F.col("period") == R.Evaluation.at(as_of).period) | F.col("published_at").isNull()))
         stage_notifications(spark, lake, notifications_for(owed))
         result.events_sent = publish_outbox(spark, lake, ctx.settings, decisions_outbox(ctx.settings.events_topic))

@@ -12,7 +12,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from devtools import hostile
-from pipelines.billing.audit import COORDINATES, properties_containing, record_homes
+from pipelines.billing.audit import properties_containing, record_homes
+from pipelines.core.tables import COORDINATES
 from pipelines.core.tables import Lake
 from pipelines.ingest.parse import with_kafka_coordinates
 from tests.integration.helpers import context, run
