@@ -38,6 +38,8 @@ STREAM_METRICS = "ops.stream_metrics"
 
 # The Kafka coordinates a silver row keeps of the copy it came from: one record, anywhere.
 COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
+# Kafka order of copies: the broker's append timestamp, then the coordinates break ties.
+KAFKA_ORDER = ["kafka_timestamp", *COORDINATES]
 
 
 class TableSpecError(ValueError):

@@ -12,6 +12,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines.core.config import DedupRule
+from pipelines.core.tables import KAFKA_ORDER
 
 IDENTITY = ["account_id", "event_id"]
 # A custom rule decides per (rule, account, dedup_key): the events one fold sees together.
@@ -23,7 +24,7 @@ DROPPED = "dropped"
 # Kafka order. The broker stamps LogAppendTime, so within a partition timestamps follow
 # offsets; partition and offset break ties and order copies that landed in different
 # partitions (a producer that keyed a record by something other than account_id).
-ORDER_COLUMNS = ["kafka_timestamp", "kafka_topic", "kafka_partition", "kafka_offset"]
+ORDER_COLUMNS = KAFKA_ORDER
 
 
 def kafka_order(prefix: str = "") -> Column:
