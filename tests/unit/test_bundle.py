@@ -28,6 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
+from pipelines import entrypoints, wiring
 from pipelines.entrypoints import ENTRY_POINTS
 from pipelines.runner import BATCH_JOBS, JOBS
 
@@ -213,6 +214,22 @@ def test_every_job_behind_an_entry_point_is_registered_with_the_runner():
     assert [j for j in STREAMS if j in BATCH_JOBS] == []
     unknown = sorted(j for j in jobs if j not in JOBS and j not in BATCH_JOBS)
     assert unknown == [], f"entry points run jobs the runner does not know: {unknown}"
+
+
+def test_the_wiring_table_is_what_the_scripts_the_runner_and_the_bundle_use(bundle):
+    """pipelines/wiring.py names every job once: its scripts are exactly pyproject's
+    [project.scripts] (besides `lakehouse`) and the bundle's wheel tasks, each calling its
+    function in pipelines/entrypoints.py, and the runner knows exactly its jobs."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    wired = wiring.entry_points()
+    assert set(scripts) - {"lakehouse"} == set(wired)
+    for script in wired:
+        module, _, function = scripts[script].partition(":")
+        assert module == "pipelines.entrypoints" and callable(getattr(entrypoints, function)), script
+    tasks_named = {t["python_wheel_task"]["entry_point"] for _k, _j, t in tasks(bundle) if t.get("python_wheel_task")}
+    assert tasks_named == set(wired)
+    assert {**JOBS, **BATCH_JOBS}.keys() == wiring.JOBS.keys()
+    assert {n for n, j in wiring.JOBS.items() if j.kind == wiring.STREAM} == STREAMS
 
 
 def test_streams_are_continuous_and_batches_scheduled(bundle):
