@@ -57,9 +57,9 @@ from pipelines.core.tables import BRONZE_EVENTS as BRONZE
 from pipelines.core.tables import SILVER_BATCHES as BATCHES
 from pipelines.core.tables import spec
 from pipelines.ingest import dedup as D
+from pipelines.ingest.parse import filter_bad, parse_events, with_kafka_coordinates
 from pipelines.ingest.pii import load_pii_config, with_protected_properties
 from pipelines.ingest.pii_key import load_pii_key, spark_master
-from pipelines.ingest.parse import filter_bad, parse_events, with_kafka_coordinates
 from pipelines.ingest.silver_plan import (
     ACCOUNT, COORDINATES, DUPLICATES, QUARANTINE, USAGE, SilverPlan, inside_ranges, plan_batch,
 )
