@@ -280,6 +280,7 @@ def run_backfill(spark: SparkSession, ctx: JobContext, bronze_range: BronzeRange
     """Replay `bronze_range` into silver, then bring gold.daily_usage in line for its days."""
     say = log or (lambda _msg: None)
     lake = ctx.lake
+    S.ensure_rule_state(spark, ctx)
     for table in (S.BRONZE, *S.TABLES, DAILY):
         lake.ensure(spark, table)
     result = BackfillResult(range=bronze_range.describe())

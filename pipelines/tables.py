@@ -163,24 +163,29 @@ class Lake:
             return spark.catalog.tableExists(table.replace("`", ""))
         return DeltaTable.isDeltaTable(spark, self.path(name))
 
-    def ensure(self, spark: SparkSession, name: str) -> None:
-        """Create the table from its spec if it does not exist yet (idempotent)."""
+    def ensure(self, spark: SparkSession, name: str, properties: dict[str, str] | None = None) -> None:
+        """Create the table from its spec if it does not exist yet (idempotent), with the
+        given table properties if it is created here."""
         from delta.tables import DeltaTable
         table = spec(name)
         if catalog_name := self.table_name(name):
             # SQL, not the builder: the builder's name parser takes `db.table` only, while a
             # catalog table is `catalog.schema.table`.
             columns = ", ".join(f"`{c.name}` {c.type} COMMENT {_sql_string(c.comment)}" for c in table.columns)
-            properties = " TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')" if table.change_data_feed else ""
+            props = {**({"delta.enableChangeDataFeed": "true"} if table.change_data_feed else {}), **(properties or {})}
+            tblproperties = (" TBLPROPERTIES (" + ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in props.items())
+                             + ")") if props else ""
             partitions = f" PARTITIONED BY ({', '.join(table.partitioned_by)})" if table.partitioned_by else ""
             spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name} ({columns}) USING DELTA{partitions} "
-                      f"COMMENT {_sql_string(table.comment)}{properties}")
+                      f"COMMENT {_sql_string(table.comment)}{tblproperties}")
             return
         builder = DeltaTable.createIfNotExists(spark).location(self.path(name)).comment(table.comment)
         for col in table.columns:
             builder = builder.addColumn(col.name, col.type, comment=col.comment)
         if table.change_data_feed:
             builder = builder.property("delta.enableChangeDataFeed", "true")
+        for key, value in (properties or {}).items():
+            builder = builder.property(key, value)
         if table.partitioned_by:
             builder = builder.partitionedBy(*table.partitioned_by)
         builder.execute()
@@ -211,6 +216,14 @@ class Lake:
             writer.saveAsTable(table)
         else:
             writer.save(self.path(name))
+
+    def properties(self, spark: SparkSession, name: str) -> dict[str, str]:
+        """The table's Delta table properties."""
+        return self.delta(spark, name).detail().select("properties").first()[0] or {}
+
+    def set_property(self, spark: SparkSession, name: str, key: str, value: str) -> None:
+        target = self.table_name(name) or f"delta.`{self.path(name)}`"
+        spark.sql(f"ALTER TABLE {target} SET TBLPROPERTIES ({_sql_string(key)} = {_sql_string(value)})")
 
     def delta(self, spark: SparkSession, name: str):
         from delta.tables import DeltaTable

@@ -21,7 +21,11 @@ A micro-batch costs what its own rows cost (DESIGN section 8):
 - An event claim that survives means no copy was seen within H; only a record whose first
   copy may have left the state (its occurred_at older than ingested_at - H + future
   tolerance, dedup.with_needs_lookup) is looked up in silver, pruned to its event date.
-- Custom rules read only the touched keys' stored events within their period or window.
+- Custom rules decide from their own state (silver.rule_state: a calendar-period key's
+  kept event, a retry-window key's anchor and latest event), read for the touched keys
+  only, pruned to the partitions their periods and windows can touch. Only a batch with
+  an event earlier than what its key's state has seen (a late event) reads the touched
+  keys' stored events within their period or window, and re-decides them.
 - Steady state is one append per non-empty table, committed side by side with the batch
   record; the first batch of a run, which may replay a crashed attempt, adds only the rows
   its offset ranges lack (BatchWrite). A MERGE runs only when a rule decision about a
@@ -43,6 +47,7 @@ coordinates.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -59,7 +64,8 @@ from pipelines.tables import spec
 from pipelines.transforms import dedup as D
 from pipelines.transforms.parse import filter_bad, parse_events, with_kafka_coordinates
 from pipelines.transforms.silver_plan import (
-    ACCOUNT, COORDINATES, DUPLICATES, QUARANTINE, USAGE, SilverPlan, inside_ranges, plan_batch,
+    ACCOUNT, COORDINATES, DUPLICATES, QUARANTINE, RULE_STATE, USAGE, SilverPlan, inside_ranges, plan_batch,
+    rule_state_of,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,9 @@ log = logging.getLogger(__name__)
 JOB = "silver"
 BRONZE = "bronze.events"
 BATCHES = "ops.silver_batches"
-TABLES = (USAGE, ACCOUNT, DUPLICATES, QUARANTINE, BATCHES)
+TABLES = (USAGE, ACCOUNT, DUPLICATES, RULE_STATE, QUARANTINE, BATCHES)
+# silver.rule_state's table property naming the rules it was built for (ensure_rule_state).
+RULES_PROPERTY = "lakehouse.dedup_rules"
 SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
 SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)
 
@@ -178,7 +186,7 @@ class SilverBatchWriter:
             # A replay after a crash part-way adds exactly what is missing (BatchWrite).
             writes = [(rows, table) for rows, table, size in (
                 (plan.quarantine, QUARANTINE, sizes["quarantine"]), (plan.duplicates, DUPLICATES, sizes["duplicates"]),
-                (plan.account, ACCOUNT, sizes["account"])) if size]
+                (plan.account, ACCOUNT, sizes["account"]), (plan.rule_state, RULE_STATE, sizes["rule_state"])) if size]
             calls = [lambda rows=rows, table=table: self._append(spark, rows, table, txn) for rows, table in writes]
             if sizes["usage"]:
                 calls.append(lambda: self._write_usage(spark, plan.usage, txn))
@@ -203,6 +211,8 @@ class SilverBatchWriter:
             self._merge_account(spark, plan.account)
         elif sizes["account"]:
             self._append(spark, plan.account, ACCOUNT, txn)
+        if sizes["rule_state"]:
+            self._append(spark, plan.rule_state, RULE_STATE, txn)
         self._append(spark, record, BATCHES, txn)
 
     def _sizes(self, plan: SilverPlan, batch: DataFrame) -> dict:
@@ -221,10 +231,13 @@ class SilverBatchWriter:
             ("revived", plan.revived, no, no),
             ("identity_duplicates", plan.identity_duplicates, no, no),
             ("unruled", plan.unruled, no, no),
-            ("kept_by_rules", D.filter_kept(plan.decided), no, no),
+            ("rule_state", plan.rule_state, no, no),
+            # What the rules added: kept events not stored in usage_events yet, dropped ones
+            # not in duplicates yet (the correction path also moves stored events).
+            ("kept_by_rules", D.filter_kept(plan.decided).filter(~F.col("_in_usage")), no, no),
             ("rows_in", copies, F.col("_problem").isNull() & F.col("is_late"), no),
             ("quarantined", filter_bad(copies), no, F.col("_problem.reason")),
-            ("rule_drops", D.filter_dropped(plan.decided), no, F.col("rule")),
+            ("rule_drops", D.filter_dropped(plan.decided).filter(~F.col("_in_duplicates")), no, F.col("rule")),
         ]
         tagged = None
         for tag, rows, flag, key in outputs:
@@ -246,7 +259,8 @@ class SilverBatchWriter:
 
     @staticmethod
     def _batch_record(spark: SparkSession, query_id: str, batch_id: int, sizes: dict) -> DataFrame:
-        # Kept usage: new events without a rule and every event the rules (re)decided as kept.
+        # Kept usage: what the batch added to usage_events (new events without a rule, events
+        # the rules kept).
         values = {
             "query_id": query_id, "batch_id": batch_id, "rows_in": sizes["rows_in"],
             "quarantined": sizes["quarantined"], "identity_duplicates": sizes["identity_duplicates"],
@@ -347,7 +361,37 @@ def _order_sql(alias: str) -> str:
     return "struct(" + ", ".join(f"{alias}.{c}" for c in D.ORDER_COLUMNS) + ")"
 
 
+def rules_fingerprint(rules) -> str:
+    """The dedup rules as the rule state depends on them (kind, metric, period, window)."""
+    return json.dumps([[r.name, r.metric, r.kind, r.period, r.window.total_seconds() if r.window else None]
+                       for r in sorted(rules, key=lambda r: r.name)], separators=(",", ":"))
+
+
+def ensure_rule_state(spark: SparkSession, ctx: JobContext) -> None:
+    """silver.rule_state as the stored events and the configured rules make it: built from
+    the silver tables when it is missing, or was built for other rules (a changed window or
+    period: the state is a fold under the rules), else left alone.
+
+    A start-up step, reading the stored rule events once; micro-batches then add to it."""
+    lake = ctx.lake
+    fingerprint = rules_fingerprint(ctx.rules)
+    if not any(lake.exists(spark, t) for t in (USAGE, DUPLICATES, RULE_STATE)):
+        # A new lake: nothing stored to build from (one commit, not a build).
+        lake.ensure(spark, RULE_STATE, properties={RULES_PROPERTY: fingerprint})
+        return
+    for table in (USAGE, DUPLICATES, RULE_STATE):
+        lake.ensure(spark, table)
+    if lake.properties(spark, RULE_STATE).get(RULES_PROPERTY) == fingerprint:
+        return
+    log.info("silver.rule_state: building from the stored events for rules %s", fingerprint)
+    rows = rule_state_of(lambda table: lake.read(spark, table), ctx.rules)
+    lake.save(rows.write.format("delta").mode("overwrite"), RULE_STATE)
+    # Last: a crash before it leaves the property unset, and the next start rebuilds.
+    lake.set_property(spark, RULE_STATE, RULES_PROPERTY, fingerprint)
+
+
 def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
+    ensure_rule_state(spark, ctx)    # first: on a new lake it is created with its rules
     for table in (BRONZE, *TABLES):
         ctx.lake.ensure(spark, table)
     delay = int(ctx.silver.watermark_delay.total_seconds())

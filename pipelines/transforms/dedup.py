@@ -305,3 +305,113 @@ def filter_retry_candidates(rules: tuple[DedupRule, ...]):
         return stored.withColumn("_keep", keep).filter(F.col("_keep")).drop("_first_new", "_keep")
 
     return transform
+
+
+# -- the custom rules' own state (silver.rule_state) ------------------------------------------
+# What a key's next decision needs, kept apart from its events so that a batch whose rule
+# events arrive in order decides them from a few narrow rows instead of re-reading the
+# period's (or the window's) stored events: a calendar-period key's kept event (its anchor),
+# a retry-window key's anchor in force and its latest event. The table is append-only; a
+# key's state is the fold of its rows (rule_state_events), so a replayed append changes
+# nothing. Events that arrive out of order (earlier than what the state has seen) take the
+# exact path over the stored events instead (pipelines/transforms/silver_plan.py).
+STATE_ANCHOR = ["event_id", "occurred_at", *ORDER_COLUMNS]
+STATE_LAST = ["occurred_at", *ORDER_COLUMNS]
+
+
+def calendar_rule_names(rules: tuple[DedupRule, ...]) -> list[str]:
+    return [r.name for r in rules if r.kind == "once_per_calendar_period"]
+
+
+def retry_rule_names(rules: tuple[DedupRule, ...]) -> list[str]:
+    return [r.name for r in rules if r.kind != "once_per_calendar_period"]
+
+
+def position(prefix: str = "") -> Column:
+    """Where an event stands in a rule's order: event time, then Kafka order."""
+    return F.struct(F.col(f"{prefix}occurred_at").alias("occurred_at"), kafka_order(prefix).alias("_order"))
+
+
+def with_rule_period(rules: tuple[DedupRule, ...]):
+    """_period: the first day of the row's calendar period under a calendar-period rule
+    (where its state lives), null under a retry window (one state per key)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        period = F.lit(None).cast("date")
+        for r in rules:
+            if r.kind == "once_per_calendar_period":
+                period = F.when(F.col("_rule") == r.name,
+                                F.to_date(F.date_trunc(r.period, F.col("occurred_at")))).otherwise(period)
+        return df.withColumn("_period", period)
+
+    return transform
+
+
+def rule_state_rows(rules: tuple[DedupRule, ...], read_seq: DataFrame | None = None):
+    """Decided rule rows (apply_dedup_rules; `_new`: written by this batch) -> the
+    silver.rule_state rows the batch adds: a calendar-period key's new kept event, and for
+    each retry-window key the batch touched, its last kept event and its latest event among
+    the rows. Each row carries the coordinates of the batch's latest event of its key, so a
+    replay of the batch can leave its own rows out of its reads, and `seq`: one more than
+    the key's row the batch read (`read_seq`: RULE_KEY and `_seq`), 1 if it read none."""
+    calendar, retry = calendar_rule_names(rules), retry_rule_names(rules)
+
+    def with_seq(rows: DataFrame) -> DataFrame:
+        if read_seq is None:
+            return rows.withColumn("seq", F.lit(1).cast("bigint"))
+        seqs = read_seq.groupBy(*RULE_KEY).agg(F.max("_seq").alias("_seq")).withColumnRenamed("_rule", "rule")
+        return (rows.join(seqs, on=["rule", "account_id", "dedup_key"], how="left")
+                .withColumn("seq", (F.coalesce("_seq", F.lit(0)) + 1).cast("bigint")).drop("_seq"))
+
+    def transform(decided: DataFrame) -> DataFrame:
+        kept = F.col("_decision") == KEPT
+        no_last = {f"last_{c}": F.lit(None).cast(decided.schema[c].dataType) for c in STATE_LAST}
+        periods = (decided.filter(F.col("_rule").isin(*calendar) & kept & F.col("_new"))
+                   .transform(with_rule_period(rules))
+                   .select(F.col("_rule").alias("rule"), "account_id", "dedup_key", F.col("_period").alias("scope_date"),
+                           *[F.col(c).alias(f"anchor_{c}") for c in STATE_ANCHOR],
+                           *[v.alias(k) for k, v in no_last.items()],
+                           "kafka_topic", "kafka_partition", "kafka_offset"))
+        pos = position()
+        chains = (
+            decided.filter(F.col("_rule").isin(*retry)).groupBy(*RULE_KEY).agg(
+                F.max_by(F.struct(*STATE_ANCHOR), F.when(kept, pos)).alias("_a"),
+                F.max_by(F.struct(*STATE_LAST), pos).alias("_l"),
+                F.max_by(F.struct("kafka_topic", "kafka_partition", "kafka_offset"),
+                         F.when(F.col("_new"), pos)).alias("_p"))
+            .filter(F.col("_p").isNotNull())
+            .select(F.col("_rule").alias("rule"), "account_id", "dedup_key",
+                    F.to_date("_l.occurred_at").alias("scope_date"),
+                    *[F.col(f"_a.{c}").alias(f"anchor_{c}") for c in STATE_ANCHOR],
+                    *[F.col(f"_l.{c}").alias(f"last_{c}") for c in STATE_LAST],
+                    "_p.*")
+        )
+        return periods.unionByName(chains).transform(with_seq)
+
+    return transform
+
+
+def rule_state_events(rules: tuple[DedupRule, ...]):
+    """silver.rule_state rows -> each key's state as one stored, kept event (its anchor):
+    a calendar-period key per period (`_period`) the earliest anchor any row names (a late
+    event that re-anchored the period added an earlier one), a retry-window key the anchor
+    of its row with the latest event (`_last`, that event's position), the newest (`seq`) of
+    rows naming the same one. `_seq`: the seq of the row that decided the state.
+    """
+    calendar, retry = calendar_rule_names(rules), retry_rule_names(rules)
+
+    def transform(state: DataFrame) -> DataFrame:
+        anchor = F.struct(*[F.col(f"anchor_{c}").alias(c) for c in STATE_ANCHOR])
+        periods = (state.filter(F.col("rule").isin(*calendar))
+                   .groupBy("rule", "account_id", "dedup_key", F.col("scope_date").alias("_period"))
+                   .agg(F.min_by(anchor, position("anchor_")).alias("_a"), F.max("seq").alias("_seq"))
+                   .withColumn("_last", F.lit(None).cast(state.select(position("last_")).schema[0].dataType)))
+        newest = F.struct(position("last_").alias("last"), F.col("seq"))
+        chains = (state.filter(F.col("rule").isin(*retry)).groupBy("rule", "account_id", "dedup_key")
+                  .agg(F.max_by(anchor, newest).alias("_a"), F.max(position("last_")).alias("_last"),
+                       F.max_by("seq", newest).alias("_seq"))
+                  .withColumn("_period", F.lit(None).cast("date")))
+        return (periods.unionByName(chains)
+                .select(F.col("rule").alias("_rule"), "account_id", "dedup_key", "_period", "_a.*", "_last", "_seq"))
+
+    return transform

@@ -23,6 +23,7 @@ USAGE = "silver.usage_events"
 ACCOUNT = "silver.account_events"
 DUPLICATES = "silver.duplicates"
 QUARANTINE = "silver.quarantine"
+RULE_STATE = "silver.rule_state"
 COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
 # Stored silver rows carry where they are: kept (usage_events) or dropped by a rule (duplicates).
 IN_USAGE = "usage"
@@ -70,6 +71,8 @@ class SilverPlan:
     decided: DataFrame
     unruled: DataFrame          # new usage events no custom rule governs (counted in the batch record)
     own: list | DataFrame       # the batch's rows: offset ranges (a stream) or coordinates (a backfill)
+    rule_state: DataFrame       # rows to add to silver.rule_state
+    exact_rules: bool = False   # whether some key was decided over its stored events (not its state)
 
 
 # -- history reads, each pruned to what the batch can touch ---------------------------------
@@ -87,9 +90,19 @@ def stored_rows(read: Reader, table: str, dates: DataFrame | Column | None, own,
         df = df.filter(dates)
     elif dates is not None:
         df = df.transform(filter_touched_partitions(dates, ["event_date"]))
-    if not claims:
+    return df.transform(filter_not_own(own))
+
+
+def filter_not_own(own):
+    """Rows not among the batch's own: outside its offset ranges (a list, the stream's) or
+    without its coordinates (a frame, a backfill slice's)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        if isinstance(own, list):
+            return df.filter(~inside_ranges(own))
         return df.join(F.broadcast(own), on=COORDINATES, how="left_anti")
-    return df.filter(~inside_ranges(own))
+
+    return transform
 
 
 def identity_history(read: Reader, probe: DataFrame, own, claims: bool) -> DataFrame:
@@ -200,15 +213,30 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
             duplicates=select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update"),
             usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
             identity_duplicates=identity_duplicates,
-            decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string")}).limit(0),
+            decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string"),
+                                          "_in_usage": F.lit(False), "_in_duplicates": F.lit(False)}).limit(0),
             unruled=unruled, own=own,
+            rule_state=batch.sparkSession.createDataFrame([], spec(RULE_STATE).struct_type()),
         )
 
-    stored = (rule_history(read, rules, rule_new, own, span, claims)
-              .withColumn("_stored_kept", F.col("_in") == IN_USAGE)
-              .transform(D.with_kafka_order)
-              .transform(D.filter_retry_candidates(rules))
-              .localCheckpoint())
+    # A key whose new events all come after what its state has seen is decided from the
+    # state; a key with an earlier one (a late event) and every key of a backfill, over the
+    # stored events its decision can depend on.
+    anchors = state_anchors(read, rules, rule_new, own, profile).localCheckpoint()
+    conflicts = anchors.filter(F.col("_conflict")).select(*D.RULE_KEY).distinct()
+    exact_keys = conflicts.count() if claims else None
+    stored_cols = [*usage_cols, "_rule", "_in", "duplicate_of"]
+    stored = (select_for(anchors.join(F.broadcast(conflicts), on=D.RULE_KEY, how="left_anti"), USAGE, "_rule")
+              .withColumns({"_in": F.lit(IN_USAGE), "duplicate_of": F.lit(None).cast("string")})
+              .select(*stored_cols))
+    if exact_keys != 0:
+        relooked = rule_new if not claims else rule_new.join(F.broadcast(conflicts), on=D.RULE_KEY, how="left_semi")
+        history = (rule_history(read, rules, relooked, own, None if claims else span, claims)
+                   .withColumn("_stored_kept", F.col("_in") == IN_USAGE)
+                   .transform(D.with_kafka_order)
+                   .transform(D.filter_retry_candidates(rules))
+                   .select(*stored_cols))
+        stored = (history if not claims else history.unionByName(stored)).localCheckpoint()
     decided = (
         stored.select(*usage_cols, "_rule")
         .unionByName(rule_new.select(*usage_cols, "_rule"))
@@ -229,6 +257,9 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
                       "_replaces": F.coalesce("_replaces", F.lit(False))})
     ).localCheckpoint()   # the decisions and their placement in one job
     kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
+    state_rows = (placed_decisions.withColumn("_new", ~F.col("_in_usage") & ~F.col("_in_duplicates"))
+                  .transform(D.rule_state_rows(rules, anchors.select(*D.RULE_KEY, "_seq")))
+                  .select(*spec(RULE_STATE).column_names))
     usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
     changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
     duplicates = (
@@ -241,7 +272,47 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
         usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
         revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
         identity_duplicates=identity_duplicates, decided=placed_decisions, unruled=unruled, own=own,
+        rule_state=state_rows, exact_rules=exact_keys != 0,
     )
+
+
+def rule_state_of(read: Reader, rules: tuple[DedupRule, ...]) -> DataFrame:
+    """silver.rule_state as the stored events make it: every stored event a custom rule
+    governs, as decided (kept in usage_events, dropped by a rule in duplicates), folded into
+    state rows. What a lake without the table, or with one built for other rules, starts from."""
+    usage_cols = spec(USAGE).column_names
+    kept = read(USAGE).select(*usage_cols).withColumn("_decision", F.lit(D.KEPT))
+    dropped = (read(DUPLICATES).filter(F.col("rule") != D.IDENTITY_RULE)
+               .select(*usage_cols).withColumn("_decision", F.lit(D.DROPPED)))
+    return (kept.unionByName(dropped).transform(D.with_rule_name(rules)).filter(F.col("_rule").isNotNull())
+            .withColumn("_new", F.lit(True)).transform(D.rule_state_rows(rules))
+            .select(*spec(RULE_STATE).column_names))
+
+
+def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFrame, own, profile) -> DataFrame:
+    """The touched keys' state (silver.rule_state) as stored, kept events: a calendar-period
+    key's kept event of each period the batch touches, a retry-window key's anchor in force.
+    `_conflict` marks a key whose new events do not all come after what its state has seen
+    (an event earlier than its period's kept one, or than its chain's latest): such a batch
+    is decided over the stored events instead.
+
+    The read is pruned to the partitions the batch can touch: the first days of its
+    calendar periods (`profile["periods"]`), and from one window before its earliest
+    retry-window event on (`profile["retry_from"]`); the batch's own rows (a replay's first
+    attempt) are left out."""
+    dates = F.col("scope_date").isin(list(profile["periods"]))
+    if profile["retry_from"] is not None:
+        dates = dates | (F.col("scope_date") >= F.lit(profile["retry_from"]))
+    state = read(RULE_STATE).filter(dates).transform(filter_not_own(own))
+    touched = (rule_new.transform(D.with_rule_period(rules)).groupBy(*D.RULE_KEY, "_period")
+               .agg(F.min(D.position()).alias("_first")).withColumnRenamed("_period", "_touched_period"))
+    conflict = F.when(F.col("_period").isNotNull(), F.col("_first") < D.position()).otherwise(
+        F.col("_last") > F.col("_first"))
+    return (state.transform(D.rule_state_events(rules))
+            .join(F.broadcast(touched), on=D.RULE_KEY, how="inner")
+            .filter(F.col("_period").eqNullSafe(F.col("_touched_period")))
+            .withColumn("_conflict", conflict)
+            .drop("_touched_period", "_first", "_last", "_period"))
 
 
 def _profile(first: DataFrame, copies: DataFrame, rules: tuple[DedupRule, ...]):
@@ -254,19 +325,25 @@ def _profile(first: DataFrame, copies: DataFrame, rules: tuple[DedupRule, ...]):
     per question would broadcast each side in a job of its own."""
     claimed = F.col("_claimed")
     ruled = claimed & F.col("_rule").isNotNull()
+    retry = ruled & F.col("_rule").isin(*D.retry_rule_names(rules))
     no_coordinates = [F.lit(None).cast(copies.schema[c].dataType).alias(c) for c in COORDINATES]
-    decisions = first.transform(D.with_rule_scope(rules)).select(
+    decisions = first.transform(D.with_rule_scope(rules)).transform(D.with_rule_period(rules)).select(
         *no_coordinates, (claimed & F.col("_needs_lookup")).alias("_probe"), ruled.alias("_ruled"),
-        F.when(ruled, F.col("_scope_start")).alias("_start"), F.when(ruled, _scope_end()).alias("_end"))
+        F.when(ruled, F.col("_scope_start")).alias("_start"), F.when(ruled, _scope_end()).alias("_end"),
+        F.when(ruled, F.col("_period")).alias("_period"), F.when(retry, F.to_date("_scope_start")).alias("_retry"))
     offsets = copies.select(*COORDINATES, F.lit(False).alias("_probe"), F.lit(False).alias("_ruled"),
-                            F.lit(None).cast("timestamp").alias("_start"), F.lit(None).cast("timestamp").alias("_end"))
+                            F.lit(None).cast("timestamp").alias("_start"), F.lit(None).cast("timestamp").alias("_end"),
+                            F.lit(None).cast("date").alias("_period"), F.lit(None).cast("date").alias("_retry"))
     per_partition = decisions.unionByName(offsets).groupBy("kafka_topic", "kafka_partition").agg(
         F.count_if("_probe").alias("probe"), F.count_if("_ruled").alias("rule"),
         F.min("_start").alias("_start"), F.max("_end").alias("_end"),
+        F.collect_set("_period").alias("_periods"), F.min("_retry").alias("_retry"),
         F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
     return per_partition.agg(
         F.coalesce(F.sum("probe"), F.lit(0)).alias("probe"), F.coalesce(F.sum("rule"), F.lit(0)).alias("rule"),
         F.to_date(F.min("_start")).alias("first_date"), F.to_date(F.max("_end")).alias("last_date"),
+        # The rule state's partitions the batch can touch (state_anchors).
+        F.array_distinct(F.flatten(F.collect_list("_periods"))).alias("periods"), F.min("_retry").alias("retry_from"),
         F.collect_list(F.when(F.col("kafka_topic").isNotNull(),
                               F.struct("kafka_topic", "kafka_partition", "first", "last"))).alias("own"),
     ).first()

@@ -14,7 +14,10 @@ import pytest
 
 from devtools import generator, sender
 from pipelines.jobs import silver
+from pipelines.jobs.common import JobContext
 from pipelines.tables import Lake
+from pipelines.transforms import dedup as D
+from pipelines.transforms.silver_plan import rule_state_of
 from tests.integration.helpers import context, run
 
 pytestmark = pytest.mark.kafka
@@ -34,6 +37,14 @@ COMPARED = {
 }
 
 
+def folded_state(state, rules) -> list[tuple]:
+    """Each rule key's state as the fold of its rows makes it (which events, not which
+    copies: the anchor's coordinates may be any of its byte-identical copies)."""
+    folded = state.transform(D.rule_state_events(rules)).select(
+        "_rule", "account_id", "dedup_key", "_period", "event_id", "occurred_at", "_last.occurred_at")
+    return sorted((tuple(r) for r in folded.collect()), key=repr)
+
+
 def snapshot(spark, settings) -> dict[str, list[tuple]]:
     lake = Lake(settings)
     out = {}
@@ -41,6 +52,11 @@ def snapshot(spark, settings) -> dict[str, list[tuple]]:
         df = lake.read(spark, table)
         cols = [c for c in df.columns if c not in skip]
         out[table] = sorted((tuple(r) for r in df.select(*cols).collect()), key=repr)
+    # The rules' state as the batches built it, and as the final silver tables make it:
+    # whatever the cuts, crashes and replays, the two must agree.
+    rules = JobContext.from_settings(settings).rules
+    out["rule_state"] = folded_state(lake.read(spark, silver.RULE_STATE), rules)
+    out["rule_state from silver"] = folded_state(rule_state_of(lambda t: lake.read(spark, t), rules), rules)
     return out
 
 
@@ -111,6 +127,10 @@ def test_restarts_produce_the_same_tables_as_an_uninterrupted_run(spark, kafka_s
     assert interrupted["silver.duplicates"], "the generated stream must exercise the dedup rules"
     for table in COMPARED:
         assert interrupted[table] == uninterrupted[table], table
+    assert interrupted["rule_state"], "the generated stream must give the rules state"
+    for state in ("rule_state", "rule_state from silver"):
+        assert interrupted[state] == uninterrupted[state], state
+    assert interrupted["rule_state"] == interrupted["rule_state from silver"]
 
 
 def test_a_replayed_batch_appends_only_what_its_crashed_attempt_did_not(spark, tmp_path):
