@@ -59,7 +59,7 @@ VOLATILE = {"ingested_at", "last_ingested_at", "computed_at", "staged_at", "deli
             "export_id", "provider_file", "finance_file", "provider_sha256", "finance_sha256"}
 # Among byte-identical copies of one event, silver keeps whichever copy the hot-path dedup
 # meets first in its micro-batch, so the Kafka coordinates silver records for it depend on
-# how batches were cut (README, "What billed once means"); the event and its bytes do not.
+# how batches were cut (docs/contracts.md, 'What "billed once" means here'); the event and its bytes do not.
 # That holds for an event dropped by a custom rule (silver.duplicates) as for a kept one.
 COPY_COORDINATES = {"kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp"}
 PER_TABLE_VOLATILE = {t: COPY_COORDINATES for t in ("silver.usage_events", "silver.account_events", "silver.duplicates")}

@@ -14,7 +14,7 @@ import `pipelines`, never the other way round.
     produce         the `produce` command: generator or record file, to Kafka or stdout
     hostile         a seeded corpus of records that break the contract (fuzz tests, bench)
     demo, summary   `make demo`: broker, events, jobs, and a readable account of the lake
-    docs            renders the README's contract and table reference (`make docs`)
+    docs            renders docs/contracts.md's contract and docs/tables.md (`make docs`)
     cli             `python -m devtools kafka start|stop|status | produce | demo`
 
 Run it from a checkout, where the editable install (`make setup`) or the working

@@ -1,6 +1,7 @@
-"""Renders the README's contract and table reference from schemas/ (`make docs`).
+"""Renders the event contract table (docs/contracts.md) and the table reference
+(docs/tables.md) from schemas/ (`make docs`).
 
-The README must never drift from the schemas the code runs with; a unit test fails when
+The docs must never drift from the schemas the code runs with; a unit test fails when
 the generated blocks are stale.
 """
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pipelines.core.settings import REPO_ROOT
 from pipelines.core.tables import table_specs
 from pipelines.ingest.parse import REASONS
 
-README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
+CONTRACTS = DOCS / "contracts.md"
+TABLES = DOCS / "tables.md"
 
 
 def _required(spec) -> str:
@@ -57,7 +60,7 @@ def render_contract(contract: EventContract) -> str:
 def render_tables() -> str:
     out = []
     for name, spec in table_specs().items():
-        out += [f"#### `{name}`", "", spec.comment, "", "| column | type | meaning |", "|---|---|---|"]
+        out += [f"## `{name}`", "", spec.comment, "", "| column | type | meaning |", "|---|---|---|"]
         out += [f"| `{c.name}` | `{c.type}` | {c.comment} |" for c in spec.columns]
         out.append("")
     return "\n".join(out).rstrip()
@@ -66,19 +69,29 @@ def render_tables() -> str:
 def _replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- BEGIN {name} -->).*?(<!-- END {name} -->)", re.S)
     if not pattern.search(text):
-        raise ValueError(f"README has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
+        raise ValueError(f"no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
     return pattern.sub(lambda m: m.group(1) + "\n" + body + "\n" + m.group(2), text)
 
 
-def render_readme(text: str) -> str:
-    text = _replace_block(text, "CONTRACT", render_contract(load_contract(1)))
+def render_contracts(text: str) -> str:
+    """docs/contracts.md with its CONTRACT block rendered from schemas/events/v1.json."""
+    return _replace_block(text, "CONTRACT", render_contract(load_contract(1)))
+
+
+def render_table_reference(text: str) -> str:
+    """docs/tables.md with its TABLES block rendered from schemas/tables.yaml."""
     return _replace_block(text, "TABLES", render_tables())
 
 
+# Each generated file and the function that renders its blocks.
+GENERATED = {CONTRACTS: render_contracts, TABLES: render_table_reference}
+
+
 def main(argv: list[str] | None = None) -> int:
-    path = Path(README)
-    path.write_text(render_readme(path.read_text(encoding="utf-8")), encoding="utf-8")
-    print(f"updated {path}")
+    for path, render in GENERATED.items():
+        path = Path(path)
+        path.write_text(render(path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"updated {path}")
     return 0
 
 

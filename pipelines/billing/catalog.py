@@ -5,7 +5,7 @@ Money and quantities are Decimals from decimal strings, never floats. The limits
 digits (6 decimal places, amounts below 10^8, quantities below 10^16) are what lets the
 Spark engine (pipelines/billing/pricing.py) price with exact decimal arithmetic: a
 quantity times a price always fits Spark's 38 digits without losing scale. Every error
-names the file and the offending entry; the format is documented in README.md.
+names the file and the offending entry; the format is documented in docs/pricing.md.
 """
 from __future__ import annotations
 

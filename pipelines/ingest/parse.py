@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import SilverConfig
 from pipelines.core.contract import EventContract, FieldSpec
 
-# Reason codes, in the order they are checked. Documented in the README.
+# Reason codes, in the order they are checked. Documented in docs/contracts.md.
 NULL_VALUE = "null_value"
 INVALID_UTF8 = "invalid_utf8"
 INVALID_JSON = "invalid_json"

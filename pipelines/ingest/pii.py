@@ -123,8 +123,8 @@ def parse_pii_config(doc: object, where: str = "pii config") -> PiiConfig:
     if not isinstance(doc, dict):
         raise PiiConfigError(f"{where}: expected a mapping at the top level")
     if type(doc.get("version")) is not int or doc.get("version") != VERSION:
-        hint = (" (version 1's salt_env is gone: hashes are keyed HMACs now, see the README's Security "
-                "section)" if doc.get("version") == 1 else "")
+        hint = (" (version 1's salt_env is gone: hashes are keyed HMACs now, see docs/security.md)"
+                if doc.get("version") == 1 else "")
         raise PiiConfigError(f"{where}: version must be {VERSION}, got {doc.get('version')!r}{hint}")
     if unknown := set(doc) - {"version", "key", "keys", "sensitive_keys", "patterns", "screen"}:
         raise PiiConfigError(f"{where}: unknown keys {sorted(unknown)}")

@@ -167,7 +167,7 @@ def load_pii_key(config: KeyConfig, settings: Settings, master: str, *, env: Map
     else:
         raise PiiKeyError(f"refusing to start: this run ({reason}) is not local and has no PII key. Set "
                           f"{spec.scope_env} to the secret scope holding {spec.scope_key!r}, or {spec.env}, "
-                          "to 'v<version>:<secret>' (README, Security: rotating the PII key)")
+                          "to 'v<version>:<secret>' (docs/security.md: rotating the PII key)")
     log.info("hashing personal data with PII key version %d (%s)", key.version, key.source)
     return key
 

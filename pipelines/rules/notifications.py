@@ -1,6 +1,6 @@
 """Notifications: the contract, the outbox and exactly-once delivery to Kafka.
 
-Contract: schemas/notifications/v1.json (documented in the README). A notification's id is
+Contract: schemas/notifications/v1.json (documented in docs/contracts.md). A notification's id is
 deterministic, SHA-256 of `type|account_id|key` where the key names what triggered it
 (an event id, or account/metric/period/threshold for a usage alert), so whoever computes
 the same notification twice computes the same id.

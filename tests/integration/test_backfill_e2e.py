@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kafka
 SILVER_GOLD = ["silver.usage_events", "silver.account_events", "silver.duplicates", "silver.quarantine",
                "gold.daily_usage"]
 # Which of several byte-identical copies is kept is the hot path's choice inside one
-# micro-batch (README, "Limitations"); the backfill keeps the first in Kafka order. So the
+# micro-batch (docs/contracts.md, "Limitations"); the backfill keeps the first in Kafka order. So the
 # kept (or rule-dropped) copy's coordinates and ingestion time may differ from the
 # stream's, nothing else.
 COPY_CHOICE = {"kafka_partition", "kafka_offset", "kafka_timestamp", "ingested_at"}

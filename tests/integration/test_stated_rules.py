@@ -1,4 +1,4 @@
-"""The billing and plan-rule edge cases the README states (issue 23), each on real Delta
+"""The billing and plan-rule edge cases docs/billing.md and docs/rules-notifications.md state (issue 23), each on real Delta
 tables: silver rows written to a fresh lake, `run_billing` and `run_plan_rules` run over
 them, the gold tables and their Delta history read back. No broker: the plan-rule runs
 here are dry runs or apply nothing, so nothing is published."""

@@ -363,7 +363,7 @@ def test_the_cli_validates_the_bundle_when_it_is_installed(target, tmp_path):
 
 
 def test_analysts_are_granted_the_analyst_schema_only(bundle):
-    """Unity Catalog side of the analyst surface (README "Security"): SELECT on the analyst
+    """Unity Catalog side of the analyst surface (docs/security.md): SELECT on the analyst
     schema (views over silver and gold, no bronze, no quarantine) for the analyst group, no
     grant on the jobs' schema or its volume, and the jobs told the schemas' deployed names."""
     schemas = bundle["resources"]["schemas"]
