@@ -233,15 +233,18 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
                    .transform(D.filter_retry_candidates(rules))
                    .select(*stored_cols))
         stored = (history if not claims else history.unionByName(stored)).localCheckpoint()
+    # Rule events are a small share of a batch: one partition holds them, so each window and
+    # aggregate below runs in place instead of behind a shuffle (a stage each).
     decided = (
         stored.select(*usage_cols, "_rule")
         .unionByName(rule_new.select(*usage_cols, "_rule"))
+        .coalesce(1)
         .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies)
         .transform(D.apply_dedup_rules(rules))
     )
     # Where each decided event is stored now (a crash between two writes of a correction
     # can leave it in both tables), so that only what changes is written.
-    placed = stored.groupBy(*COORDINATES).agg(
+    placed = stored.coalesce(1).groupBy(*COORDINATES).agg(
         F.max(F.col("_in") == IN_USAGE).alias("_in_usage"),
         F.max(F.col("_in") == IN_DUPLICATES).alias("_in_duplicates"),
         F.max_by("duplicate_of", F.col("_in") == IN_DUPLICATES).alias("_stored_duplicate_of"))
@@ -253,7 +256,7 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
                       "_replaces": F.coalesce("_replaces", F.lit(False))})
     ).localCheckpoint()   # the decisions and their placement in one job
     kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
-    state_rows = (placed_decisions.withColumn("_new", ~F.col("_in_usage") & ~F.col("_in_duplicates"))
+    state_rows = (placed_decisions.coalesce(1).withColumn("_new", ~F.col("_in_usage") & ~F.col("_in_duplicates"))
                   .transform(D.rule_state_rows(rules, anchors.select(*D.RULE_KEY, "_seq")))
                   .select(*spec(RULE_STATE).column_names))
     usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
@@ -299,9 +302,10 @@ def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFram
     dates = F.col("scope_date").isin(list(profile["periods"]))
     if profile["retry_from"] is not None:
         dates = dates | (F.col("scope_date") >= F.lit(profile["retry_from"]))
-    state = read(RULE_STATE).filter(dates).transform(filter_not_own(own))
-    touched = (rule_new.transform(D.with_rule_period(rules)).groupBy(*D.RULE_KEY, "_period")
+    # One partition each (narrow rows of the touched partitions): their aggregates need no shuffle.
+    touched = (rule_new.coalesce(1).transform(D.with_rule_period(rules)).groupBy(*D.RULE_KEY, "_period")
                .agg(F.min(D.position()).alias("_first")).withColumnRenamed("_period", "_touched_period"))
+    state = read(RULE_STATE).filter(dates).transform(filter_not_own(own)).coalesce(1)
     conflict = F.when(F.col("_period").isNotNull(), F.col("_first") < D.position()).otherwise(
         F.col("_last") > F.col("_first"))
     return (state.transform(D.rule_state_events(rules))
