@@ -43,7 +43,7 @@ from pathlib import Path
 from bench.bench_common import (
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from devtools import kafka_local
     from devtools.generator import format_ts, to_ms
-    from pipelines import kafka_topics
-    from pipelines.exact_json import dumps
-    from pipelines.jobs.common import JobContext, RunOptions
+    from pipelines.core import kafka_topics
+    from pipelines.core.exact_json import dumps
+    from pipelines.core.context import JobContext, RunOptions
     from pipelines.runner import JOBS
-    from pipelines.session import build_spark
+    from pipelines.core.session import build_spark
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = args.out / f"alerts-{stamp}"

@@ -5,7 +5,7 @@ Run by hand (it is long), from the repository root; no Kafka broker needed:
     .venv/bin/python -m bench.bench_billing                              # 10,000 accounts, 1,000,000 events
     .venv/bin/python -m bench.bench_billing --accounts 500 --events 50000   # quick check
 
-One run, one SparkSession (`pipelines.session.build_spark`):
+One run, one SparkSession (`pipelines.core.session.build_spark`):
 
 1. build   a synthetic lake in a temporary folder under --out, written directly with Spark
            (`spark.range` + built-in functions, seeded, deterministic): silver.account_events
@@ -50,7 +50,7 @@ from bench.bench_common import (
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 from pipelines.billing import export as export_module
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +128,7 @@ def code_state() -> dict:
         out["pipelines_changes"] = [line.strip() for line in status]
     except (OSError, subprocess.CalledProcessError):
         pass
-    for rel in ("pipelines/jobs/billing.py", "pipelines/billing/export.py", "pipelines/billing/gate.py"):
+    for rel in ("pipelines/billing/close.py", "pipelines/billing/export.py", "pipelines/billing/gate.py"):
         path = REPO_ROOT / rel
         if path.exists():
             out.setdefault("sha256", {})[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -437,7 +437,7 @@ def write_table(spark, lake, name: str, frame) -> None:
     """Append `frame` to the table created from its spec, cast to the exact schema."""
     from pyspark.sql import functions as F
 
-    from pipelines.tables import spec
+    from pipelines.core.tables import spec
 
     lake.ensure(spark, name)
     schema = spec(name).struct_type()
@@ -531,7 +531,7 @@ class Stage:
 
 
 def run_billing_stage(spark, ctx, now: datetime, timer: PhaseTimer, label: str) -> dict:
-    from pipelines.jobs import billing as billing_job
+    from pipelines.billing import close as billing_job
 
     tables = ("gold.invoice_lines", "gold.period_usage")
     before = {t: table_state(spark, ctx.lake, t) for t in tables}
@@ -789,9 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     stages: list[Stage] = []
     try:
         say("starting Spark (one session for every stage)")
-        from pipelines.jobs import billing as billing_job
-        from pipelines.jobs.common import JobContext
-        from pipelines.session import build_spark
+        from pipelines.billing import close as billing_job
+        from pipelines.core.context import JobContext
+        from pipelines.core.session import build_spark
 
         spark = build_spark("bench-billing")
         machine = machine_info(spark)

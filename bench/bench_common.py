@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.settings import Settings, kafka_jars_dir, spark_jars_dir
+from pipelines.core.settings import Settings, kafka_jars_dir, spark_jars_dir
 
 _T0 = time.monotonic()
 
@@ -80,7 +80,7 @@ def bronze_frame(spark, records, *, topic: str, first_offset: int, ingested_at):
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from pipelines.tables import spec
+    from pipelines.core.tables import spec
 
     rows = [(r.key, r.value, topic, 0, first_offset + i, ingested_at, ingested_at) for i, r in enumerate(records)]
     # Through Arrow: Python rows one by one are the slow way in.

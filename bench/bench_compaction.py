@@ -25,13 +25,13 @@ from pathlib import Path
 
 from bench.bench_common import delete_topic, machine_info, machine_line, positive_int, say
 from bench.profile_silver import Timings, batches_with_rows, bronze_in_batches, timed_actions, timed_batches
-from pipelines.jobs import silver as silver_job
-from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.ingest import silver as silver_job
+from pipelines.core.context import JobContext, RunOptions
 from pipelines.runner import ProgressReporter, run_jobs
-from pipelines.session import build_spark
-from pipelines.settings import Settings
-from pipelines.tables import Lake
-from pipelines.transforms import silver_plan
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake
+from pipelines.ingest import silver_plan
 
 AUTO_COMPACT = "spark.databricks.delta.autoCompact.enabled"
 SILVER_TABLES = ("silver.usage_events", "silver.duplicates", "silver.account_events")

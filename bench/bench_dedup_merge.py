@@ -58,9 +58,9 @@ def write_bronze(spark, path: str, records: list, batches: int) -> None:
 def parsed_stream(spark, bronze_path: str):
     """silver_input over the bronze table, as the silver job reads it (parse, contract checks,
     PII protection, hot-path keys)."""
-    from pipelines.jobs.common import JobContext
-    from pipelines.jobs.silver import silver_input
-    from pipelines.settings import Settings
+    from pipelines.core.context import JobContext
+    from pipelines.ingest.silver import silver_input
+    from pipelines.core.settings import Settings
 
     # Bad records are filtered inside foreachBatch, after the batch is materialised, as the
     # silver job does: a filter here would be pushed into the scan with the whole parse
@@ -74,8 +74,8 @@ TARGET_COLS = ["account_id", "event_id", "event_type", "occurred_at", "quantity"
 
 
 def first_copies(df):
-    from pipelines.transforms import dedup as D
-    from pipelines.transforms.parse import filter_good
+    from pipelines.ingest import dedup as D
+    from pipelines.ingest.parse import filter_good
     return (df.localCheckpoint().transform(filter_good)
             .transform(D.with_kafka_order).transform(D.with_copy_rank).transform(D.filter_first_copies))
 
@@ -146,7 +146,7 @@ def thirds(times: list[float]) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     from devtools.generator import GeneratorOptions, generate
-    from pipelines.session import build_spark
+    from pipelines.core.session import build_spark
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         create_target(spark, target)
         df = parsed_stream(spark, bronze)
         if dedup:
-            from pipelines.jobs.silver import drop_hot_duplicates
+            from pipelines.ingest.silver import drop_hot_duplicates
             df = df.transform(drop_hot_duplicates(args.watermark_delay_seconds))
         writer = cls(target)
         say(f"{name}: streaming {args.batches} micro-batches")

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from bench.bench_common import machine_info, machine_line, positive_int, say
-from pipelines.session import build_spark
+from pipelines.core.session import build_spark
 
 WARM_UP = 2
 

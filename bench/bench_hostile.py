@@ -10,7 +10,7 @@
 2. `lakehouse run bronze silver` (availableNow, in this process) into a fresh lake under the
    run folder.
 3. Every Kafka record is accounted for: bronze holds each once, and each bronze record is in
-   exactly one silver table (`pipelines.audit.record_homes`), and, record by record, it is
+   exactly one silver table (`pipelines.billing.audit.record_homes`), and, record by record, it is
    quarantined exactly when the unit tests' independent reading of the contract calls it
    bad (`tests/unit/test_hostile_input.judge`: Python's json, the JSON Schema, the decimal,
    timestamp and future rules); no raw personal data from properties is in any silver table.
@@ -32,7 +32,7 @@ from bench.bench_common import (
     command_block, command_line, elapsed, machine_info, machine_line, positive_int, say, write_outputs,
 )
 from devtools import hostile
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,8 +69,9 @@ def judge_placements(spark, lake, chunk: int = 5_000) -> tuple[Counter, Counter,
     partition of them does not fit the driver."""
     from pyspark.sql import functions as F
 
-    from pipelines.audit import COORDINATES, record_homes
-    from pipelines.transforms.parse import with_kafka_coordinates
+    from pipelines.billing.audit import record_homes
+    from pipelines.core.tables import COORDINATES
+    from pipelines.ingest.parse import with_kafka_coordinates
     from tests.unit.test_hostile_input import judge, misplaced
 
     homes = record_homes(spark, lake).localCheckpoint()
@@ -97,11 +98,11 @@ def judge_placements(spark, lake, chunk: int = 5_000) -> tuple[Counter, Counter,
 
 
 def main(argv=None) -> int:
-    from pipelines.audit import count_homes, properties_containing, record_homes
-    from pipelines.jobs.common import JobContext, RunOptions
+    from pipelines.billing.audit import count_homes, properties_containing, record_homes
+    from pipelines.core.context import JobContext, RunOptions
     from pipelines.runner import ProgressReporter, run_jobs
-    from pipelines.session import build_spark
-    from pipelines.tables import Lake
+    from pipelines.core.session import build_spark
+    from pipelines.core.tables import Lake
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -58,10 +58,10 @@ from bench.bench_common import (
 from devtools import kafka_local
 from devtools.generator import GeneratorOptions, generate, kind_family
 from devtools.sender import send
-from pipelines import kafka_topics
-from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.core import kafka_topics
+from pipelines.core.context import JobContext, RunOptions
 from pipelines.runner import ProgressReporter, run_jobs
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -299,7 +299,7 @@ def run_floor(spark, settings: Settings, lake: Path, args: argparse.Namespace) -
     """The silver stream without its foreachBatch: parse, validate and the hot-path dedup
     into a no-op sink, same batches. What is left when every silver write is free; the
     gap to the silver job is the cost of the writes and history checks."""
-    from pipelines.jobs import silver as silver_job
+    from pipelines.ingest import silver as silver_job
 
     base = JobContext.from_settings(settings, RunOptions(max_files_per_trigger=args.silver_files_per_trigger))
     ctx = replace(base, silver=replace(base.silver, watermark_delay=timedelta(seconds=args.watermark_delay_seconds)))
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
 
         say("starting Spark (one session for every stage)")
-        from pipelines.session import build_spark
+        from pipelines.core.session import build_spark
         # Auto compaction (on in local sessions) would merge bronze's per-version files before
         # silver's first read, and silver would take 80 % of the run in one micro-batch: the
         # dedup state could no longer be watched across batches, and the figures would not

@@ -12,7 +12,7 @@ load moves; a before/after pair run minutes apart measured the neighbours as muc
   join: what silver ran before the keyed hashing (the same transform with `hmac_hex` and
   `with_key_columns` swapped for that formula).
 - `keyed HMAC (after)`: h(v) = "hmac:v1:" + HMAC-SHA256, the padded key joined in as a
-  one-row broadcast relation (pipelines/pii.py).
+  one-row broadcast relation (pipelines/ingest/pii.py).
 
 Each on three inputs: `silver_input` over generator records (parse, checks, PII, hot-path
 keys: what every silver micro-batch runs per row), the PII step alone on the generator's
@@ -33,12 +33,12 @@ from pyspark.sql import functions as F
 from bench.bench_common import command_line, machine_info, machine_line, positive_int, say
 from bench.profile_parse import bronze_rows
 from devtools import hostile
-from pipelines import pii
-from pipelines.jobs import silver as silver_job
-from pipelines.jobs.common import JobContext
-from pipelines.pii_key import parse_key_value
-from pipelines.session import build_spark
-from pipelines.settings import Settings
+from pipelines.ingest import pii
+from pipelines.ingest import silver as silver_job
+from pipelines.core.context import JobContext
+from pipelines.ingest.pii_key import parse_key_value
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.bench_common import command_line, elapsed, positive_int, say, topic_offsets, write_outputs
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,8 +216,8 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from pipelines.session import build_spark
-    from pipelines.tables import Lake
+    from pipelines.core.session import build_spark
+    from pipelines.core.tables import Lake
 
     # Inside pytest the suite's session is already running: use it and leave it running.
     active = SparkSession.getActiveSession()
@@ -249,7 +249,7 @@ def compare(drill: Settings, reference: Settings, kafka_count: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from devtools import kafka_local
     from devtools.generator import GeneratorOptions, generate
-    from pipelines import kafka_topics
+    from pipelines.core import kafka_topics
 
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

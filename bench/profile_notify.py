@@ -5,9 +5,9 @@ Run by hand from the repository root, with the local broker up:
     .venv/bin/python -m bench.profile_notify                  # 3,000 events
     .venv/bin/python -m bench.profile_notify --events 30000 --batches 6
 
-The notify stream (`pipelines/jobs/notify.py`) reads silver's change feeds and, per
+The notify stream (`pipelines/rules/notify.py`) reads silver's change feeds and, per
 micro-batch, computes the usage alerts and reactive notifications, stages them in the outbox
-(gold.notifications) and publishes what is pending (`pipelines/notify.py`). This script
+(gold.notifications) and publishes what is pending (`pipelines/rules/notifications.py`). This script
 produces events with the project generator into a fresh one-partition topic, runs bronze in
 `--batches` micro-batches and silver one bronze version per micro-batch, then runs notify
 one change-feed file per micro-batch with every Spark action of those two files timed and
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from bench.bench_common import delete_topic, say
 from bench.profile_silver import Timings, bronze_in_batches, profile_parser, report, timed_actions, timed_batches
-from pipelines import kafka_topics
-from pipelines import notify as outbox
-from pipelines.jobs import notify as notify_job
-from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.core import kafka_topics
+from pipelines.rules import notifications as outbox
+from pipelines.rules import notify as notify_job
+from pipelines.core.context import JobContext, RunOptions
 from pipelines.runner import ProgressReporter, run_jobs
-from pipelines.session import build_spark
-from pipelines.settings import Settings
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

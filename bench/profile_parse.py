@@ -5,7 +5,7 @@ Run by hand from the repository root (no broker needed):
     .venv/bin/python -m bench.profile_parse                   # 100,000 records, best of 3
     .venv/bin/python -m bench.profile_parse --records 20000 --reps 2
 
-`silver_input` (pipelines/jobs/silver.py) is the per-row work every silver micro-batch does
+`silver_input` (pipelines/ingest/silver.py) is the per-row work every silver micro-batch does
 before its dedup state and writes: `parse_events` (VARIANT parse and the contract checks),
 `with_protected_properties` (the PII config) and the hot-path keys. This script generates
 records with the project generator (its default shares of bad records, re-sends, retries),
@@ -33,15 +33,15 @@ from pyspark.sql import functions as F
 from bench.bench_common import bronze_frame, command_line, machine_info, machine_line, positive_int, say
 from devtools import hostile
 from devtools.generator import GeneratorOptions, generate
-from pipelines.config import SilverConfig
-from pipelines.contract import load_contract
-from pipelines.jobs import silver as silver_job
-from pipelines.jobs.common import JobContext
-from pipelines.pii import load_pii_config, with_protected_properties
-from pipelines.pii_key import parse_key_value
-from pipelines.session import build_spark
-from pipelines.settings import Settings
-from pipelines.transforms.parse import parse_events
+from pipelines.core.config import SilverConfig
+from pipelines.core.contract import load_contract
+from pipelines.ingest import silver as silver_job
+from pipelines.core.context import JobContext
+from pipelines.ingest.pii import load_pii_config, with_protected_properties
+from pipelines.ingest.pii_key import parse_key_value
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
+from pipelines.ingest.parse import parse_events
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ Run by hand from the repository root, with the local broker up:
     .venv/bin/python -m bench.profile_silver                  # 3,000 events, 6 micro-batches
     .venv/bin/python -m bench.profile_silver --events 60000 --batches 6
 
-The silver writer (`pipelines/jobs/silver.py`) builds lazy plans and runs them at a few
+The silver writer (`pipelines/ingest/silver.py`) builds lazy plans and runs them at a few
 actions: local checkpoints, emptiness checks, Delta MERGEs and appends, table reads. This
 script produces events with the project generator into a fresh one-partition topic, runs
 bronze in `--batches` micro-batches, then runs silver over them one bronze version per
@@ -43,13 +43,13 @@ from bench.bench_common import delete_topic, positive_int, say
 from devtools import kafka_local
 from devtools.generator import GeneratorOptions, generate
 from devtools.sender import send
-from pipelines import kafka_topics
-from pipelines.jobs import silver as silver_job
-from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.core import kafka_topics
+from pipelines.ingest import silver as silver_job
+from pipelines.core.context import JobContext, RunOptions
 from pipelines.runner import ProgressReporter, run_jobs
-from pipelines.session import build_spark
-from pipelines.settings import Settings
-from pipelines.transforms import silver_plan
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
+from pipelines.ingest import silver_plan
 
 _PACKAGE_PARENT = Path(kafka_local.__file__).resolve().parent.parent
 
@@ -241,8 +241,8 @@ class LeanWriter:
         self.with_rows: set[int] = set()
 
     def __call__(self, batch_df, batch_id: int) -> None:
-        from pipelines.transforms import dedup as D
-        from pipelines.transforms.parse import filter_bad, filter_good
+        from pipelines.ingest import dedup as D
+        from pipelines.ingest.parse import filter_bad, filter_good
 
         batch = batch_df.localCheckpoint(eager=True)
         if batch.isEmpty():   # a batch that only moves the watermark

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def _say(msg: str) -> None:
 
 def _reset_topic(settings: Settings) -> None:
     """A fresh demo starts from an empty topic, or old runs' records would be re-read."""
-    from pipelines import kafka_clients, kafka_topics
+    from pipelines.core import kafka_clients, kafka_topics
 
     admin = kafka_clients.new_admin(settings, client_id="lakehouse-demo", request_timeout_ms=30_000)
     try:
@@ -82,9 +82,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     _say(f"    sent {sent:,} records: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
     _say("3/4 jobs: bronze -> silver -> gold (availableNow: process everything, then stop), billing, export")
-    from pipelines.jobs.common import JobContext
+    from pipelines.core.context import JobContext
     from pipelines.runner import run_jobs
-    from pipelines.session import build_spark
+    from pipelines.core.session import build_spark
 
     spark = build_spark("lakehouse-demo")
     ctx = JobContext.from_settings(settings)

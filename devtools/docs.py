@@ -10,10 +10,10 @@ import re
 import sys
 from pathlib import Path
 
-from pipelines.contract import EventContract, load_contract
-from pipelines.settings import REPO_ROOT
-from pipelines.tables import table_specs
-from pipelines.transforms.parse import REASONS
+from pipelines.core.contract import EventContract, load_contract
+from pipelines.core.settings import REPO_ROOT
+from pipelines.core.tables import table_specs
+from pipelines.ingest.parse import REASONS
 
 DOCS = REPO_ROOT / "docs"
 CONTRACTS = DOCS / "contracts.md"

@@ -33,7 +33,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from random import Random
 from typing import Iterable, Iterator, NamedTuple
 
-from pipelines.exact_json import decimal_text, dumps
+from pipelines.core.exact_json import decimal_text, dumps
 
 # --------------------------------------------------------------------------- vocabulary
 

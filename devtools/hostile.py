@@ -236,7 +236,7 @@ def corpus(seed: int, count: int, now: datetime | None = None) -> list[HostileRe
 
 def send(records, settings) -> int:
     """Send (key, value) records in order to settings.events_topic; returns the count."""
-    from pipelines import kafka_clients
+    from pipelines.core import kafka_clients
 
     producer = kafka_clients.new_producer(settings, **kafka_clients.producer_tuning(client_id="lakehouse-hostile"))
     sent = 0
@@ -251,7 +251,7 @@ def send(records, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
 
     p = argparse.ArgumentParser(prog="python -m devtools.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=10_000)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pipelines import kafka_topics
-from pipelines.settings import Settings, kafka_jars_dir
+from pipelines.core import kafka_topics
+from pipelines.core.settings import Settings, kafka_jars_dir
 
 
 log = logging.getLogger(__name__)
@@ -569,7 +569,7 @@ def _wait_until_ready(settings: Settings, lay: BrokerLayout, pid: int, timeout_s
 
 def _broker_registered(settings: Settings) -> bool:
     """True once the broker answers metadata requests and lists itself (unfenced)."""
-    from pipelines.kafka_auth import KafkaAuthError
+    from pipelines.core.kafka_auth import KafkaAuthError
 
     try:
         with kafka_topics.admin(settings, client_id="lakehouse-kafka-local", timeout_ms=2_000) as admin:

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 from devtools.generator import GeneratorOptions, format_ts, from_ms, generate, resolve_window, to_ms
 from devtools.record_files import format_record_line, read_records_file
 from devtools.sender import SendableRecord, TokenBucket, send
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 @dataclass

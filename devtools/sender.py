@@ -1,12 +1,12 @@
-"""Sends records to Kafka (kafka-python, settings from pipelines/kafka_clients.py), at a
+"""Sends records to Kafka (kafka-python, settings from pipelines/core/kafka_clients.py), at a
 steady rate if asked; the key and value bytes go out exactly as given."""
 from __future__ import annotations
 
 import time
 from typing import Callable, Iterable, Protocol
 
-from pipelines import kafka_clients
-from pipelines.settings import Settings
+from pipelines.core import kafka_clients
+from pipelines.core.settings import Settings
 
 
 class SendableRecord(Protocol):

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from pipelines.billing.invoice import line_totals
 from pipelines.runner import ProgressReporter
-from pipelines.tables import Lake, table_specs
+from pipelines.core.tables import Lake, table_specs
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:

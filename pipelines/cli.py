@@ -6,7 +6,17 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.settings import Settings
+from pipelines.analyst.query import run_sql
+from pipelines.billing.periods import parse_period
+from pipelines.core.context import JobContext, RunOptions
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake
+from pipelines.fraud.flags import clear_flags, render_flags
+from pipelines.monitoring.slo import load_slos
+from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
+from pipelines.runner import resolve_jobs, run_jobs
+from pipelines.wiring import JOBS, STREAM
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -26,11 +36,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.billing.periods import parse_period
-    from pipelines.jobs.common import JobContext, RunOptions
-    from pipelines.runner import resolve_jobs, run_jobs
-    from pipelines.session import build_spark
-
     resolve_jobs(args.jobs)
     settings = settings_from(args)
     run = RunOptions(continuous=args.continuous, processing_time=args.processing_time,
@@ -46,9 +51,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    from pipelines.analyst import run_sql
-    from pipelines.session import build_spark
-
     settings = settings_from(args)
     spark = build_spark("lakehouse-sql")
     run_sql(spark, settings, args.query, limit=args.limit, fmt=args.format, out=sys.stdout)
@@ -56,11 +58,6 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipelines.monitoring.slo import load_slos
-    from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, stream_statuses
-    from pipelines.session import build_spark
-    from pipelines.tables import Lake
-
     spark = build_spark("lakehouse-status")
     metrics = read_metrics(spark, Lake(settings_from(args)))
     statuses = stream_statuses(metrics, load_slos(args.slo))
@@ -71,10 +68,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_fraud(args: argparse.Namespace) -> int:
-    from pipelines.fraud.flags import clear_flags, render_flags
-    from pipelines.session import build_spark
-    from pipelines.tables import Lake
-
     spark = build_spark("lakehouse-fraud")
     lake = Lake(settings_from(args))
     if args.action == "clear":
@@ -86,17 +79,20 @@ def _cmd_fraud(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs_help() -> str:
+    """The jobs of the wiring table (pipelines/wiring.py): streams, then batch jobs."""
+    def listed(stream: bool) -> str:
+        return ", ".join(f"{j.name} ({j.help})" for j in JOBS.values() if (j.kind == STREAM) == stream)
+    return f"streams: {listed(True)}; batch: {listed(False)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakehouse", description="Usage-billing lakehouse")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run jobs in order (default: process everything available, then stop)")
-    run.add_argument("jobs", nargs="+", metavar="JOB",
-                     help="streams: bronze, silver, gold; batch: billing (invoice lines), export (files + ledger)"
-                          "; stream notify (usage alerts, reactive notifications); batch plan-rules "
-                          "(auto-upgrade/downgrade decisions, plan.changed events)"
-                          "; batch quality (pipelines/conf/quality/*.yaml suites), fraud (gold.fraud_flags)")
+    run.add_argument("jobs", nargs="+", metavar="JOB", help=_jobs_help())
     run.add_argument("--continuous", action="store_true", help="keep streaming jobs running")
     run.add_argument("--processing-time", default="2 seconds", help="micro-batch interval in --continuous mode")
     run.add_argument("--max-offsets-per-trigger", type=int, help="cap Kafka records per bronze micro-batch")

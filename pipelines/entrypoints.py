@@ -2,8 +2,9 @@
 
 Each is `lakehouse run <jobs>` with the caller's extra arguments appended, so a job
 behaves the same under its own name, under `lakehouse run`, locally and on Databricks.
-The table in ENTRY_POINTS is what pyproject.toml's [project.scripts] and the bundle's
-tasks name; tests check the three agree.
+Which jobs a script runs is the wiring table's (pipelines/wiring.py: each job names its
+script); pyproject.toml's [project.scripts] and the bundle's tasks name these functions,
+and tests check the three agree.
 
 A failure raises (SystemExit with the exit code, or the exception itself) and success
 returns None: python_wheel_task calls the function and ignores what it returns, so a
@@ -14,18 +15,10 @@ from __future__ import annotations
 import sys
 
 from pipelines import cli
+from pipelines.wiring import entry_points
 
 # console script -> the `lakehouse run` jobs it runs, in order.
-ENTRY_POINTS: dict[str, tuple[str, ...]] = {
-    "lakehouse-ingest": ("bronze", "silver", "gold"),
-    "lakehouse-notify": ("notify",),
-    "lakehouse-billing": ("billing",),
-    "lakehouse-export": ("export",),
-    "lakehouse-plan-rules": ("plan-rules",),
-    "lakehouse-quality": ("quality",),
-    "lakehouse-fraud": ("fraud",),
-    "lakehouse-views": ("views",),
-}
+ENTRY_POINTS: dict[str, tuple[str, ...]] = entry_points()
 
 
 def _run(script: str, argv: list[str] | None) -> None:

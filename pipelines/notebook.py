@@ -12,9 +12,11 @@ from typing import Mapping
 
 import pandas as pd
 
-from pipelines.jobs.common import JobContext
-from pipelines.settings import Settings
-from pipelines.tables import Lake, table_specs
+from pipelines.analyst.views import register_views
+from pipelines.core.context import JobContext
+from pipelines.core.session import build_spark
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, table_specs
 
 ENV_PREFIX = "LAKEHOUSE_NB_"
 
@@ -35,7 +37,6 @@ def session(spark=None):
     """The notebook's SparkSession: the platform's when there is one, else a local one."""
     if spark is not None:
         return spark
-    from pipelines.session import build_spark
     return build_spark("lakehouse-notebook", shuffle_partitions=2)
 
 
@@ -46,7 +47,6 @@ def job_context(settings: Settings | None = None) -> JobContext:
 
 def register(spark, lake: Lake) -> list[str]:
     """Name every table and analyst view for SQL (`SELECT ... FROM gold.daily_usage`)."""
-    from pipelines.views import register_views
     return lake.register_views(spark) + register_views(spark, lake)
 
 

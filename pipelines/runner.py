@@ -13,75 +13,14 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.jobs import bronze, gold, silver
-from pipelines.jobs import notify as notify_stream
-from pipelines.jobs.common import JobContext
+from pipelines.core.context import JobContext
 from pipelines.monitoring.listener import StreamMonitor
+from pipelines.wiring import batches, streams
 
-JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = {
-    "bronze": bronze.start,
-    "silver": silver.start,
-    "gold": gold.start,
-    "notify": notify_stream.start,
-}
-
-
-def _billing(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.jobs.billing import run_billing
-
-    return run_billing(spark, ctx, period=ctx.run.period, catalog_path=ctx.run.catalog, log=say)
-
-
-def _export(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.billing.export import run_export
-
-    exports_dir = ctx.run.exports_dir or ctx.settings.lake_root_abs / "exports"
-    result = run_export(spark, ctx.lake, exports_dir=exports_dir, period=ctx.run.period)
-    say(result.render())
-    return result
-
-
-def _plan_rules(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.jobs.plan_rules import run_plan_rules
-
-    return run_plan_rules(spark, ctx, rules_path=ctx.run.plan_rules, catalog_path=ctx.run.catalog,
-                          dry_run=ctx.run.dry_run, log=say)
-
-
-def _quality(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.quality.run import run_quality_job
-
-    return run_quality_job(spark, ctx.lake, say)
-
-
-def _views(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    """The analyst surface: in Unity Catalog the views of views.yaml and one view per surface
-    table, created in the analyst schema the analyst group is granted (the bundle runs this
-    after each close); locally the same statements, in the session's own catalog."""
-    from pipelines.views import register_views
-
-    tables = ctx.lake.register_views(spark)
-    created = register_views(spark, ctx.lake)
-    say(f"views: {len(created)} analyst view(s) over {len(tables)} table(s): {', '.join(created) or 'none yet'}")
-    return created
-
-
-def _fraud(spark: SparkSession, ctx: JobContext, say: Callable[[str], None]):
-    from pipelines.fraud.flags import run_fraud_job
-
-    return run_fraud_job(spark, ctx.lake, say)
-
-
-# Batch jobs run once over the current tables (period close, exports), after any
-# streaming job named before them.
-BATCH_JOBS: dict[str, Callable[[SparkSession, JobContext, Callable[[str], None]], object]] = {
-    "billing": _billing,
-    "export": _export,
-    "plan-rules": _plan_rules,
-    "quality": _quality,
-    "fraud": _fraud,
-    "views": _views,
-}
+# The jobs by kind, from the wiring table (pipelines/wiring.py). Batch jobs run once over
+# the current tables (period close, exports), after any streaming job named before them.
+JOBS: dict[str, Callable[[SparkSession, JobContext], StreamingQuery]] = streams()
+BATCH_JOBS: dict[str, Callable[[SparkSession, JobContext, Callable[[str], None]], object]] = batches()
 POLL_SECONDS = 1.0
 # Continuous mode restarts a failed stream from its checkpoint, as a Databricks continuous
 # job does: Spark 4.1.1 ends a bronze query that replays a batch after a crash with an NPE

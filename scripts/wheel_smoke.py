@@ -46,10 +46,10 @@ INSTALLED_CHECK = """
 import sys
 from pathlib import Path
 import pipelines
-from pipelines.config import CONF_DIR
-from pipelines.contract import load_contract, schemas_dir
+from pipelines.core.config import CONF_DIR
+from pipelines.core.contract import load_contract, schemas_dir
 from pipelines.quality.suites import QUALITY_DIR, load_suites
-from pipelines.tables import table_specs
+from pipelines.core.tables import table_specs
 
 prefix = Path(sys.prefix).resolve()
 for where in (Path(pipelines.__file__), CONF_DIR, QUALITY_DIR, schemas_dir()):

@@ -6,12 +6,12 @@ import uuid
 
 import pytest
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from pipelines.session import build_spark
+    from pipelines.core.session import build_spark
 
     os.environ.setdefault("LAKEHOUSE_ROOT", str(tmp_path_factory.mktemp("lake-default")))
     session = build_spark("lakehouse-tests", shuffle_partitions=2)
@@ -32,7 +32,7 @@ def kafka_settings() -> Settings:
 @pytest.fixture
 def topic(kafka_settings) -> str:
     """A fresh topic per test, so tests never see each other's records."""
-    from pipelines import kafka_topics
+    from pipelines.core import kafka_topics
 
     name = f"test.events.{uuid.uuid4().hex[:10]}"
     kafka_topics.ensure_topics(kafka_settings, {name: 3})

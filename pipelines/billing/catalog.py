@@ -19,8 +19,9 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from pipelines.billing.gate import minor_unit_digits
-from pipelines.config import CONF_DIR
+from pipelines.core.config import CONF_DIR
+from pipelines.core.contract import load_contract
+from pipelines.core.money import minor_unit_digits
 
 DEFAULT_CATALOG = CONF_DIR / "pricing.yaml"
 
@@ -338,8 +339,6 @@ def _plan(raw: object, at: str, currencies: dict[str, int], products: tuple[str,
 
 
 def _products() -> tuple[str, ...]:
-    from pipelines.contract import load_contract
-
     return tuple(load_contract().field("product").enum)
 
 

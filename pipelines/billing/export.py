@@ -57,10 +57,10 @@ from pathlib import Path
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.billing.gate import (ExportRefused, check_export_gate, minor_unit_digits, money_string,
-                                    period_bounds)
+from pipelines.billing.gate import ExportRefused, check_export_gate, period_bounds
 from pipelines.billing.periods import parse_period
-from pipelines.tables import Lake, _sql_string, spec
+from pipelines.core.money import minor_unit_digits, money_string
+from pipelines.core.tables import BILLING_EXPORTS, FRAUD_FLAGS, INVOICE_LINES, Lake, _sql_string, spec
 
 __all__ = ["ExportRefused", "ExportIntegrityError", "ExportResult", "adjustment_lines", "pending_lines",
            "run_export", "provider_record", "finance_cells", "neutralise_cell", "FINANCE_COLUMNS",
@@ -68,8 +68,6 @@ __all__ = ["ExportRefused", "ExportIntegrityError", "ExportResult", "adjustment_
 
 log = logging.getLogger(__name__)
 
-LINES = "gold.invoice_lines"
-LEDGER = "gold.billing_exports"
 STAGED = "staged"
 DELIVERED = "delivered"
 FINAL = "final"
@@ -163,7 +161,7 @@ def adjustment_lines(lines: DataFrame, ledger: DataFrame, *, computed_at: dateti
         "reason": reason,
         "computed_at": F.lit(computed_at) if computed_at is not None else F.current_timestamp(),
     }
-    schema = spec(LINES).struct_type()
+    schema = spec(INVOICE_LINES).struct_type()
     return changed.select(*[values.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in schema])
 
 
@@ -204,7 +202,7 @@ def ledger_rows(pending: DataFrame, *, export_id: str, provider_file: str, finan
         "provider_sha256": F.lit(None), "finance_sha256": F.lit(None),
     }
     return pending.select(*[values.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name)
-                            for f in spec(LEDGER).struct_type()])
+                            for f in spec(BILLING_EXPORTS).struct_type()])
 
 
 # ---------------------------------------------------------------- file formats (plain Python)
@@ -447,15 +445,15 @@ def _write_files(rows: Iterable[Row], provider_file: Path, finance_file: Path) -
 def _ensure_ledger_columns(spark: SparkSession, lake: Lake) -> None:
     """Add the ledger columns of the spec that an existing table lacks (a lake from before
     the files' SHA-256 were kept): nullable, so existing rows read null."""
-    have = set(lake.read(spark, LEDGER).columns)
-    missing = [c for c in spec(LEDGER).columns if c.name not in have]
+    have = set(lake.read(spark, BILLING_EXPORTS).columns)
+    missing = [c for c in spec(BILLING_EXPORTS).columns if c.name not in have]
     if missing:
         columns = ", ".join(f"`{c.name}` {c.type} COMMENT {_sql_string(c.comment)}" for c in missing)
-        spark.sql(f"ALTER TABLE {lake.ref(LEDGER)} ADD COLUMNS ({columns})")
+        spark.sql(f"ALTER TABLE {lake.ref(BILLING_EXPORTS)} ADD COLUMNS ({columns})")
 
 
 def _mark_delivered(spark: SparkSession, lake: Lake, export_id: str, now: datetime, written: _Written) -> None:
-    lake.delta(spark, LEDGER).update(
+    lake.delta(spark, BILLING_EXPORTS).update(
         condition=(F.col("export_id") == export_id) & (F.col("state") == STAGED),
         set={"state": F.lit(DELIVERED), "delivered_at": F.lit(now).cast("timestamp"),
              "provider_sha256": F.lit(written.provider_sha256), "finance_sha256": F.lit(written.finance_sha256)},
@@ -465,7 +463,7 @@ def _mark_delivered(spark: SparkSession, lake: Lake, export_id: str, now: dateti
 def _export_rows(spark: SparkSession, lake: Lake, export_id: str):
     # The IO edge: one export's ledger rows (invoice lines, not events: thousands, not
     # billions) stream to the driver from one sorted partition, in key order, into the files.
-    return (lake.read(spark, LEDGER).filter(F.col("export_id") == export_id)
+    return (lake.read(spark, BILLING_EXPORTS).filter(F.col("export_id") == export_id)
             .coalesce(1).sortWithinPartitions("idempotency_key").toLocalIterator())
 
 
@@ -491,7 +489,7 @@ def _verify_delivered(spark: SparkSession, lake: Lake) -> tuple[str, ...]:
     text per repaired export; raises ExportIntegrityError when a rebuilt file still differs
     from the ledger."""
     # One row per delivered export (exports are few: one per run that had something new).
-    exports = (lake.read(spark, LEDGER).filter(F.col("state") == DELIVERED)
+    exports = (lake.read(spark, BILLING_EXPORTS).filter(F.col("state") == DELIVERED)
                .groupBy("export_id")
                .agg(*[F.first(c, ignorenulls=True).alias(c)
                       for c in ("provider_file", "finance_file", "provider_sha256", "finance_sha256")])
@@ -508,7 +506,7 @@ def _verify_delivered(spark: SparkSession, lake: Lake) -> tuple[str, ...]:
         if export["provider_sha256"] is None or export["finance_sha256"] is None:
             # Delivered before hashes were kept: the rebuilt files, made from the ledger
             # rows alone, are the reference from now on.
-            lake.delta(spark, LEDGER).update(
+            lake.delta(spark, BILLING_EXPORTS).update(
                 condition=(F.col("export_id") == export_id) & (F.col("state") == DELIVERED),
                 set={"provider_sha256": F.lit(written.provider_sha256),
                      "finance_sha256": F.lit(written.finance_sha256)})
@@ -523,19 +521,28 @@ def _verify_delivered(spark: SparkSession, lake: Lake) -> tuple[str, ...]:
 
 
 def _stage(spark: SparkSession, lake: Lake, staged: DataFrame) -> None:
-    cols = spec(LEDGER).column_names
-    (lake.delta(spark, LEDGER).alias("t")
+    cols = spec(BILLING_EXPORTS).column_names
+    (lake.delta(spark, BILLING_EXPORTS).alias("t")
      .merge(staged.alias("s"), "t.idempotency_key = s.idempotency_key")
      .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
      .execute())
 
 
 def _insert_adjustments(spark: SparkSession, lake: Lake, adjustments: DataFrame) -> None:
-    cols = spec(LINES).column_names
-    (lake.delta(spark, LINES).alias("t")
+    cols = spec(INVOICE_LINES).column_names
+    (lake.delta(spark, INVOICE_LINES).alias("t")
      .merge(adjustments.alias("s"), "t.idempotency_key = s.idempotency_key")
      .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
      .execute())
+
+
+def open_flag_holds(spark: SparkSession, lake: Lake) -> DataFrame:
+    """account_id, hold_reason for every account with an open fraud flag (gold.fraud_flags,
+    written by pipelines/fraud/flags.py): the export holds their lines until it is cleared."""
+    lake.ensure(spark, FRAUD_FLAGS)
+    return (lake.read(spark, FRAUD_FLAGS).filter(F.col("state") == "open").groupBy("account_id")
+            .agg(F.concat(F.lit("open fraud flag: "), F.concat_ws(", ", F.array_sort(F.collect_set("rule"))))
+                 .alias("hold_reason")))
 
 
 def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: str | None = None,
@@ -548,22 +555,20 @@ def run_export(spark: SparkSession, lake: Lake, *, exports_dir: Path, period: st
     period = parse_period(period)
     now = now or datetime.now(UTC)
     exports_dir = Path(exports_dir).expanduser().resolve()
-    for name in (LINES, LEDGER):
+    for name in (INVOICE_LINES, BILLING_EXPORTS):
         lake.ensure(spark, name)
     _ensure_ledger_columns(spark, lake)
 
-    staged_ids = sorted(r["export_id"] for r in lake.read(spark, LEDGER).filter(F.col("state") == STAGED)
+    staged_ids = sorted(r["export_id"] for r in lake.read(spark, BILLING_EXPORTS).filter(F.col("state") == STAGED)
                         .select("export_id").distinct().collect())
     resumed = tuple(_deliver(spark, lake, export_id, now).export_id for export_id in staged_ids)
     repaired = _verify_delivered(spark, lake)
 
-    lines = lake.read(spark, LINES)
+    lines = lake.read(spark, INVOICE_LINES)
     if period is not None:
         lines = lines.filter(F.col("period") == period)
-    ledger = lake.read(spark, LEDGER)
+    ledger = lake.read(spark, BILLING_EXPORTS)
     adjustments = adjustment_lines(lines, ledger, computed_at=now).localCheckpoint()
-    from pipelines.fraud.flags import open_flag_holds
-
     pending, held_lines = split_held_lines(pending_lines(lines.unionByName(adjustments), ledger),
                                            open_flag_holds(spark, lake))
     pending = pending.localCheckpoint()

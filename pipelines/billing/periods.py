@@ -28,12 +28,12 @@ from datetime import datetime
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from pipelines.core.tables import KAFKA_ORDER
+
 STARTED = "subscription.started"
 CHANGED = "plan.changed"
 CANCELLED = "subscription.cancelled"
 LIFECYCLE = (STARTED, CHANGED, CANCELLED)
-# Kafka order breaks ties between lifecycle events stamped with the same instant.
-_ORDER = ["kafka_timestamp", "kafka_topic", "kafka_partition", "kafka_offset"]
 
 _CHANGE = "struct<at:timestamp,plan_id:string>"
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -112,8 +112,9 @@ def _fold_step(acc: Column, e: Column) -> Column:
 def plan_changes(events: DataFrame) -> DataFrame:
     """Lifecycle events with plan_rank -> account_id, effective_at, plan_id: from
     effective_at on, plan_id is in force (null: no subscription)."""
+    # Kafka order breaks ties between lifecycle events stamped with the same instant.
     ordered = F.array_sort(F.collect_list(F.struct(
-        F.col("occurred_at").alias("t"), F.struct(*_ORDER).alias("o"), F.col("event_type").alias("kind"),
+        F.col("occurred_at").alias("t"), F.struct(*KAFKA_ORDER).alias("o"), F.col("event_type").alias("kind"),
         F.col("plan_id").alias("plan"), F.col("plan_rank").alias("rank"))))
     init = F.struct(
         F.lit(None).cast("string").alias("cur"), F.lit(None).cast("int").alias("rank"),

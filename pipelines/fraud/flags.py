@@ -1,5 +1,6 @@
 """gold.fraud_flags: the fraud job (rules -> flags, idempotent MERGE, one fraud.flagged
-notification per new flag), clearing a flag, and the open flags the export holds on.
+notification per new flag) and clearing a flag. The export holds the lines of accounts
+with an open flag (pipelines/billing/export.py: open_flag_holds reads the table).
 
 A flag's id is deterministic (pipelines/fraud/rules.py), so a rerun updates the evidence
 of an open flag, inserts only flags never seen before, and leaves a cleared flag cleared:
@@ -14,12 +15,10 @@ from typing import Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.core.tables import ACCOUNT_EVENTS, FRAUD_FLAGS, USAGE_EVENTS, Lake, spec
 from pipelines.fraud.rules import FraudRules, fraud_candidates, load_fraud_rules
-from pipelines.tables import Lake, spec
+from pipelines.rules.notifications import notification_id_col, stage_notifications
 
-FLAGS = "gold.fraud_flags"
-USAGE = "silver.usage_events"
-ACCOUNT = "silver.account_events"
 OPEN, CLEARED = "open", "cleared"
 NOTIFICATION_TYPE = "fraud.flagged"
 MAX_LISTED = 200
@@ -34,25 +33,23 @@ class FraudResult:
     candidates: int
     new_flags: int
     open_flags: int
-    notifications: int | None   # None when the notifications module is not there
+    notifications: int | None   # fraud.flagged notifications staged (None: not counted)
 
     def render(self) -> str:
         sent = "" if self.notifications is None else f", {self.notifications} {NOTIFICATION_TYPE} notification(s) staged"
         return (f"fraud: {self.candidates} rule match(es), {self.new_flags} new flag(s), "
-                f"{self.open_flags} open flag(s) in {FLAGS}{sent}")
+                f"{self.open_flags} open flag(s) in {FRAUD_FLAGS}{sent}")
 
 
 def flag_rows(candidates: DataFrame) -> DataFrame:
     """Candidate flags -> gold.fraud_flags rows, open and never cleared."""
     values = {"state": F.lit(OPEN), "cleared_at": F.lit(None), "cleared_by": F.lit(None), "clear_reason": F.lit(None)}
     return candidates.select(*[values.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name)
-                               for f in spec(FLAGS).struct_type()])
+                               for f in spec(FRAUD_FLAGS).struct_type()])
 
 
 def notification_rows(new_flags: DataFrame) -> DataFrame:
-    """New flags -> rows for pipelines.notify.stage_notifications (one per flag)."""
-    from pipelines.notify import notification_id_col
-
+    """New flags -> rows for pipelines.rules.notifications.stage_notifications (one per flag)."""
     payload = F.concat(F.lit('{"flag_id":"'), F.col("flag_id"), F.lit('","rule":"'), F.col("rule"),
                        F.lit('","evidence":'), F.col("evidence"), F.lit("}"))
     return new_flags.select(
@@ -61,11 +58,7 @@ def notification_rows(new_flags: DataFrame) -> DataFrame:
         F.array().cast("array<string>").alias("trigger_event_ids"), payload.alias("payload"))
 
 
-def _stage_notifications(spark: SparkSession, lake: Lake, new_flags: DataFrame) -> int | None:
-    try:
-        from pipelines.notify import stage_notifications
-    except ImportError:
-        return None
+def _stage_notifications(spark: SparkSession, lake: Lake, new_flags: DataFrame) -> int:
     return stage_notifications(spark, lake, notification_rows(new_flags))
 
 
@@ -73,13 +66,13 @@ def run_fraud(spark: SparkSession, lake: Lake, *, rules: FraudRules | None = Non
               as_of: datetime | None = None) -> FraudResult:
     rules = rules or load_fraud_rules()
     as_of = as_of or datetime.now(UTC)
-    for name in (USAGE, ACCOUNT, FLAGS):
+    for name in (USAGE_EVENTS, ACCOUNT_EVENTS, FRAUD_FLAGS):
         lake.ensure(spark, name)
-    candidates = fraud_candidates(lake.read(spark, USAGE), lake.read(spark, ACCOUNT), rules, as_of).localCheckpoint()
-    new = candidates.join(lake.read(spark, FLAGS).select("flag_id"), on="flag_id", how="left_anti").localCheckpoint()
+    candidates = fraud_candidates(lake.read(spark, USAGE_EVENTS), lake.read(spark, ACCOUNT_EVENTS), rules, as_of).localCheckpoint()
+    new = candidates.join(lake.read(spark, FRAUD_FLAGS).select("flag_id"), on="flag_id", how="left_anti").localCheckpoint()
     new_count = new.count()
-    cols = spec(FLAGS).column_names
-    (lake.delta(spark, FLAGS).alias("t")
+    cols = spec(FRAUD_FLAGS).column_names
+    (lake.delta(spark, FRAUD_FLAGS).alias("t")
      .merge(flag_rows(candidates).alias("s"), "t.flag_id = s.flag_id")
      # open flags follow their evidence; cleared ones stay cleared
      .whenMatchedUpdate(condition=f"t.state = '{OPEN}'", set={
@@ -88,16 +81,8 @@ def run_fraud(spark: SparkSession, lake: Lake, *, rules: FraudRules | None = Non
      .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
      .execute())
     notified = _stage_notifications(spark, lake, new) if new_count else 0
-    open_count = lake.read(spark, FLAGS).filter(F.col("state") == OPEN).count()
+    open_count = lake.read(spark, FRAUD_FLAGS).filter(F.col("state") == OPEN).count()
     return FraudResult(candidates.count(), new_count, open_count, notified)
-
-
-def open_flag_holds(spark: SparkSession, lake: Lake) -> DataFrame:
-    """account_id, hold_reason for every account with an open flag (what the export holds)."""
-    lake.ensure(spark, FLAGS)
-    return (lake.read(spark, FLAGS).filter(F.col("state") == OPEN).groupBy("account_id")
-            .agg(F.concat(F.lit("open fraud flag: "), F.concat_ws(", ", F.array_sort(F.collect_set("rule"))))
-                 .alias("hold_reason")))
 
 
 def clear_flags(spark: SparkSession, lake: Lake, account_id: str, *, rule: str | None, by: str, reason: str,
@@ -106,29 +91,29 @@ def clear_flags(spark: SparkSession, lake: Lake, account_id: str, *, rule: str |
     for name, value in (("--by", by), ("--reason", reason)):
         if not value or not value.strip():
             raise FraudError(f"fraud clear: {name} must not be empty")
-    lake.ensure(spark, FLAGS)
+    lake.ensure(spark, FRAUD_FLAGS)
     match = (F.col("account_id") == account_id) & (F.col("state") == OPEN)
     if rule:
         match &= F.col("rule") == rule
-    n = lake.read(spark, FLAGS).filter(match).count()
+    n = lake.read(spark, FRAUD_FLAGS).filter(match).count()
     if not n:
         raise FraudError(f"no open fraud flag for account {account_id!r}" + (f" and rule {rule!r}" if rule else ""))
-    lake.delta(spark, FLAGS).update(condition=match, set={
+    lake.delta(spark, FRAUD_FLAGS).update(condition=match, set={
         "state": F.lit(CLEARED), "cleared_at": F.lit(now or datetime.now(UTC)).cast("timestamp"),
         "cleared_by": F.lit(by), "clear_reason": F.lit(reason)})
     return n
 
 
 def render_flags(spark: SparkSession, lake: Lake, *, include_cleared: bool = False) -> str:
-    lake.ensure(spark, FLAGS)
-    flags = lake.read(spark, FLAGS)
+    lake.ensure(spark, FRAUD_FLAGS)
+    flags = lake.read(spark, FRAUD_FLAGS)
     if not include_cleared:
         flags = flags.filter(F.col("state") == OPEN)
     # Bounded driver read: flags are few; the listing says when it is cut.
     rows = flags.orderBy(F.col("first_seen").desc(), "account_id", "rule").limit(MAX_LISTED + 1).collect()
     if not rows:
         return "fraud: no " + ("" if include_cleared else "open ") + "flags"
-    lines = [f"{'ACCOUNT':<20} {'RULE':<16} {'STATE':<8} {'FIRST SEEN (UTC)':<20} EVIDENCE"]
+    lines = [f"{'ACCOUNT_EVENTS':<20} {'RULE':<16} {'STATE':<8} {'FIRST SEEN (UTC)':<20} EVIDENCE"]
     for r in rows[:MAX_LISTED]:
         state = r["state"] + (f" by {r['cleared_by']}: {r['clear_reason']}" if r["state"] == CLEARED else "")
         lines.append(f"{r['account_id']:<20} {r['rule']:<16} {state:<8} {r['first_seen']:%Y-%m-%d %H:%M:%S}  "

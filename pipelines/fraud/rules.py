@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
+from pipelines.core.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
 
 DEFAULT_FRAUD_RULES = CONF_DIR / "fraud_rules.yaml"
 FLAG_COLUMNS = ["account_id", "flag_id", "rule", "evidence", "first_seen", "last_seen"]
@@ -248,8 +248,6 @@ def usage_spike_flags(usage_events: DataFrame, rule: SpikeRule, as_of: datetime)
 def plans_in_force(account_events: DataFrame, as_of: datetime) -> DataFrame:
     """account_id -> plan_id in force at `as_of` (null after a cancellation), per the
     latest plan event by event time then Kafka order."""
-    from pyspark.sql import Window
-
     latest = Window.partitionBy("account_id").orderBy(F.col("occurred_at").desc(), F.col("kafka_partition").desc(),
                                                       F.col("kafka_offset").desc())
     return (account_events.filter(F.col("event_type").isin(*PLAN_EVENTS) & (F.col("occurred_at") <= F.lit(as_of)))

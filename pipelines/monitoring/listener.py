@@ -20,22 +20,21 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from pipelines.tables import Lake, spec
+from pipelines.core.tables import (ACCOUNT_EVENTS, BRONZE_EVENTS, DAILY_USAGE, SILVER_BATCHES, STREAM_METRICS,
+                                   USAGE_EVENTS, Lake, spec)
 
 log = logging.getLogger(__name__)
 
-METRICS = "ops.stream_metrics"
-SILVER_BATCHES = "ops.silver_batches"
 # Continuous mode: between flushes the rows wait in memory; one write per interval, not
 # per micro-batch, keeps the monitor's Delta commits off the streams' back.
 FLUSH_SECONDS = 5.0
 
 # Where each stream writes, and which columns say how far in event and ingestion time it got.
 OUTPUTS: dict[str, list[tuple[str, str, str]]] = {
-    "bronze": [("bronze.events", "kafka_timestamp", "ingested_at")],
-    "silver": [("silver.usage_events", "occurred_at", "ingested_at"),
-               ("silver.account_events", "occurred_at", "ingested_at")],
-    "gold": [("gold.daily_usage", "CAST(usage_date AS timestamp)", "last_ingested_at")],
+    "bronze": [(BRONZE_EVENTS, "kafka_timestamp", "ingested_at")],
+    "silver": [(USAGE_EVENTS, "occurred_at", "ingested_at"),
+               (ACCOUNT_EVENTS, "occurred_at", "ingested_at")],
+    "gold": [(DAILY_USAGE, "CAST(usage_date AS timestamp)", "last_ingested_at")],
 }
 
 
@@ -144,7 +143,7 @@ class StreamMonitor:
         self._app_id, self._writes = f"stream-monitor-{uuid.uuid4()}", 0
 
     def __enter__(self) -> "StreamMonitor":
-        self.lake.ensure(self.spark, METRICS)
+        self.lake.ensure(self.spark, STREAM_METRICS)
         self.spark.streams.addListener(self._listener)
         return self
 
@@ -225,7 +224,7 @@ class StreamMonitor:
             event, ingest = fresh.get(row["query_name"], (None, None))
             row.update(recorded_at=now, newest_event_time=event, newest_ingested_at=ingest,
                        event_freshness_seconds=_age(now, event), ingestion_freshness_seconds=_age(now, ingest))
-        schema = spec(METRICS).struct_type()
+        schema = spec(STREAM_METRICS).struct_type()
         listener_cols = [f for f in schema if f.name not in ("rule_drops", "quarantined")]
         frame = self.spark.createDataFrame([tuple(r.get(f.name) for f in listener_cols) for r in rows.values()],
                                            type(schema)(listener_cols))
@@ -241,7 +240,7 @@ class StreamMonitor:
         # after its commit is retried under the same version and skipped.
         version = self._writes + 1
         self.lake.save(source.write.format("delta").mode("append").option("txnAppId", self._app_id)
-                       .option("txnVersion", version), METRICS)
+                       .option("txnVersion", version), STREAM_METRICS)
         self._writes = version
         self.recorded |= set(rows)
         return len(rows)

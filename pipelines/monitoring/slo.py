@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from pipelines.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
+from pipelines.core.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
 
 DEFAULT_SLO = CONF_DIR / "slo.yaml"
 _KEYS = {"max_freshness", "lag_growth_window", "max_quarantine_share"}

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
-from pipelines.monitoring.listener import METRICS
+from pipelines.core.tables import STREAM_METRICS, Lake
 from pipelines.monitoring.slo import Slos, StreamSlo, load_slos
-from pipelines.tables import Lake
 
 # The status and the plot read at most this many recent batches per stream (driver-side).
 MAX_BATCHES = 5000
@@ -82,12 +81,10 @@ def evaluate(name: str, rows: list[dict], slo: StreamSlo) -> StreamStatus:
 
 def read_metrics(spark: SparkSession, lake: Lake) -> dict[str, list[dict]]:
     """The newest MAX_BATCHES rows per stream, oldest first (a bounded driver read)."""
-    if not lake.exists(spark, METRICS):
+    if not lake.exists(spark, STREAM_METRICS):
         return {}
-    from pyspark.sql import Window
-
     newest = Window.partitionBy("query_name").orderBy(F.col("batch_started_at").desc(), F.col("batch_id").desc())
-    rows = (lake.read(spark, METRICS).withColumn("_n", F.row_number().over(newest))
+    rows = (lake.read(spark, STREAM_METRICS).withColumn("_n", F.row_number().over(newest))
             .filter(F.col("_n") <= MAX_BATCHES).drop("_n").collect())
     out: dict[str, list[dict]] = {}
     for r in sorted(rows, key=lambda r: (r["query_name"], r["batch_started_at"], r["batch_id"])):
@@ -140,6 +137,8 @@ def status(spark: SparkSession, lake: Lake, *, slo_path=None) -> list[StreamStat
 def plot_metrics(metrics: dict[str, list[dict]], path: Path | str) -> Path:
     """Three panels over time (UTC): processing throughput per stream, Kafka lag of the
     streams reading Kafka, and ingestion/event freshness per stream."""
+    # matplotlib only here: `lakehouse status --plot` is its one user, and the headless
+    # backend must be chosen before pyplot is first imported.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,11 +14,11 @@ from typing import Protocol
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.billing.gate import (critical_line_failures, line_failure_details, mismatch_details,
-                                    reconcile_period_usage)
-from pipelines.transforms.gold import DAILY_KEYS, aggregate_daily_usage
-
-COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset"]
+from pipelines.core.tables import (ACCOUNT_EVENTS, COORDINATES, DAILY_USAGE, INVOICE_LINES, PERIOD_USAGE, QUARANTINE,
+                                   USAGE_EVENTS)
+from pipelines.ingest.gold import DAILY_KEYS, aggregate_daily_usage
+from pipelines.quality.checks import (critical_line_failures, line_failure_details, mismatch_details,
+                                      reconcile_period_usage)
 
 
 class Tables(Protocol):
@@ -30,10 +30,10 @@ class Tables(Protocol):
 
 def quarantine_leaks(t: Tables) -> DataFrame:
     """Silver rows whose Kafka record is in silver.quarantine: a bad record that leaked."""
-    kept = (t.table("silver.usage_events").select("account_id", "event_id", *COORDINATES, F.lit("usage").alias("kind"))
-            .unionByName(t.table("silver.account_events")
+    kept = (t.table(USAGE_EVENTS).select("account_id", "event_id", *COORDINATES, F.lit("usage").alias("kind"))
+            .unionByName(t.table(ACCOUNT_EVENTS)
                          .select("account_id", "event_id", *COORDINATES, F.lit("account").alias("kind"))))
-    bad = t.table("silver.quarantine").select(*COORDINATES, "reason")
+    bad = t.table(QUARANTINE).select(*COORDINATES, "reason")
     return kept.join(bad, on=COORDINATES, how="inner").select(
         F.concat(F.lit("silver "), F.col("kind"), F.lit(" event "), F.coalesce("event_id", F.lit("null")),
                  F.lit(" (account "), F.coalesce("account_id", F.lit("null")), F.lit(") is quarantined record "),
@@ -44,9 +44,9 @@ def daily_usage_mismatches(t: Tables) -> DataFrame:
     """Days where gold.daily_usage and silver.usage_events disagree on quantity or count,
     either side missing counting as zero."""
     zero = F.lit(Decimal(0)).cast("decimal(38,6)")
-    silver = t.table("silver.usage_events").transform(aggregate_daily_usage).select(
+    silver = t.table(USAGE_EVENTS).transform(aggregate_daily_usage).select(
         *DAILY_KEYS, F.col("quantity").alias("silver_quantity"), F.col("event_count").alias("silver_count"))
-    gold = t.table("gold.daily_usage").select(
+    gold = t.table(DAILY_USAGE).select(
         *DAILY_KEYS, F.col("quantity").alias("gold_quantity"), F.col("event_count").alias("gold_count"))
     on = [gold[k].eqNullSafe(silver[k]) for k in DAILY_KEYS]
     joined = gold.join(silver, on=on, how="full_outer").select(
@@ -66,13 +66,13 @@ def daily_usage_mismatches(t: Tables) -> DataFrame:
 
 def period_usage_mismatches(t: Tables) -> DataFrame:
     """Account/period/metric where gold.period_usage does not bill exactly silver's quantity."""
-    mismatches = reconcile_period_usage(t.table("gold.period_usage"), t.table("silver.usage_events"), t.periods)
+    mismatches = reconcile_period_usage(t.table(PERIOD_USAGE), t.table(USAGE_EVENTS), t.periods)
     return mismatch_details(mismatches)
 
 
 def invoice_line_failures(t: Tables) -> DataFrame:
     """One row per (critical line check, failing invoice line), `check` naming the check."""
-    return line_failure_details(critical_line_failures(t.table("gold.invoice_lines"), now=t.now))
+    return line_failure_details(critical_line_failures(t.table(INVOICE_LINES), now=t.now))
 
 
 DATASETS: dict[str, Callable[[Tables], DataFrame]] = {

@@ -3,6 +3,10 @@ names (`expect_column_values_to_not_be_null`), keyword arguments and `Outcome`s.
 
 Keeping GX behind this seam means a GX upgrade, or swapping it out, touches one file, and
 the suites in quality/ stay plain data.
+
+great_expectations is imported inside the functions that use it, on purpose: importing
+it takes seconds, and every job imports this module through the wiring table, while only
+the quality job, the export gate and loading the suites ever evaluate an expectation.
 """
 from __future__ import annotations
 

@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.core.tables import QUALITY_RESULTS, Lake, spec
 from pipelines.quality import gx_adapter
 from pipelines.quality.datasets import DATASETS
 from pipelines.quality.suites import Check, load_suites
-from pipelines.tables import Lake, spec
 
-RESULTS = "ops.quality_results"
 MAX_SHOWN = 5
 
 
@@ -153,7 +152,7 @@ def _result_rows(spark: SparkSession, report: QualityReport) -> DataFrame:
              json.dumps({k: v for k, v in r.shown.items()}, ensure_ascii=False) if r.shown else None,
              r.outcome.error, r.check.description, report.checked_at)
             for r in report.results]
-    return spark.createDataFrame(rows, spec(RESULTS).struct_type())
+    return spark.createDataFrame(rows, spec(QUALITY_RESULTS).struct_type())
 
 
 def run_quality(spark: SparkSession, lake: Lake, *, checks: tuple[Check, ...] | None = None,
@@ -165,8 +164,8 @@ def run_quality(spark: SparkSession, lake: Lake, *, checks: tuple[Check, ...] | 
     now = now or datetime.now(UTC)
     results = run_checks(Inputs.of(spark, lake, now=now), checks)
     report = QualityReport(f"q-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", now, tuple(results))
-    lake.ensure(spark, RESULTS)
-    lake.save(_result_rows(spark, report).write.format("delta").mode("append"), RESULTS)
+    lake.ensure(spark, QUALITY_RESULTS)
+    lake.save(_result_rows(spark, report).write.format("delta").mode("append"), QUALITY_RESULTS)
     return report
 
 
@@ -177,5 +176,5 @@ def run_quality_job(spark: SparkSession, lake: Lake, say, **kwargs) -> QualityRe
     if report.critical_failures:
         names = ", ".join(r.check.name for r in report.critical_failures)
         raise QualityGateFailed(f"quality: {len(report.critical_failures)} critical check(s) failed: {names} "
-                                f"(details above and in {RESULTS}, run_id {report.run_id})")
+                                f"(details above and in {QUALITY_RESULTS}, run_id {report.run_id})")
     return report

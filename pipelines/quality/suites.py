@@ -9,7 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import CONF_DIR, ConfigError
+from pipelines.core.config import CONF_DIR, ConfigError
+from pipelines.core.tables import table_specs
+from pipelines.quality import gx_adapter
+from pipelines.quality.datasets import DATASETS
 
 QUALITY_DIR = CONF_DIR / "quality"
 SEVERITIES = ("critical", "warning")
@@ -39,9 +42,6 @@ class Check:
 
 
 def parse_suite(doc: object, where: str, *, check_expectations: bool = True) -> tuple[Check, ...]:
-    from pipelines.quality.datasets import DATASETS
-    from pipelines.tables import table_specs
-
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
     if doc.get("version") != 1:
@@ -77,8 +77,6 @@ def parse_suite(doc: object, where: str, *, check_expectations: bool = True) -> 
         if not isinstance(gates, list) or any(g not in GATES for g in gates):
             raise ConfigError(f"{at}: gates must be a list of {GATES}, got {gates!r}")
         if check_expectations:
-            from pipelines.quality import gx_adapter
-
             try:
                 gx_adapter.build(raw["expect"], kwargs)
             except ValueError as exc:

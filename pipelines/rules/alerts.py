@@ -20,7 +20,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines.billing.periods import next_period_start, period_of
-from pipelines.notify import STAGE_COLUMNS, notification_id_col
+from pipelines.rules.notifications import STAGE_COLUMNS, notification_id_col
 
 THRESHOLD = "usage.quota_threshold"
 WELCOME = "account.welcome"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from pipelines.config import CONF_DIR, ConfigError, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, read_yaml
 
 DEFAULT_PLAN_RULES = CONF_DIR / "plan_rules.yaml"
 BASES = ("actual", "projected")

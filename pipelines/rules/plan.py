@@ -1,7 +1,7 @@
 """Plan rules as pure DataFrame -> DataFrame transforms: who qualifies for an automatic
 upgrade or downgrade, on what evidence, and what is decided for them.
 
-Inputs are plain frames the job reads (pipelines/jobs/plan_rules.py):
+Inputs are plain frames the job reads (pipelines/rules/plan_rules.py):
 - current plans: account_id, plan_id, plan_rank, plan_since (start of the plan segment in
   force at the evaluation time `as_of`), from the billing plan timeline;
 - usage: silver.usage_events (account_id, metric, occurred_at, quantity);

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipelines import kafka_topics
+from pipelines.core import kafka_topics
 from devtools import generator, sender
 from tests.integration.helpers import BILLED_EVENTS, context, run
 

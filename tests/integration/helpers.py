@@ -5,12 +5,12 @@ from datetime import timedelta
 
 from kafka import KafkaProducer
 
-from pipelines.config import SilverConfig, load_dedup_rules
-from pipelines.exact_json import dumps
-from pipelines.jobs.common import JobContext, RunOptions
+from pipelines.core.config import SilverConfig, load_dedup_rules
+from pipelines.core.exact_json import dumps
+from pipelines.core.context import JobContext, RunOptions
 from pipelines.runner import ProgressReporter, run_jobs
-from pipelines.settings import Settings
-from pipelines.tables import Lake
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake
 
 # Events in the shared billed_lakehouse fixture (tests/integration/conftest.py).
 BILLED_EVENTS = 600

@@ -20,11 +20,12 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines import analyst
-from pipelines.analyst import ReadOnlyQueryError, analyst_session, checked_plan, run_sql, surface
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec, table_specs
-from pipelines.views import load_views, register_views
+from pipelines.analyst import guard as analyst
+from pipelines.analyst.guard import ReadOnlyQueryError, analyst_session, checked_plan, surface
+from pipelines.analyst.query import run_sql
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec, table_specs
+from pipelines.analyst.views import load_views, register_views
 
 CANARY = "ann.canary@shop.example"
 HOME = os.path.expanduser("~")

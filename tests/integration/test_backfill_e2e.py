@@ -15,10 +15,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import kafka_topics
+from pipelines.core import kafka_topics
 from devtools import generator, sender
-from pipelines.backfill import BronzeRange, run_backfill
-from pipelines.tables import Lake
+from pipelines.ingest.backfill import BronzeRange, run_backfill
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, run
 
 pytestmark = pytest.mark.kafka

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from pipelines.billing.export import run_export
-from pipelines.jobs.billing import run_billing
-from pipelines.tables import Lake
+from pipelines.billing.close import run_billing
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, event, run, send, usage
 
 NOW = datetime(2026, 2, 10, tzinfo=UTC)

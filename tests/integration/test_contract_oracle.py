@@ -17,7 +17,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from pipelines.notify import read_topic
+from pipelines.rules.notifications import read_topic
 from tests.integration.helpers import context, encode, rows, run, send
 
 UTC = timezone.utc

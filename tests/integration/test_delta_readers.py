@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import types as T
 
-from pipelines.tables import Lake, table_specs
+from pipelines.core.tables import Lake, table_specs
 
 pytestmark = pytest.mark.kafka
 

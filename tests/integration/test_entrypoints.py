@@ -53,9 +53,9 @@ def test_a_successful_export_returns(spark, tmp_path, monkeypatch):
 
 
 def test_the_views_job_creates_the_analyst_views_over_the_tables_there(spark, tmp_path, monkeypatch, capsys):
-    from pipelines.jobs.common import JobContext
-    from pipelines.settings import Settings
-    from pipelines.views import load_views
+    from pipelines.core.context import JobContext
+    from pipelines.core.settings import Settings
+    from pipelines.analyst.views import load_views
 
     seeded_lake(spark, tmp_path)
     call_like_a_wheel_task(monkeypatch, "lakehouse-views", "--lake-root", str(tmp_path / "lake"))

@@ -17,8 +17,8 @@ import pytest
 
 from pipelines.billing import export
 from pipelines.billing.export import ExportRefused, run_export
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec
 from tests.unit.frames import local_frame
 
 MAY, JUNE, JULY, AUGUST = (datetime(2024, m, 1, tzinfo=UTC) for m in (5, 6, 7, 8))

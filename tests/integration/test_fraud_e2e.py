@@ -11,8 +11,8 @@ import pytest
 
 from pipelines.billing.export import run_export
 from pipelines.fraud.flags import FraudError, clear_flags, render_flags, run_fraud
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec
 from tests.unit.frames import local_frame
 
 NOW = datetime(2024, 7, 2, tzinfo=UTC)

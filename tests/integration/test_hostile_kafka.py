@@ -12,9 +12,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from devtools import hostile
-from pipelines.audit import COORDINATES, properties_containing, record_homes
-from pipelines.tables import Lake
-from pipelines.transforms.parse import with_kafka_coordinates
+from pipelines.billing.audit import properties_containing, record_homes
+from pipelines.core.tables import COORDINATES
+from pipelines.core.tables import Lake
+from pipelines.ingest.parse import with_kafka_coordinates
 from tests.integration.helpers import context, run
 from tests.unit.test_hostile_input import judge, misplaced
 

@@ -15,10 +15,10 @@ from typing import Iterator
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from pipelines import kafka_topics
+from pipelines.core import kafka_topics
 from devtools import kafka_local
 from devtools.kafka_local import KafkaLocalError
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import kafka_clients, kafka_topics
+from pipelines.core import kafka_clients, kafka_topics
 from devtools import generator, kafka_local, sender
-from pipelines.notify import (
+from pipelines.rules.notifications import (
     _publisher, close_publishers, notification_id, publish_pending, read_topic, stage_notifications, stage_rows,
 )
-from pipelines.settings import Settings
-from pipelines.tables import Lake
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, run
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from pipelines.monitoring.status import plot_metrics, read_metrics, render_status, status
-from pipelines.tables import Lake
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, rows, run, send, usage
 
 pytestmark = pytest.mark.kafka

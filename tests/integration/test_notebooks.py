@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from pipelines.tables import Lake
+from pipelines.core.tables import Lake
 from tests.integration.helpers import BILLED_EVENTS
 
 pytestmark = pytest.mark.kafka

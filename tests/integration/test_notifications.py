@@ -8,12 +8,12 @@ from datetime import datetime
 import jsonschema
 import pytest
 
-from pipelines import notify
-from pipelines.contract import schemas_dir
-from pipelines.notify import (
+from pipelines.rules import notifications as notify
+from pipelines.core.contract import schemas_dir
+from pipelines.rules.notifications import (
     NotificationError, close_publishers, notification_id, publish_pending, read_topic, stage_notifications, stage_rows,
 )
-from pipelines.tables import Lake
+from pipelines.core.tables import Lake
 
 pytestmark = pytest.mark.kafka
 

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines.jobs import notify as job
-from pipelines.notify import close_publishers, read_topic
-from pipelines.tables import Lake
+from pipelines.rules import notify as job
+from pipelines.rules.notifications import close_publishers, read_topic
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, event, run, send, usage
 
 pytestmark = pytest.mark.kafka

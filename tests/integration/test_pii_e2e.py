@@ -20,11 +20,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from devtools import hostile
-from pipelines.jobs.common import JobContext
-from pipelines.notify import close_publishers, read_topic
-from pipelines.pii_key import KEY_FILE
-from pipelines.rehash import rehash_lake
-from pipelines.tables import Lake, table_specs
+from pipelines.core.context import JobContext
+from pipelines.rules.notifications import close_publishers, read_topic
+from pipelines.ingest.pii_key import KEY_FILE
+from pipelines.ingest.rehash import rehash_lake
+from pipelines.core.tables import Lake, table_specs
 from tests.integration.helpers import context, event, run, send, usage
 
 pytestmark = pytest.mark.kafka

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines.tables import Lake
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, event, rows, run, send, usage
 
 pytestmark = pytest.mark.kafka

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.jobs import plan_rules as job
-from pipelines.jobs.plan_rules import run_plan_rules
-from pipelines.notify import close_publishers, read_topic
-from pipelines.tables import Lake
+from pipelines.rules import plan_rules as job
+from pipelines.rules.plan_rules import run_plan_rules
+from pipelines.rules.notifications import close_publishers, read_topic
+from pipelines.core.tables import Lake
 from tests.integration.helpers import context, event, run, rows, send, usage
 
 pytestmark = pytest.mark.kafka

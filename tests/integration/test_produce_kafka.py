@@ -14,7 +14,7 @@ import pytest
 from devtools.generator import GeneratorOptions, ProducedRecord, generate
 from devtools.record_files import FileRecord, read_records_file
 from devtools.sender import send
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

@@ -6,10 +6,10 @@ from datetime import date
 
 from pyspark.sql import functions as F
 
-from pipelines.jobs import silver as S
-from pipelines.transforms.silver_plan import stored_rows
-from pipelines.jobs.common import JobContext
-from pipelines.tables import filter_touched_partitions, spec
+from pipelines.ingest import silver as S
+from pipelines.ingest.silver_plan import stored_rows
+from pipelines.core.context import JobContext
+from pipelines.core.tables import filter_touched_partitions, spec
 
 
 def _usage_rows(spark, n: int, days: int):
@@ -23,7 +23,7 @@ def _usage_rows(spark, n: int, days: int):
 
 
 def test_a_history_read_touches_only_the_batch_dates(spark, tmp_path):
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
 
     ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
     ctx.lake.ensure(spark, S.USAGE)

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from devtools import generator, sender
-from pipelines.jobs import silver
-from pipelines.jobs.common import JobContext
-from pipelines.tables import Lake
-from pipelines.transforms import dedup as D
-from pipelines.transforms.silver_plan import rule_state_of
+from pipelines.core.context import JobContext
+from pipelines.core.tables import Lake
+from pipelines.ingest import dedup as D
+from pipelines.ingest import silver
+from pipelines.ingest.silver_plan import rule_state_of
 from tests.integration.helpers import context, run
 
 pytestmark = pytest.mark.kafka
@@ -138,9 +138,9 @@ def test_a_replayed_batch_appends_only_what_its_crashed_attempt_did_not(spark, t
     meets may be a replay and adds only the rows its offset ranges do not hold yet."""
     from pyspark.sql import functions as F
 
-    from pipelines.jobs.common import JobContext
-    from pipelines.settings import Settings
-    from pipelines.tables import spec
+    from pipelines.core.context import JobContext
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import spec
 
     ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
     for table in (silver.QUARANTINE, silver.BATCHES):

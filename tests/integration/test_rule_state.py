@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from pipelines.jobs import silver
-from pipelines.jobs.common import JobContext
-from pipelines.settings import Settings
-from pipelines.transforms import dedup as D
-from pipelines.transforms.silver_plan import select_for
+from pipelines.core.context import JobContext
+from pipelines.core.settings import Settings
+from pipelines.ingest import dedup as D
+from pipelines.ingest import silver
+from pipelines.ingest.silver_plan import select_for
 from tests.unit.test_silver_plan import _bronze, _sms, _ticket
 
 AT = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)

@@ -11,12 +11,12 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from chispa import assert_df_equality
 
-from pipelines.jobs.common import JobContext
-from pipelines.jobs.plan_rules import compute_decisions, decisions_outbox, run_plan_rules
-from pipelines.jobs.billing import run_billing
+from pipelines.core.context import JobContext
+from pipelines.rules.plan_rules import compute_decisions, decisions_outbox, run_plan_rules
+from pipelines.billing.close import run_billing
 from pipelines.rules.config import load_plan_rules
-from pipelines.settings import Settings
-from pipelines.tables import spec
+from pipelines.core.settings import Settings
+from pipelines.core.tables import spec
 from tests.unit.frames import local_frame
 
 D = Decimal

@@ -5,10 +5,11 @@ import io
 
 import pytest
 
-from pipelines.analyst import (ReadOnlyQueryError, check_plan_read_only, check_read_only, qualified, run_sql,
-                               surface, surface_tables)
-from pipelines.settings import Settings
-from pipelines.tables import Lake, table_specs
+from pipelines.analyst.guard import (ReadOnlyQueryError, check_plan_read_only, check_read_only, qualified, surface,
+                                     surface_tables)
+from pipelines.analyst.query import run_sql
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, table_specs
 
 READS = [
     "SELECT 1",
@@ -91,7 +92,7 @@ def test_parser_refuses_what_the_lexer_would_miss(spark, query, node):
 
 
 def test_run_sql_refuses_before_running_anything(spark, tmp_path):
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
 
     settings = Settings(lake_root=tmp_path / "lake")
     with pytest.raises(ReadOnlyQueryError):

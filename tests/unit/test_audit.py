@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from chispa import assert_df_equality
 
-from pipelines.audit import (
+from pipelines.billing.audit import (
     OK, billed_per_period, count_homes, exported_per_period, invoiced_per_period, reconcile_amounts, reconcile_usage,
     used_per_period, with_homes,
 )

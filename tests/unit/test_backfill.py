@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from chispa import assert_df_equality
 
-from pipelines.backfill import (
+from pipelines.ingest.backfill import (
     BackfillError, BronzeRange, filter_bronze_range, filter_changed_daily, filter_unaccounted,
 )
 

@@ -11,7 +11,7 @@ from pipelines.billing.invoice import (
     FINAL, ESTIMATE, aggregate_period_usage, base_lines, finish_lines, unpriced_usage, usage_lines,
 )
 from pipelines.billing.periods import period_segments, plan_changes, plan_segments, with_plan_rank, with_segment
-from pipelines.tables import spec
+from pipelines.core.tables import spec
 from tests.unit.frames import local_frame
 
 TICKETS = {"billable_tickets": {"product": "helpdesk", "included": "0",

@@ -28,6 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
+from pipelines import entrypoints, wiring
 from pipelines.entrypoints import ENTRY_POINTS
 from pipelines.runner import BATCH_JOBS, JOBS
 
@@ -164,9 +165,9 @@ def test_targets_dev_is_development_and_prod_is_production(bundle):
 
 
 def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
-    """The jobs read the credentials through dbutils.secrets (pipelines/kafka_clients.py)
+    """The jobs read the credentials through dbutils.secrets (pipelines/core/kafka_clients.py)
     from the scope and keys named here; no value, nor a reference to one, is in the env."""
-    from pipelines.kafka_auth import DEFAULT_PASSWORD_KEY, DEFAULT_USERNAME_KEY
+    from pipelines.core.kafka_auth import DEFAULT_PASSWORD_KEY, DEFAULT_USERNAME_KEY
 
     env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
     assert env["KAFKA_SASL_SECRET_SCOPE"] == "${var.kafka_secret_scope}"
@@ -179,9 +180,9 @@ def test_kafka_credentials_are_named_in_a_secret_scope_only(bundle):
 
 
 def test_the_pii_key_is_named_in_a_secret_scope_only(bundle):
-    """Silver refuses to start on Databricks without a PII key (pipelines/pii_key.py): the
+    """Silver refuses to start on Databricks without a PII key (pipelines/ingest/pii_key.py): the
     jobs are told the scope, the key inside it is pii.yaml's, and no value is in the env."""
-    from pipelines.pii import load_pii_config
+    from pipelines.ingest.pii import load_pii_config
 
     key = load_pii_config().key
     env = bundle["variables"]["job_cluster"]["default"]["spark_env_vars"]
@@ -213,6 +214,22 @@ def test_every_job_behind_an_entry_point_is_registered_with_the_runner():
     assert [j for j in STREAMS if j in BATCH_JOBS] == []
     unknown = sorted(j for j in jobs if j not in JOBS and j not in BATCH_JOBS)
     assert unknown == [], f"entry points run jobs the runner does not know: {unknown}"
+
+
+def test_the_wiring_table_is_what_the_scripts_the_runner_and_the_bundle_use(bundle):
+    """pipelines/wiring.py names every job once: its scripts are exactly pyproject's
+    [project.scripts] (besides `lakehouse`) and the bundle's wheel tasks, each calling its
+    function in pipelines/entrypoints.py, and the runner knows exactly its jobs."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    wired = wiring.entry_points()
+    assert set(scripts) - {"lakehouse"} == set(wired)
+    for script in wired:
+        module, _, function = scripts[script].partition(":")
+        assert module == "pipelines.entrypoints" and callable(getattr(entrypoints, function)), script
+    tasks_named = {t["python_wheel_task"]["entry_point"] for _k, _j, t in tasks(bundle) if t.get("python_wheel_task")}
+    assert tasks_named == set(wired)
+    assert {**JOBS, **BATCH_JOBS}.keys() == wiring.JOBS.keys()
+    assert {n for n, j in wiring.JOBS.items() if j.kind == wiring.STREAM} == STREAMS
 
 
 def test_streams_are_continuous_and_batches_scheduled(bundle):

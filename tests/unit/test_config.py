@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from pipelines.config import (
+from pipelines.core.config import (
     DEFAULT_DEDUP_RULES,
     DEFAULT_PIPELINE,
     ConfigError,

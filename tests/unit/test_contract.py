@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from pipelines import contract as C
-from pipelines.contract import ContractError, load_contract, parse_contract
-from pipelines.settings import REPO_ROOT
+from pipelines.core import contract as C
+from pipelines.core.contract import ContractError, load_contract, parse_contract
+from pipelines.core.settings import REPO_ROOT
 
 EVENT_TYPES = ("usage", "account.created", "subscription.started", "plan.changed", "subscription.cancelled",
                "purchase.completed")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec, table_specs
-from pipelines.views import _TABLE_REF, load_views
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec, table_specs
+from pipelines.analyst.views import _TABLE_REF, load_views
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCE = ROOT / "resources" / "billing.dashboard.yml"

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines.config import DedupRule, load_dedup_rules
-from pipelines.transforms import dedup as D
+from pipelines.core.config import DedupRule, load_dedup_rules
+from pipelines.ingest import dedup as D
 from tests.unit.frames import local_frame
 
 TOPIC = "billing.events"

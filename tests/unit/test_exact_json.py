@@ -1,11 +1,11 @@
-"""pipelines/exact_json.py: Decimal written as exact JSON number text, floats refused."""
+"""pipelines/core/exact_json.py: Decimal written as exact JSON number text, floats refused."""
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
 
-from pipelines.exact_json import decimal_text, dumps
+from pipelines.core.exact_json import decimal_text, dumps
 
 
 def test_dumps_writes_decimals_as_plain_numbers() -> None:

@@ -18,8 +18,8 @@ from pyspark.sql import Row
 from pipelines.billing import export
 from pipelines.billing.export import (FINANCE_COLUMNS, adjustment_lines, file_problem, finance_cells,
                                       neutralise_cell, pending_lines, provider_record, sha256_file)
-from pipelines.billing.gate import CRITICAL_CHECKS, critical_line_failures, reconcile_period_usage
-from pipelines.tables import spec
+from pipelines.quality.checks import CRITICAL_CHECKS, critical_line_failures, reconcile_period_usage
+from pipelines.core.tables import spec
 from tests.unit.frames import local_frame
 
 MAY, JUNE, JULY = (datetime(2024, m, 1, tzinfo=UTC) for m in (5, 6, 7))

@@ -9,10 +9,10 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 from pipelines.fraud.rules import (load_fraud_rules, parse_fraud_rules, signup_burst_flags, trial_lookalike_flags,
                                    usage_spike_flags)
-from pipelines.tables import spec
+from pipelines.core.tables import spec
 from tests.unit.frames import local_frame
 
 RULES = load_fraud_rules()

@@ -8,8 +8,8 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.tables import spec
-from pipelines.transforms.gold import DAILY_KEYS, aggregate_daily_usage, touched_daily_keys, with_recomputed_totals
+from pipelines.core.tables import spec
+from pipelines.ingest.gold import DAILY_KEYS, aggregate_daily_usage, touched_daily_keys, with_recomputed_totals
 from tests.unit.frames import local_frame
 
 D1, D2, D3, D4 = date(2024, 5, 1), date(2024, 5, 2), date(2024, 5, 3), date(2024, 5, 4)

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
-from pipelines.config import SilverConfig
-from pipelines.contract import load_contract, schemas_dir
+from pipelines.core.config import SilverConfig
+from pipelines.core.contract import load_contract, schemas_dir
 from devtools.hostile import FIELDS, HUGE_NUMBERS, Corpus, corpus
-from pipelines.transforms.parse import MAX_CONTAINERS, REASONS, RFC3339, parse_events
+from pipelines.ingest.parse import MAX_CONTAINERS, REASONS, RFC3339, parse_events
 from tests.unit.frames import local_frame
 
 INGESTED = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
@@ -124,7 +124,7 @@ def judge(value: bytes | None, ingested: datetime = INGESTED) -> bool | None:
 
 def misplaced(verdict: bool | None, homes: list[str]) -> str | None:
     """What is wrong with where silver put one Kafka record, given the judge's verdict on it
-    and `homes`, the silver tables holding it (pipelines.audit.record_homes); None if nothing."""
+    and `homes`, the silver tables holding it (pipelines.billing.audit.record_homes); None if nothing."""
     if len(homes) != 1:
         return f"in {len(homes)} silver tables: {homes}"
     quarantined = homes[0] == "quarantine"

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from pipelines.kafka_auth import KafkaAuth, KafkaAuthError
+from pipelines.core.kafka_auth import KafkaAuth, KafkaAuthError
 
 PASSWORD = 'pa"ss\\w0rd-s3cret'
 SASL = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -102,8 +102,8 @@ def test_incomplete_settings_are_named(env, message):
 def test_producer_config_takes_the_environment(monkeypatch):
     for k, v in SASL.items():
         monkeypatch.setenv(k, v)
-    from pipelines import kafka_clients
-    from pipelines.settings import Settings
+    from pipelines.core import kafka_clients
+    from pipelines.core.settings import Settings
 
     config = kafka_clients.producer_config(Settings().with_overrides(bootstrap_servers="broker:9093"),
                                            **kafka_clients.producer_tuning())

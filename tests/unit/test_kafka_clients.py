@@ -1,4 +1,4 @@
-"""One Kafka client configuration (pipelines/kafka_clients.py): every client kind gets the
+"""One Kafka client configuration (pipelines/core/kafka_clients.py): every client kind gets the
 same servers, protocol and credentials; plaintext off this machine is refused; credentials
 come from a secret scope through dbutils on Databricks; no module builds a client elsewhere."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import kafka_clients
-from pipelines import secret_scopes
-from pipelines.kafka_auth import KafkaAuthError
-from pipelines.settings import Settings
+from pipelines.core import kafka_clients
+from pipelines.core import secret_scopes
+from pipelines.core.kafka_auth import KafkaAuthError
+from pipelines.core.settings import Settings
 
-PACKAGE = Path(kafka_clients.__file__).resolve().parent
+PACKAGE = Path(kafka_clients.__file__).resolve().parents[1]
 DEVTOOLS = PACKAGE.parent / "devtools"
 REMOTE = Settings().with_overrides(bootstrap_servers="b-1.kafka.example.com:9096,b-2.kafka.example.com:9096")
 LOCAL = Settings().with_overrides(bootstrap_servers="127.0.0.1:9092")

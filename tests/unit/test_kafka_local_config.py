@@ -10,7 +10,7 @@ import pytest
 
 from devtools import kafka_local
 from devtools.kafka_local import KafkaLocalError
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def _props(text: str) -> dict[str, str]:

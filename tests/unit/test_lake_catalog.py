@@ -8,10 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines.quality.run import RESULTS, run_quality
+from pipelines.core.tables import QUALITY_RESULTS
+from pipelines.quality.run import run_quality
 from pipelines.quality.suites import load_suites
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec
 
 
 def test_local_names_are_folders_and_catalog_names_are_tables(tmp_path):
@@ -65,7 +66,7 @@ def test_quality_results_go_to_the_catalog_table(spark, catalog_lake):
     """ops.quality_results through the mapping like every table, not into a folder."""
     checks = tuple(c for c in load_suites() if c.suite == "bronze")
     report = run_quality(spark, catalog_lake, checks=checks)
-    assert catalog_lake.exists(spark, RESULTS)
-    written = catalog_lake.read(spark, RESULTS).select("run_id").collect()
+    assert catalog_lake.exists(spark, QUALITY_RESULTS)
+    written = catalog_lake.read(spark, QUALITY_RESULTS).select("run_id").collect()
     assert [r.run_id for r in written] == [report.run_id] * len(checks)
     assert not (catalog_lake.settings.lake_root_abs / "ops").exists(), "no folder under the lake root in catalog mode"

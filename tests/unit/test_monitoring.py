@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 from pipelines.monitoring.listener import kafka_lag, progress_row
 from pipelines.monitoring.slo import StreamSlo, load_slos, parse_slos
 from pipelines.monitoring.status import evaluate, lag_is_growing, plot_metrics, render_status
@@ -121,9 +121,10 @@ def test_plot_writes_a_png_with_three_labelled_panels(tmp_path):
 
 
 def test_monitor_records_each_batch_once_and_keeps_rows_a_failed_write_did_not_store(spark, tmp_path, monkeypatch):
-    from pipelines.monitoring.listener import METRICS, StreamMonitor
-    from pipelines.settings import Settings
-    from pipelines.tables import Lake
+    from pipelines.core.tables import STREAM_METRICS
+    from pipelines.monitoring.listener import StreamMonitor
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake
 
     lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
     save = lake.save
@@ -143,5 +144,5 @@ def test_monitor_records_each_batch_once_and_keeps_rows_a_failed_write_did_not_s
         assert monitor.flush(force=True) == 2          # the failed write's row comes along
         monitor._queue.put(progress(batchId=2))        # a late copy from the listener bus
         assert monitor.flush(force=True) == 0
-    recorded = sorted(tuple(r) for r in lake.read(spark, METRICS).select("query_id", "run_id", "batch_id").collect())
+    recorded = sorted(tuple(r) for r in lake.read(spark, STREAM_METRICS).select("query_id", "run_id", "batch_id").collect())
     assert recorded == [("q1", "r1", 1), ("q1", "r1", 2)]

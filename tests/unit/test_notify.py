@@ -10,8 +10,8 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from pipelines.contract import schemas_dir
-from pipelines.notify import (
+from pipelines.core.contract import schemas_dir
+from pipelines.rules.notifications import (
     NotificationError, filter_contract_violations, notification_id, notification_id_col, render_notification,
     to_outbox_rows,
 )

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from decimal import Decimal as D
 
-from pipelines.notify import notification_id
+from pipelines.rules.notifications import notification_id
 from pipelines.rules import alerts as A
 from tests.unit.frames import local_frame
 

@@ -17,10 +17,10 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.config import SilverConfig
-from pipelines.contract import load_contract
-from pipelines.transforms import parse
-from pipelines.transforms.parse import filter_bad, filter_good, parse_events
+from pipelines.core.config import SilverConfig
+from pipelines.core.contract import load_contract
+from pipelines.ingest import parse
+from pipelines.ingest.parse import filter_bad, filter_good, parse_events
 from tests.unit.frames import local_frame
 
 INGESTED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -399,7 +399,7 @@ ATTEMPTS = {"int": "2", "decimal_whole": "2.0", "exponent_whole": "2e0", "expone
 @pytest.fixture(scope="module")
 def custom_parsed(spark) -> dict:
     """{id: (is_late, reason, detail)} under OPTIONS and the v1 contract plus `attempt` (integer)."""
-    from pipelines.contract import parse_contract
+    from pipelines.core.contract import parse_contract
 
     schema = copy.deepcopy(load_contract(1).raw)
     schema["properties"]["attempt"] = {"type": "integer"}
@@ -523,14 +523,14 @@ FIRST_BAD = [
 
 
 def _context(tmp_path):
-    from pipelines.jobs.common import JobContext
-    from pipelines.settings import Settings
+    from pipelines.core.context import JobContext
+    from pipelines.core.settings import Settings
 
     return JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
 
 
 def _bronze_schema():
-    from pipelines.tables import spec
+    from pipelines.core.tables import spec
 
     return spec("bronze.events").struct_type()
 
@@ -549,7 +549,7 @@ def _write_parquet(path, rows: list[tuple], schema: T.StructType, mtime: int) ->
 
 
 def _hot_path(df, ctx):
-    from pipelines.jobs.silver import drop_hot_duplicates, silver_input
+    from pipelines.ingest.silver import drop_hot_duplicates, silver_input
 
     return silver_input(df, ctx).transform(drop_hot_duplicates(int(ctx.silver.watermark_delay.total_seconds())))
 
@@ -567,7 +567,7 @@ def test_with_hot_path_keys(spark):
     """Good rows key on identity; bad rows key on their own Kafka coordinates."""
     import hashlib
 
-    from pipelines.jobs.silver import with_hot_path_keys
+    from pipelines.ingest.silver import with_hot_path_keys
 
     problem = (parse.INVALID_JSON, "x")
     df = local_frame(spark, [

@@ -1,8 +1,8 @@
 """Exactness of JSON numbers that reach a decimal column: judged on the digits as written."""
 from datetime import datetime
 
-from pipelines.contract import load_contract
-from pipelines.transforms.parse import INVALID_VALUE, parse_events
+from pipelines.core.contract import load_contract
+from pipelines.ingest.parse import INVALID_VALUE, parse_events
 from tests.unit.frames import local_frame
 
 BASE = ('"event_id":"e","event_type":"usage","account_id":"a","occurred_at":"2026-10-01T00:00:00Z",'

@@ -18,13 +18,13 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from pipelines import secret_scopes
-from pipelines.config import ConfigError
-from pipelines.kafka_auth import Secret
-from pipelines.pii import (PiiConfigError, hmac_hex, key_relation, load_pii_config, luhn_valid, parse_pii_config,
+from pipelines.core import secret_scopes
+from pipelines.core.config import ConfigError
+from pipelines.core.kafka_auth import Secret
+from pipelines.ingest.pii import (PiiConfigError, hmac_hex, key_relation, load_pii_config, luhn_valid, parse_pii_config,
                            with_protected_properties)
-from pipelines.pii_key import KEY_FILE, PiiHmacKey, PiiKeyError, load_pii_key, parse_key_value
-from pipelines.settings import REPO_ROOT, Settings
+from pipelines.ingest.pii_key import KEY_FILE, PiiHmacKey, PiiKeyError, load_pii_key, parse_key_value
+from pipelines.core.settings import REPO_ROOT, Settings
 
 SECRET = "unit-test-secret-" + "s" * 40
 KEY = parse_key_value(f"v1:{SECRET}", "test")
@@ -284,8 +284,8 @@ def test_a_run_that_is_not_local_refuses_to_start_without_a_key(tmp_path, master
 
 
 def test_silver_refuses_to_start_off_this_machine_without_a_key(spark, tmp_path, monkeypatch):
-    from pipelines.jobs.common import JobContext
-    from pipelines.jobs.silver import silver_input
+    from pipelines.core.context import JobContext
+    from pipelines.ingest.silver import silver_input
 
     for name in ("LAKEHOUSE_PII_KEY", "LAKEHOUSE_PII_SECRET_SCOPE"):
         monkeypatch.delenv(name, raising=False)
@@ -342,9 +342,9 @@ def test_no_key_or_salt_is_committed():
 _LEAK_PROBE = r'''
 import json, sys, urllib.request
 from pyspark.sql import functions as F
-from pipelines.session import build_spark
-from pipelines.pii import load_pii_config, with_protected_properties
-from pipelines.pii_key import parse_key_value
+from pipelines.core.session import build_spark
+from pipelines.ingest.pii import load_pii_config, with_protected_properties
+from pipelines.ingest.pii_key import parse_key_value
 import logging
 logging.basicConfig(level=logging.DEBUG)
 spark = build_spark("pii-leak-probe", shuffle_partitions=1,

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 from pipelines.rules.config import DEFAULT_PLAN_RULES, load_plan_rules, parse_plan_rules
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipelines import kafka_clients
+from pipelines.core import kafka_clients
 from devtools import generator, produce, record_files, sender
 from devtools.generator import (
     BAD_REASONS,
@@ -27,7 +27,7 @@ from devtools.generator import (
 )
 from devtools.record_files import RecordFileError, format_record_line, parse_record_line, read_records_file
 from devtools.sender import ProduceError, TokenBucket
-from pipelines.settings import REPO_ROOT, Settings
+from pipelines.core.settings import REPO_ROOT, Settings
 
 SCHEMA = json.loads((REPO_ROOT / "schemas" / "events" / "v1.json").read_text(encoding="utf-8"))
 VALIDATOR = Draft202012Validator(SCHEMA)

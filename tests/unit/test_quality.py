@@ -9,11 +9,11 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 from pipelines.quality.run import Inputs, QualityGateFailed, gate_refusals, run_checks, run_quality, run_quality_job
 from pipelines.quality.suites import QUALITY_DIR, load_suites, parse_suite
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec
 from tests.unit.frames import local_frame
 
 NOW = datetime(2024, 6, 10, tzinfo=UTC)

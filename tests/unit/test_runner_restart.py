@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 
 from pipelines import runner
-from pipelines.jobs.common import JobContext, RunOptions
-from pipelines.settings import Settings
+from pipelines.core.context import JobContext, RunOptions
+from pipelines.core.settings import Settings
 
 
 def test_a_failure_is_told_in_one_line():

@@ -12,12 +12,12 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from pipelines.jobs.common import JobContext
-from pipelines.jobs.silver import silver_input
-from pipelines.settings import Settings
-from pipelines.tables import spec
-from pipelines.transforms import dedup as D
-from pipelines.transforms.silver_plan import (
+from pipelines.core.context import JobContext
+from pipelines.core.settings import Settings
+from pipelines.core.tables import spec
+from pipelines.ingest import dedup as D
+from pipelines.ingest.silver import silver_input
+from pipelines.ingest.silver_plan import (
     ACCOUNT, DUPLICATES, RULE_STATE, USAGE, plan_batch, rule_state_of, select_for,
 )
 from tests.unit.frames import local_frame

@@ -8,8 +8,8 @@ import re
 import pytest
 from pyspark.sql import types as T
 
-from pipelines.settings import Settings
-from pipelines.tables import ColumnSpec, Lake, TableSpec, TableSpecError, parse_table_specs, spec, table_specs
+from pipelines.core.settings import Settings
+from pipelines.core.tables import ColumnSpec, Lake, TableSpec, TableSpecError, parse_table_specs, spec, table_specs
 
 DESIGN_TABLES = ("bronze.events", "silver.usage_events", "silver.account_events", "silver.quarantine",
                  "gold.daily_usage")
@@ -208,3 +208,14 @@ def test_lake_paths(tmp_path):
                                                       .resolve())
     with raises("table names are 'layer.table', got 'usage_events'", ValueError):
         lake.path("usage_events")
+
+
+def test_every_table_name_constant_names_a_specified_table_and_each_table_has_one():
+    """pipelines/core/tables.py spells each logical table name once; modules import it."""
+    from pipelines.core import tables
+
+    constants = {name: value for name, value in vars(tables).items()
+                 if name.isupper() and isinstance(value, str) and "." in value}
+    assert sorted(constants.values()) == sorted(table_specs())
+    usage = table_specs()[tables.USAGE_EVENTS].column_names
+    assert set(tables.COORDINATES) <= set(usage)

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from chispa import assert_df_equality
 
-from pipelines.settings import Settings
-from pipelines.tables import Lake, spec
-from pipelines.views import (ViewConfigError, create_statement, load_views, parse_views, register_views,
+from pipelines.core.settings import Settings
+from pipelines.core.tables import Lake, spec
+from pipelines.analyst.views import (ViewConfigError, create_statement, load_views, parse_views, register_views,
                              surface_statements)
 
 GOOD_SQL = "SELECT account_id FROM gold.daily_usage"

@@ -1,0 +1,404 @@
+"""bronze.events -> silver.usage_events, silver.account_events, silver.duplicates, silver.quarantine.
+
+Shape of one run:
+
+    bronze (Delta stream)
+      -> silver_input            typed columns + the first contract violation (fast path for
+                                 good records), personal data protected, hot-path keys
+      -> with_state_claims       each good record claims its copy (identity + bytes) and its
+                                 event (identity) in the dedup state; bad records their own key
+      -> drop_hot_duplicates     dropDuplicatesWithinWatermark on the claims, watermark on
+                                 ingestion time, horizon H
+      -> foreachBatch            plan the batch from its own rows and the few silver rows its
+                                 keys can touch, pruned by event date (silver_plan.py,
+                                 no writes), then write it in the crash-safe order and record it
+
+A micro-batch costs what its own rows cost (DESIGN section 8):
+
+- Byte-identical re-sends within H never reach the batch (their copy claim is dropped).
+- A copy whose event claim was dropped is a conflicting copy of an event seen within H:
+  it goes to silver.duplicates without a look at silver.
+- An event claim that survives means no copy was seen within H; only a record whose first
+  copy may have left the state (its occurred_at older than ingested_at - H + future
+  tolerance, dedup.with_needs_lookup) is looked up in silver, pruned to its event date.
+- Custom rules decide from their own state (silver.rule_state: a calendar-period key's
+  kept event, a retry-window key's anchor and latest event), read for the touched keys
+  only, pruned to the partitions their periods and windows can touch. Only a batch with
+  an event earlier than what its key's state has seen (a late event) reads the touched
+  keys' stored events within their period or window, and re-decides them.
+- Steady state is one append per non-empty table, committed side by side with the batch
+  record; the first batch of a run, which may replay a crashed attempt, adds only the rows
+  its offset ranges lack (BatchWrite). A MERGE runs only when a rule decision about a
+  stored event changes (a late event re-anchors a key) or a backfill brings an earlier copy
+  than the one silver holds.
+- Apart from the writes, a batch runs a fixed handful of Spark jobs: the batch itself, its
+  good rows, one profile (which history reads it needs, its offset ranges, its rule
+  scopes' dates), the reads it needs, and one job for all the counts.
+
+Why the watermark is on ingestion time: bronze's ingested_at only moves forward, so no row
+is ever behind the watermark and Spark's stateful operator never silently drops a late
+event. Event-time lateness is measured (is_late) and counted, not used to discard.
+
+A replayed micro-batch (a crash before its checkpoint commit) meets the same state and the
+same silver rows, minus its own: history reads leave out rows with the batch's own Kafka
+coordinates, so the replay plans exactly what the first attempt planned, and every write
+either adds only the rows missing from the batch's offset ranges (BatchWrite) or is keyed on
+coordinates.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from pyspark import InheritableThread
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.core.contract import load_contract
+from pipelines.core.context import JobContext, apply_trigger
+from pipelines.core.tables import BRONZE_EVENTS as BRONZE
+from pipelines.core.tables import SILVER_BATCHES as BATCHES
+from pipelines.core.tables import spec
+from pipelines.ingest import dedup as D
+from pipelines.ingest.parse import filter_bad, parse_events, with_kafka_coordinates
+from pipelines.ingest.pii import load_pii_config, with_protected_properties
+from pipelines.ingest.pii_key import load_pii_key, spark_master
+from pipelines.ingest.silver_plan import (
+    ACCOUNT, COORDINATES, DUPLICATES, QUARANTINE, RULE_STATE, USAGE, SilverPlan, inside_ranges, plan_batch,
+    rule_state_of,
+)
+
+log = logging.getLogger(__name__)
+
+JOB = "silver"
+TABLES = (USAGE, ACCOUNT, DUPLICATES, RULE_STATE, QUARANTINE, BATCHES)
+# silver.rule_state's table property naming the rules it was built for (ensure_rule_state).
+RULES_PROPERTY = "lakehouse.dedup_rules"
+SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
+SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)
+
+
+def read_bronze(spark: SparkSession, ctx: JobContext) -> DataFrame:
+    reader = spark.readStream.format("delta")
+    if ctx.run.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", str(ctx.run.max_files_per_trigger))
+    return ctx.lake.read_stream(reader, BRONZE)
+
+
+def with_hot_path_keys(df: DataFrame) -> DataFrame:
+    """_identity for good rows; a per-record key for bad rows so they never merge."""
+    coordinates = F.concat_ws(":", F.lit("record"), "topic", "partition", "offset")
+    return df.withColumns({
+        "_identity": F.when(F.col("_problem").isNull(), F.concat_ws("\u0000", "account_id", "event_id"))
+        .otherwise(coordinates),
+        "payload_sha256": F.sha2(F.col("value"), 256),
+    })
+
+
+def drop_hot_duplicates(watermark_delay_seconds: int):
+    """The hot state: claims (dedup.with_state_claims) seen within the horizon are dropped."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return (
+            df.transform(D.with_state_claims)
+            .withWatermark("ingested_at", f"{watermark_delay_seconds} seconds")
+            .dropDuplicatesWithinWatermark([D.STATE_KEY])
+            .drop(D.STATE_KEY)
+        )
+
+    return transform
+
+
+def silver_input(bronze: DataFrame, ctx: JobContext) -> DataFrame:
+    """Bronze rows -> parsed rows with hot-path keys (works on batch or stream)."""
+    pii = load_pii_config()
+    # Refuses a non-local run without a key (pipelines/ingest/pii_key.py), before any row is read.
+    key = load_pii_key(pii, ctx.settings, spark_master(bronze.sparkSession))
+    return (
+        bronze.transform(parse_events(load_contract(1), ctx.silver))
+        # Personal data in properties stays in bronze; every silver table gets hashes.
+        .transform(with_protected_properties(pii, key))
+        .transform(with_kafka_coordinates)
+        .transform(with_hot_path_keys)
+    )
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """Who writes: the stream's (query_id, batch_id), and how a replay is made harmless.
+
+    Delta's idempotent append (txnAppId/txnVersion) costs a look at the table's
+    transactions on every commit (about 0.4 s here, twice a plain append). Only the first
+    batch a stream runs after a start can be a replay of a crashed attempt (Spark runs a
+    batch only after the previous one committed), so only that one needs protecting, and
+    it appends only the rows its own offset ranges do not hold yet. A backfill slice keeps
+    the transaction ids (`txn`)."""
+    query_id: str
+    batch_id: int
+    may_replay: bool = True
+    txn: bool = False
+
+
+class SilverBatchWriter:
+    """foreachBatch body. Uses the batch's own session; holds no Spark state itself.
+
+    `claims=False` is the backfill's mode: a static slice has no dedup state, so every
+    record is looked up in silver, unpruned (a batch job, for exactness)."""
+
+    def __init__(self, ctx: JobContext, *, claims: bool = True):
+        self.ctx = ctx
+        self.lake = ctx.lake
+        self.claims = claims
+        self._started = False     # whether this run of the stream has met a batch yet
+
+    # -- the batch ---------------------------------------------------------------------
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        self.write_batch(batch_df, batch_id, _query_id(batch_df.sparkSession))
+
+    def write_batch(self, batch_df: DataFrame, batch_id: int, query_id: str) -> None:
+        """One batch of claimed silver_input rows (or, for the backfill, plain silver_input
+        rows), written under (query_id, batch_id)."""
+        spark = batch_df.sparkSession
+        # Materialised once; every frame below derives from it.
+        batch = batch_df.localCheckpoint(eager=True)
+        who = BatchWrite(query_id, batch_id, may_replay=not self._started, txn=not self.claims)
+        self._started = True
+        try:
+            if not batch.isEmpty():   # stateful streams run empty batches to move the watermark
+                # Lazy reads: the plan prunes each one to what the batch's keys can touch.
+                plan = plan_batch(batch, lambda table: self.lake.read(spark, table), self.ctx.rules,
+                                  self.ctx.silver, claims=self.claims)
+                self._write(spark, plan, batch, who)
+        finally:
+            batch.unpersist()
+
+    # -- writes, in the crash-safe order ----------------------------------------------------
+    def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, who: BatchWrite) -> None:
+        sizes = self._sizes(plan, batch)
+        txn = (who, plan.own)
+        record = self._batch_record(spark, who.query_id, who.batch_id, sizes)
+        corrections = any(sizes[k] for k in ("usage_deletes", "revived", "duplicate_updates",
+                                             "usage_replaces", "account_replaces"))
+        if not corrections:
+            # The steady state: appends only, to different tables, so they commit side by side.
+            # A replay after a crash part-way adds exactly what is missing (BatchWrite).
+            writes = [(rows, table) for rows, table, size in (
+                (plan.quarantine, QUARANTINE, sizes["quarantine"]), (plan.duplicates, DUPLICATES, sizes["duplicates"]),
+                (plan.account, ACCOUNT, sizes["account"]), (plan.rule_state, RULE_STATE, sizes["rule_state"])) if size]
+            calls = [lambda rows=rows, table=table: self._append(spark, rows, table, txn) for rows, table in writes]
+            if sizes["usage"]:
+                calls.append(lambda: self._write_usage(spark, plan.usage, txn))
+            _run_together([*calls, lambda: self._append(spark, record, BATCHES, txn)])
+            return
+        if sizes["quarantine"]:
+            self._append(spark, plan.quarantine, QUARANTINE, txn)
+        # Crash safety: a row moving between usage_events and duplicates is written to its
+        # new table before it leaves the old one, so a crash in between leaves it in both
+        # (harmless: the replay's plan repairs it), never in neither.
+        if sizes["usage_deletes"] or sizes["revived"] or sizes["duplicate_updates"]:
+            self._upsert_duplicates(spark, plan.duplicates)
+        elif sizes["duplicates"]:
+            self._append(spark, plan.duplicates, DUPLICATES, txn)
+        if sizes["usage_replaces"] or sizes["usage_deletes"]:
+            self._merge_usage(spark, plan.usage, plan.usage_deletes)
+        elif sizes["usage"]:
+            self._write_usage(spark, plan.usage, txn)
+        if sizes["revived"]:
+            self._delete_revived_duplicates(spark, plan.revived)
+        if sizes["account_replaces"]:
+            self._merge_account(spark, plan.account)
+        elif sizes["account"]:
+            self._append(spark, plan.account, ACCOUNT, txn)
+        if sizes["rule_state"]:
+            self._append(spark, plan.rule_state, RULE_STATE, txn)
+        self._append(spark, record, BATCHES, txn)
+
+    def _sizes(self, plan: SilverPlan, batch: DataFrame) -> dict:
+        """Every count the batch needs, in one job: which path each table takes (appends, or
+        the MERGEs of the correction path), which writes are empty, and the batch record.
+
+        One union of tagged rows and one aggregate (a crossJoin of an aggregate per output
+        would be a pair of stages each)."""
+        copies = batch.transform(D.filter_copy_claims) if self.claims else batch
+        no = F.lit(None)
+        outputs = [   # (tag, rows, flag counted as `<tag>_flagged`, key of a count map)
+            ("usage", plan.usage, F.col("_replaces"), no),
+            ("account", plan.account, F.col("_replaces"), no),
+            ("duplicates", plan.duplicates, F.col("_update"), no),
+            ("usage_deletes", plan.usage_deletes, no, no),
+            ("revived", plan.revived, no, no),
+            ("identity_duplicates", plan.identity_duplicates, no, no),
+            ("unruled", plan.unruled, no, no),
+            ("rule_state", plan.rule_state, no, no),
+            # What the rules added: kept events not stored in usage_events yet, dropped ones
+            # not in duplicates yet (the correction path also moves stored events).
+            ("kept_by_rules", D.filter_kept(plan.decided).filter(~F.col("_in_usage")), no, no),
+            ("rows_in", copies, F.col("_problem").isNull() & F.col("is_late"), no),
+            ("quarantined", filter_bad(copies), no, F.col("_problem.reason")),
+            ("rule_drops", D.filter_dropped(plan.decided).filter(~F.col("_in_duplicates")), no, F.col("rule")),
+        ]
+        tagged = None
+        for tag, rows, flag, key in outputs:
+            part = rows.select(F.lit(tag).alias("_t"), flag.cast("boolean").alias("_f"), key.cast("string").alias("_k"))
+            tagged = part if tagged is None else tagged.unionByName(part)
+        counts = tagged.groupBy("_t", "_k").agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("_f"), 1)).alias("nf"))
+        columns = []
+        for tag, _, _, key in outputs:
+            mine = F.col("_t") == tag
+            if tag in ("quarantined", "rule_drops"):
+                columns.append(F.map_from_entries(F.collect_list(F.when(mine, F.struct("_k", "n")))).alias(tag))
+            else:
+                columns.append(F.coalesce(F.sum(F.when(mine, F.col("n"))), F.lit(0)).alias(tag))
+                columns.append(F.coalesce(F.sum(F.when(mine, F.col("nf"))), F.lit(0)).alias(f"{tag}_flagged"))
+        sizes = counts.agg(*columns).first().asDict()
+        # plan.quarantine holds exactly the bad copies counted by reason.
+        return {**sizes, "quarantine": sum(sizes["quarantined"].values()), "usage_replaces": sizes["usage_flagged"], "account_replaces": sizes["account_flagged"],
+                "duplicate_updates": sizes["duplicates_flagged"], "late_events": sizes["rows_in_flagged"]}
+
+    @staticmethod
+    def _batch_record(spark: SparkSession, query_id: str, batch_id: int, sizes: dict) -> DataFrame:
+        # Kept usage: what the batch added to usage_events (new events without a rule, events
+        # the rules kept).
+        values = {
+            "query_id": query_id, "batch_id": batch_id, "rows_in": sizes["rows_in"],
+            "quarantined": sizes["quarantined"], "identity_duplicates": sizes["identity_duplicates"],
+            "rule_drops": sizes["rule_drops"], "late_events": sizes["late_events"],
+            "usage_events": sizes["kept_by_rules"] + sizes["unruled"], "account_events": sizes["account"],
+        }
+        schema = spec(BATCHES).struct_type()
+        return (spark.createDataFrame([tuple(values.get(f.name) for f in schema.fields)], schema)
+                .withColumn("processed_at", F.current_timestamp()))
+
+    def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple) -> None:
+        """An append a replayed batch cannot double (BatchWrite)."""
+        who, own = txn
+        if who.may_replay and not who.txn:
+            if table == BATCHES:
+                key, mine = ["query_id", "batch_id"], (F.col("query_id") == who.query_id) & (F.col("batch_id") == who.batch_id)
+            else:
+                key, mine = COORDINATES, inside_ranges(own)
+            # File statistics on the coordinates skip every file but the batch's own.
+            rows = rows.join(self.lake.read(spark, table).filter(mine).select(*key), on=key, how="left_anti")
+        writer = rows.select(*spec(table).column_names).write.format("delta").mode("append")
+        if who.txn:
+            writer = writer.option("txnAppId", who.query_id).option("txnVersion", who.batch_id)
+        if table == BATCHES:   # a lake made before a count was added gains its column
+            writer = writer.option("mergeSchema", "true")
+        self.lake.save(writer, table)
+
+    def _write_usage(self, spark: SparkSession, rows: DataFrame, txn: tuple) -> None:
+        self._append(spark, rows, USAGE, txn)
+
+    def _upsert_duplicates(self, spark: SparkSession, source: DataFrame) -> None:
+        cols = spec(DUPLICATES).column_names
+        (self.lake.delta(spark, DUPLICATES).alias("t").merge(source.alias("s"), SAME_COPY)
+         .whenMatchedUpdate(set={"rule": "s.rule", "duplicate_of": "s.duplicate_of"})
+         .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
+         .execute())
+
+    def _delete_revived_duplicates(self, spark: SparkSession, revived: DataFrame) -> None:
+        (self.lake.delta(spark, DUPLICATES).alias("t").merge(revived.alias("s"), SAME_COPY)
+         .whenMatchedDelete().execute())
+
+    def _merge_usage(self, spark: SparkSession, rows: DataFrame, deletes: DataFrame) -> None:
+        """The correction path: rows a rule now drops leave, an earlier copy replaces the one
+        stored (a backfill), new and revived rows come in."""
+        cols = spec(USAGE).column_names
+        source = (rows.select(*cols).withColumn("_delete", F.lit(False))
+                  .unionByName(deletes.withColumn("_delete", F.lit(True)), allowMissingColumns=True))
+        on = f"(({SAME_EVENT}) AND NOT s._delete) OR (({SAME_COPY}) AND s._delete)"
+        (self.lake.delta(spark, USAGE).alias("t").merge(source.alias("s"), on)
+         .whenMatchedDelete(condition="s._delete")
+         .whenMatchedUpdate(condition=f"{_order_sql('s')} < {_order_sql('t')}", set={c: f"s.{c}" for c in cols})
+         .whenNotMatchedInsert(condition="NOT s._delete", values={c: f"s.{c}" for c in cols})
+         .execute())
+
+    def _merge_account(self, spark: SparkSession, source: DataFrame) -> None:
+        cols = spec(ACCOUNT).column_names
+        earlier = f"{_order_sql('s')} < {_order_sql('t')}"
+        (self.lake.delta(spark, ACCOUNT).alias("t").merge(source.select(*cols).alias("s"), SAME_EVENT)
+         .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in cols})
+         .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
+         .execute())
+
+
+def _run_together(calls: list) -> None:
+    """Run each call on its own thread (inheriting the batch's local properties) and wait
+    for all; the first failure is raised once every call has finished."""
+    errors: list[BaseException] = []
+
+    def guarded(call):
+        def run():
+            try:
+                call()
+            except BaseException as e:  # noqa: BLE001 - re-raised on the batch's thread
+                errors.append(e)
+        return run
+
+    if len(calls) == 1:
+        calls[0]()
+        return
+    threads = [InheritableThread(target=guarded(call)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _query_id(spark: SparkSession) -> str:
+    """The running stream's id, which Spark sets on the thread that calls foreachBatch."""
+    query_id = spark.sparkContext.getLocalProperty("sql.streaming.queryId")
+    if not query_id:
+        raise RuntimeError("SilverBatchWriter runs inside a streaming query's foreachBatch only")
+    return query_id
+
+
+def _order_sql(alias: str) -> str:
+    return "struct(" + ", ".join(f"{alias}.{c}" for c in D.ORDER_COLUMNS) + ")"
+
+
+def rules_fingerprint(rules) -> str:
+    """The dedup rules as the rule state depends on them (kind, metric, period, window)."""
+    return json.dumps([[r.name, r.metric, r.kind, r.period, r.window.total_seconds() if r.window else None]
+                       for r in sorted(rules, key=lambda r: r.name)], separators=(",", ":"))
+
+
+def ensure_rule_state(spark: SparkSession, ctx: JobContext) -> None:
+    """silver.rule_state as the stored events and the configured rules make it: built from
+    the silver tables when it is missing, or was built for other rules (a changed window or
+    period: the state is a fold under the rules), else left alone.
+
+    A start-up step, reading the stored rule events once; micro-batches then add to it."""
+    lake = ctx.lake
+    fingerprint = rules_fingerprint(ctx.rules)
+    if not any(lake.exists(spark, t) for t in (USAGE, DUPLICATES, RULE_STATE)):
+        # A new lake: nothing stored to build from (one commit, not a build).
+        lake.ensure(spark, RULE_STATE, properties={RULES_PROPERTY: fingerprint})
+        return
+    for table in (USAGE, DUPLICATES, RULE_STATE):
+        lake.ensure(spark, table)
+    if lake.properties(spark, RULE_STATE).get(RULES_PROPERTY) == fingerprint:
+        return
+    log.info("silver.rule_state: building from the stored events for rules %s", fingerprint)
+    rows = rule_state_of(lambda table: lake.read(spark, table), ctx.rules)
+    lake.save(rows.write.format("delta").mode("overwrite"), RULE_STATE)
+    # Last: a crash before it leaves the property unset, and the next start rebuilds.
+    lake.set_property(spark, RULE_STATE, RULES_PROPERTY, fingerprint)
+
+
+def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:
+    ensure_rule_state(spark, ctx)    # first: on a new lake it is created with its rules
+    for table in (BRONZE, *TABLES):
+        ctx.lake.ensure(spark, table)
+    delay = int(ctx.silver.watermark_delay.total_seconds())
+    stream = read_bronze(spark, ctx).transform(lambda df: silver_input(df, ctx)).transform(drop_hot_duplicates(delay))
+    writer = (
+        stream.writeStream.queryName(JOB)
+        .foreachBatch(SilverBatchWriter(ctx))
+        .option("checkpointLocation", ctx.lake.checkpoint(JOB, "events"))
+    )
+    return apply_trigger(writer, ctx.run).start()

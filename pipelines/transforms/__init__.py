@@ -1,1 +1,0 @@
-"""Pure DataFrame -> DataFrame transforms. No IO, no session creation, no collect()."""
