@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.core.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
+from pipelines.core.config import CONF_DIR, ConfigError, parse_duration, read_yaml
 
 DEFAULT_FRAUD_RULES = CONF_DIR / "fraud_rules.yaml"
 FLAG_COLUMNS = ["account_id", "flag_id", "rule", "evidence", "first_seen", "last_seen"]
@@ -132,7 +132,7 @@ def parse_fraud_rules(doc: dict, where: str = "fraud rules") -> FraudRules:
 
 def load_fraud_rules(path: Path | str | None = None) -> FraudRules:
     path = Path(path or DEFAULT_FRAUD_RULES)
-    return parse_fraud_rules(_load_yaml(path), str(path))
+    return parse_fraud_rules(read_yaml(path), str(path))
 
 
 # ---------------------------------------------------------------- pure transforms

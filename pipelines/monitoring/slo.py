@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from pipelines.core.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
+from pipelines.core.config import CONF_DIR, ConfigError, parse_duration, read_yaml
 
 DEFAULT_SLO = CONF_DIR / "slo.yaml"
 _KEYS = {"max_freshness", "lag_growth_window", "max_quarantine_share"}
@@ -58,4 +58,4 @@ def parse_slos(doc: dict, where: str = "slo config") -> Slos:
 
 def load_slos(path: Path | str | None = None) -> Slos:
     path = Path(path or DEFAULT_SLO)
-    return parse_slos(_load_yaml(path), str(path))
+    return parse_slos(read_yaml(path), str(path))
