@@ -13,6 +13,7 @@ from pipelines.core.config import CONF_DIR, CONFIG_SCHEMAS, ConfigError, check_d
 SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
     "pipeline.yaml": "pipeline",
+    "plan_rules.yaml": "plan_rules",
     "pricing.yaml": "pricing",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
