@@ -80,6 +80,14 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads an unquoted 2025-01-01 as a date, YAML 1.2 (an editor) and JSON
+# Schema as text: config reads the text, so the schema checks what the editor checks.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_yaml(path: Path | str, error: type[ConfigError] = ConfigError):
     """A config file's YAML document; a missing file, bad YAML or a repeated key is `error`
     naming the file."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from pipelines.core.config import CONF_DIR, CONFIG_SCHEMAS, ConfigError, check_document, config_schema, read_yaml
 
@@ -12,6 +13,8 @@ from pipelines.core.config import CONF_DIR, CONFIG_SCHEMAS, ConfigError, check_d
 SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
     "pipeline.yaml": "pipeline",
+    "plan_rules.yaml": "plan_rules",
+    "pricing.yaml": "pricing",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
@@ -51,3 +54,12 @@ def test_schemas_refer_to_each_other_by_file_name():
     with pytest.raises(ConfigError, match=r"^f: rules\[0\]\.window: expected a positive duration"):
         check_document({"version": 1, "rules": [{"name": "r", "metric": "m", "kind": "retry_window",
                                                  "window": "soon"}]}, "dedup_rules", "f")
+
+
+def test_dates_are_read_as_text_as_an_editor_reads_them(tmp_path):
+    """YAML 1.1 would make an unquoted 2025-01-01 a date, which no JSON Schema type admits;
+    the editor's YAML 1.2 and read_yaml keep the text (and only that changes: yes is still true)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("day: 2025-01-01\nat: 2025-01-01 10:00:00\nquoted: '2025-01-01'\nflag: yes\n", encoding="utf-8")
+    assert read_yaml(path) == {"day": "2025-01-01", "at": "2025-01-01 10:00:00", "quoted": "2025-01-01", "flag": True}
+    assert yaml.safe_load("day: 2025-01-01")["day"] != "2025-01-01"  # PyYAML's own loader is untouched
