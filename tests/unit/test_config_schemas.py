@@ -13,6 +13,7 @@ SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
     "fraud_rules.yaml": "fraud_rules",
     "pipeline.yaml": "pipeline",
+    "slo.yaml": "slo",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
