@@ -12,6 +12,7 @@ from pipelines.core.config import CONF_DIR, CONFIG_SCHEMAS, ConfigError, check_d
 SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
     "fraud_rules.yaml": "fraud_rules",
+    "pii.yaml": "pii",
     "pipeline.yaml": "pipeline",
     "slo.yaml": "slo",
 }
