@@ -12,9 +12,12 @@ from pipelines.core.config import CONF_DIR, CONFIG_SCHEMAS, ConfigError, check_d
 # Each shipped YAML file (relative to conf/) and the schema its loader checks it against.
 SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
+    "fraud_rules.yaml": "fraud_rules",
+    "pii.yaml": "pii",
     "pipeline.yaml": "pipeline",
     "plan_rules.yaml": "plan_rules",
     "pricing.yaml": "pricing",
+    "slo.yaml": "slo",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
