@@ -12,6 +12,7 @@ from pipelines.core.config import CONF_DIR, CONFIG_SCHEMAS, ConfigError, check_d
 SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
     "pipeline.yaml": "pipeline",
+    "schemas/tables.yaml": "tables",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
