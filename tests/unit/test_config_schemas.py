@@ -13,6 +13,9 @@ SCHEMA_OF = {
     "dedup_rules.yaml": "dedup_rules",
     "pipeline.yaml": "pipeline",
     "schemas/tables.yaml": "tables",
+    "quality/bronze.yaml": "quality_suite",
+    "quality/silver.yaml": "quality_suite",
+    "quality/gold.yaml": "quality_suite",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
