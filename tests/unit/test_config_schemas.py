@@ -16,6 +16,7 @@ SCHEMA_OF = {
     "quality/bronze.yaml": "quality_suite",
     "quality/silver.yaml": "quality_suite",
     "quality/gold.yaml": "quality_suite",
+    "views.yaml": "views",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
