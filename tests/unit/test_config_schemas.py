@@ -18,6 +18,11 @@ SCHEMA_OF = {
     "plan_rules.yaml": "plan_rules",
     "pricing.yaml": "pricing",
     "slo.yaml": "slo",
+    "schemas/tables.yaml": "tables",
+    "quality/bronze.yaml": "quality_suite",
+    "quality/silver.yaml": "quality_suite",
+    "quality/gold.yaml": "quality_suite",
+    "views.yaml": "views",
 }
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
