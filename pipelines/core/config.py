@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -103,9 +104,11 @@ def read_yaml(path: Path | str, error: type[ConfigError] = ConfigError):
 
 # JSON Schema's "integer" admits 1.0 and Python's bool is an int: config wants neither, so
 # `version: 1.0`, `version: true` or `quantity: yes` are type errors, not silent equals.
+# YAML's .nan and .inf are floats that every range check lets through (NaN compares false
+# both ways): they are not numbers here.
 _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
     "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda _, v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "number": lambda _, v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v)),
 })
 _Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
 
@@ -159,9 +162,6 @@ def _describe(err: ValidationError) -> str:
         case "type":
             kinds = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
             return f"expected {' or '.join(_TYPE_WORDS.get(k, k) for k in kinds)}, got {got}"
-        case "minimum" | "exclusiveMinimum" | "maximum" | "exclusiveMaximum" | "minLength" | "minItems" \
-                | "maxItems" | "uniqueItems" | "pattern" | "minProperties":
-            return err.message
     return err.message
 
 
@@ -170,9 +170,10 @@ _TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string", "
 
 
 def check_document(doc: object, schema: str, where: str, error: type[ConfigError] = ConfigError) -> None:
-    """`doc` against conf/schemas/config/<schema>.schema.json; the first error in document
-    order (the most specific one, for errors inside oneOf/anyOf) is `error` naming `where`
-    and the entry, e.g. `pricing.yaml: plans.pro.included_units: ...`."""
+    """`doc` against conf/schemas/config/<schema>.schema.json. One error is reported, as
+    `error` naming `where` and the entry (e.g. `pricing.yaml: plans[0].base_fee: ...`): the
+    version's if it has one (it says how to read the rest), else the one jsonschema's
+    `best_match` ranks first (the deepest, most specific one, inside oneOf/anyOf too)."""
     errors = list(_Validator(config_schema(schema), registry=_REGISTRY).iter_errors(doc))
     if not errors:
         return

@@ -27,6 +27,21 @@ SCHEMA_OF = {
 _MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
 
+def test_every_yaml_file_of_the_package_has_a_schema():
+    """One home: every declarative YAML file the package ships is listed above, so none is
+    left to a hand-written check."""
+    shipped = {str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml")}
+    assert shipped == set(SCHEMA_OF)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_floats_are_not_numbers(value):
+    """YAML's .nan passes every range check (it compares false both ways): not a number here."""
+    with pytest.raises(ConfigError, match=rf"^f: defaults\.max_quarantine_share: expected a number between 0 and 1, "
+                                          rf"got {value!r}$"):
+        check_document({"version": 1, "defaults": {"max_quarantine_share": value}}, "slo", "f")
+
+
 def test_every_schema_is_a_valid_json_schema():
     names = sorted(p.name.removesuffix(".schema.json") for p in CONFIG_SCHEMAS.glob("*.schema.json"))
     assert set(SCHEMA_OF.values()) <= set(names)
