@@ -27,7 +27,6 @@ jobs under the new one.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -36,7 +35,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import urllib.request
@@ -431,18 +429,11 @@ def compare_lakes(local_lake: Path, cluster_lake: Path) -> list[TableResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work-dir", type=Path, help="folder for the wheel, virtualenv, lakes and logs, kept "
-                                                 "(default: a new temporary folder; must be outside the checkout)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder (on failure it is always kept, without its virtualenv)")
-    p.add_argument("--events", type=int, default=200, help="records to produce (default 200)")
-    p.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    p = wheel_smoke.run_arguments(
+        __doc__, work_help="the wheel, virtualenv, lakes and logs, kept",
+        keep_help="keep the temporary folder (on failure it is always kept, without its virtualenv)")
     args = p.parse_args(argv)
-
-    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="lakehouse-cluster-check-"))).resolve()
-    if work == ROOT or ROOT in work.parents:
-        p.error(f"--work-dir {work} is inside the checkout; the point is to run without it")
-    work.mkdir(parents=True, exist_ok=True)
+    work = wheel_smoke.work_folder(p, args.work_dir, "lakehouse-cluster-check-")
     # A rerun in the same folder starts from nothing (a lake's checkpoints would otherwise
     # make the runs resume rather than compare); only the virtualenv is kept, and updated.
     for stale in ("dist", "spark", "local", "cluster", "produce.log"):

@@ -91,11 +91,10 @@ def say(msg: str) -> None:
 
 
 def expected_files() -> set[str]:
-    """The package as committed, schemas/ under the name the package reads it by."""
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "pipelines", "schemas"], check=True,
+    """The package as committed (schemas/ and quality/ are symlinks into it)."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "pipelines"], check=True,
                             capture_output=True, text=True).stdout.split()
-    return ({f for f in listed if f.startswith("pipelines/") and f != "pipelines/_schemas"}
-            | {f"pipelines/_{f}" for f in listed if f.startswith("schemas/")})
+    return set(listed)
 
 
 def check_wheel(wheel: Path) -> None:
@@ -130,19 +129,32 @@ def job_env(venv: Path, work: Path, bootstrap: str) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work-dir", type=Path, help="folder for the wheel, virtualenv and lake, kept afterwards "
+def run_arguments(doc: str, *, work_help: str, keep_help: str) -> argparse.ArgumentParser:
+    """The options every run outside the checkout takes (this script, cluster_check.py)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--work-dir", type=Path, help=f"folder for {work_help} "
                                                  "(default: a new temporary folder; must be outside the checkout)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder (it is always kept on failure)")
+    p.add_argument("--keep", action="store_true", help=keep_help)
     p.add_argument("--events", type=int, default=200, help="records to produce (default 200)")
     p.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
-    args = p.parse_args(argv)
+    return p
 
-    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="lakehouse-wheel-smoke-"))).resolve()
+
+def work_folder(p: argparse.ArgumentParser, given: Path | None, prefix: str) -> Path:
+    """--work-dir or a new temporary folder, refused inside the checkout: the point of the
+    run is that nothing of the checkout is on its path."""
+    work = (given or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
     if work == ROOT or ROOT in work.parents:
         p.error(f"--work-dir {work} is inside the checkout; the point is to run without it")
     work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = run_arguments(__doc__, work_help="the wheel, virtualenv and lake, kept afterwards",
+                      keep_help="keep the temporary folder (it is always kept on failure)")
+    args = p.parse_args(argv)
+    work = work_folder(p, args.work_dir, "lakehouse-wheel-smoke-")
     venv, rundir = work / "venv", work / "run"
     rundir.mkdir(exist_ok=True)
     steps: list[tuple[str, float]] = []

@@ -1,5 +1,7 @@
 """Analyst views (pipelines/conf/views.yaml): SQL for the common questions, registered by
-`lakehouse sql` and the notebooks over the same logical table names the jobs use."""
+`lakehouse sql` and the notebooks over the same logical table names the jobs use. The
+file's format is conf/schemas/config/views.schema.json; each query passes the analyst
+guard's read-only check on load."""
 from __future__ import annotations
 
 import re
@@ -7,11 +9,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from pyspark.sql import SparkSession
 
 from pipelines.analyst.guard import ReadOnlyQueryError, check_read_only, surface_tables
-from pipelines.core.config import CONF_DIR
+from pipelines.core.config import CONF_DIR, check_document, read_yaml
 from pipelines.core.settings import split_table_name
 from pipelines.core.tables import Lake, table_specs
 from pipelines.core.tables import _sql_string as _quote
@@ -43,30 +44,24 @@ def _tables_in(sql: str) -> list[str]:
 
 
 def parse_views(doc, where: str) -> dict[str, ViewSpec]:
-    if not isinstance(doc, dict) or set(doc) != {"version", "views"}:
-        raise ViewConfigError(f"{where}: expected exactly the keys version and views")
-    if doc["version"] != 1:
-        raise ViewConfigError(f"{where}: version: only 1 is known, got {doc['version']!r}")
-    if not isinstance(doc["views"], dict) or not doc["views"]:
-        raise ViewConfigError(f"{where}: views: expected a non-empty mapping of view name to view")
+    """The views of a views.yaml document. Its structure is conf/schemas/config/views.schema.json;
+    checked here is what a schema cannot say: each query is one read-only statement (the
+    analyst guard's lexical check) reading known tables, at least one."""
+    check_document(doc, "views", where, ViewConfigError)
     known_layers = {split_table_name(t)[0] for t in table_specs()}
     out = {}
     for name, body in doc["views"].items():
         at = f"{where}: views.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
+        # Defence in depth: view and column names are written into CREATE VIEW statements
+        # (view_name, create_statement), so they are checked here too, whole-string (a
+        # trailing newline is refused), whatever the schema file or a validator's regex
+        # dialect says. The schema says the same; this keeps the guard from resting on it.
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ViewConfigError(f"{at}: view names are analyst.<lower_snake_case>")
-        if not isinstance(body, dict) or set(body) != {"comment", "columns", "sql"}:
-            raise ViewConfigError(f"{at}: expected exactly the keys comment, columns, sql")
-        if not isinstance(body["comment"], str) or not body["comment"].strip():
-            raise ViewConfigError(f"{at}.comment: say what one row is")
         columns = body["columns"]
-        if not isinstance(columns, dict) or not columns:
-            raise ViewConfigError(f"{at}.columns: expected a mapping of column name to its meaning")
-        for col, text in columns.items():
-            if not isinstance(col, str) or not _COLUMN.match(col) or not isinstance(text, str) or not text.strip():
-                raise ViewConfigError(f"{at}.columns.{col}: a lower_snake_case name and a non-empty comment")
-        if not isinstance(body["sql"], str):
-            raise ViewConfigError(f"{at}.sql: expected the query as text")
+        for col in columns:
+            if not isinstance(col, str) or not _COLUMN.fullmatch(col):
+                raise ViewConfigError(f"{at}.columns.{col}: column names are lower_snake_case")
         try:
             sql = check_read_only(body["sql"])
         except ReadOnlyQueryError as exc:
@@ -87,10 +82,10 @@ def parse_views(doc, where: str) -> dict[str, ViewSpec]:
 def _load(path: str) -> dict[str, ViewSpec]:
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ViewConfigError(f"{p.name}: cannot read: {exc}") from None
-    return parse_views(doc, p.name)
+        doc = read_yaml(p, ViewConfigError)
+    except OSError as exc:
+        raise ViewConfigError(f"{p}: cannot read: {exc}") from None
+    return parse_views(doc, str(p))
 
 
 def load_views(path: str | Path | None = None) -> dict[str, ViewSpec]:

@@ -4,45 +4,34 @@ and usage charges, loaded and validated into frozen dataclasses.
 Money and quantities are Decimals from decimal strings, never floats. The limits on
 digits (6 decimal places, amounts below 10^8, quantities below 10^16) are what lets the
 Spark engine (pipelines/billing/pricing.py) price with exact decimal arithmetic: a
-quantity times a price always fits Spark's 38 digits without losing scale. Every error
-names the file and the offending entry; the format is documented in docs/pricing.md.
+quantity times a price always fits Spark's 38 digits without losing scale. The file's
+structure, number formats and limits are its JSON Schema, conf/schemas/config/
+pricing.schema.json; this module checks what a schema cannot say (references within the
+file and to the event contract, uniqueness across plans, tier order, ISO 4217's digits).
+Every error names the file and the offending entry; docs/pricing.md explains the format.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from pipelines.core.config import CONF_DIR
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml
 from pipelines.core.contract import load_contract
 from pipelines.core.money import minor_unit_digits
 
 DEFAULT_CATALOG = CONF_DIR / "pricing.yaml"
 
+# The schema states these limits (a test keeps the two in step); the Spark engine relies on them.
 MODELS = ("per_unit", "graduated", "volume", "package")
 MAX_SCALE = 6
 MAX_MINOR_UNITS = 4  # ISO 4217 has nothing finer; larger is a typo
 MONEY_LIMIT = Decimal(10) ** 8  # unit, flat and package amounts, base fees, package sizes
 QUANTITY_LIMIT = Decimal(10) ** 16  # included quotas, tier bounds, free units
-
-_TOP_KEYS = {"version", "effective_from", "currencies", "plans"}
-_PLAN_KEYS = {"id", "rank", "currency", "base_fee", "metrics"}
-_METRIC_KEYS = {"product", "included", "charge"}
-_CHARGE_KEYS = {
-    "per_unit": {"model", "unit_amount"},
-    "graduated": {"model", "tiers"},
-    "volume": {"model", "tiers"},
-    "package": {"model", "size", "amount", "free_units"},
-}
-_TIER_KEYS = {"up_to", "unit_amount", "flat_amount"}
-_DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
-_CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 _ZERO = Decimal(0)
 
 DECIMAL = T.DecimalType(38, 6)
@@ -62,8 +51,8 @@ CHARGE_FIELDS = [
 ]
 
 
-class CatalogError(ValueError):
-    pass
+class CatalogError(ConfigError):
+    """A pricing catalog that cannot be used (a ConfigError, so a ValueError)."""
 
 
 @dataclass(frozen=True)
@@ -124,217 +113,109 @@ class Catalog:
 
 # --- reading the file ------------------------------------------------------------------------
 
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load, except that a repeated key is an error: plain YAML keeps the last one
-    silently, which would let a second `pro:` or `unit_amount:` shadow the first."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CatalogError(f"{path}: file not found") from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML: {exc}") from None
-
-
 def load_catalog(path: Path | str | None = None) -> Catalog:
     path = Path(path or DEFAULT_CATALOG)
-    return parse_catalog(_read_yaml(path), str(path))
+    return parse_catalog(read_yaml(path, CatalogError), str(path))
 
 
-# --- validation ------------------------------------------------------------------------------
-
-def _check_keys(raw: dict, allowed: set[str], at: str) -> None:
-    if unknown := set(raw) - allowed:
-        raise CatalogError(f"{at}: unknown keys {sorted(map(str, unknown))} (allowed: {sorted(allowed)})")
-
-
-def _mapping(raw: object, at: str) -> dict:
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{at}: expected a mapping, got {raw!r}")
-    return raw
-
-
-def _required(raw: dict, key: str, at: str) -> object:
-    if key not in raw:
-        raise CatalogError(f"{at}: '{key}' is required")
-    return raw[key]
-
-
-def _decimal(value: object, at: str, *, limit: Decimal, positive: bool = False) -> Decimal:
-    """A decimal string (or a YAML integer, which is exact); never a YAML float."""
-    if isinstance(value, float):
-        raise CatalogError(f"{at}: write amounts as strings, e.g. \"{value}\" in quotes; "
-                           f"the YAML float {value!r} is binary and inexact")
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise CatalogError(f"{at}: expected a decimal string like \"0.40\", got {value!r}")
-    text = str(value)
-    if not _DECIMAL_TEXT.match(text):
-        raise CatalogError(f"{at}: expected a decimal string like \"0.40\", got {value!r}")
-    number = Decimal(text)
-    if number < 0:
-        raise CatalogError(f"{at}: must not be negative, got {value!r}")
-    if positive and number == 0:
-        raise CatalogError(f"{at}: must be greater than 0, got {value!r}")
-    if -number.as_tuple().exponent > MAX_SCALE:
-        raise CatalogError(f"{at}: at most {MAX_SCALE} decimal places, got {value!r}")
-    if number >= limit:
-        raise CatalogError(f"{at}: must be less than {limit:,}, got {value!r}")
-    return number
+def parse_catalog(doc: object, where: str = "pricing catalog") -> Catalog:
+    """`doc` checked against conf/schemas/config/pricing.schema.json (keys, types, number
+    formats and limits, the keys of each charge model), then built into a Catalog; what a
+    schema cannot say is checked here."""
+    doc = _json_view(doc)
+    check_document(doc, "pricing", where, CatalogError)
+    effective_from = _effective_from(doc["effective_from"], f"{where}: effective_from")
+    currencies = _currencies(doc["currencies"], f"{where}: currencies")
+    products = _products()
+    plans = [_plan(raw, f"{where}: plans[{i}]", currencies, products) for i, raw in enumerate(doc["plans"])]
+    _check_across_plans(plans, where)
+    return Catalog(
+        version=doc["version"],
+        effective_from=effective_from,
+        currencies=currencies,
+        plans=tuple(sorted(plans, key=lambda p: p.rank)),
+    )
 
 
-def _money(value: object, at: str, *, positive: bool = False) -> Decimal:
-    return _decimal(value, at, limit=MONEY_LIMIT, positive=positive)
+def _json_view(doc: object) -> object:
+    """A document built in Python (or by yaml.safe_load, which follows YAML 1.1) may hold
+    effective_from as a date or a timestamp; the schema checks its text, as read_yaml and
+    an editor read it (a timestamp fails the date pattern)."""
+    if isinstance(doc, dict) and isinstance(doc.get("effective_from"), date):
+        return {**doc, "effective_from": doc["effective_from"].isoformat()}
+    return doc
 
 
-def _quantity(value: object, at: str, *, positive: bool = False) -> Decimal:
-    return _decimal(value, at, limit=QUANTITY_LIMIT, positive=positive)
+# --- what the schema cannot say: calendar dates, the ISO 4217 table, references, order -------
+
+def _effective_from(text: str, at: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:  # the pattern lets 2025-02-30 through
+        raise CatalogError(f"{at}: {text!r} is not a day of the calendar") from None
 
 
-def _name(value: object, at: str) -> str:
-    if not isinstance(value, str) or not value.strip() or value != value.strip():
-        raise CatalogError(f"{at}: expected a non-empty string without surrounding spaces, got {value!r}")
-    return value
-
-
-def _effective_from(value: object, at: str) -> date:
-    if isinstance(value, datetime):
-        raise CatalogError(f"{at}: expected a date (YYYY-MM-DD), got the timestamp {value.isoformat()!r}")
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise CatalogError(f"{at}: expected a date (YYYY-MM-DD), got {value!r}")
-
-
-def _currencies(raw: object, at: str) -> dict[str, int]:
-    if not isinstance(raw, dict) or not raw:
-        raise CatalogError(f"{at}: expected a non-empty mapping of ISO 4217 code to minor-unit digits, "
-                           f"e.g. {{USD: 2}}, got {raw!r}")
-    out: dict[str, int] = {}
+def _currencies(raw: dict[str, int], at: str) -> dict[str, int]:
     for code, digits in raw.items():
-        if not isinstance(code, str) or not _CURRENCY_CODE.match(code):
-            raise CatalogError(f"{at}: {code!r}: a currency is a 3-letter upper-case ISO 4217 code")
-        if type(digits) is not int or not 0 <= digits <= MAX_MINOR_UNITS:
-            raise CatalogError(f"{at}.{code}: minor-unit digits must be an integer from 0 to "
-                               f"{MAX_MINOR_UNITS}, got {digits!r}")
         if digits != minor_unit_digits(code):
             # The export writes amounts in minor units by ISO 4217; a catalog that rounds to
             # other digits would bill one amount and export another.
             raise CatalogError(f"{at}.{code}: ISO 4217 gives {code} {minor_unit_digits(code)} minor-unit digits "
                                f"(what exports use), got {digits}")
-        out[code] = digits
-    return out
+    return dict(raw)
 
 
-def _tiers(raw: object, at: str) -> tuple[Tier, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise CatalogError(f"{at}: expected a non-empty list of tiers, got {raw!r}")
-    tiers: list[Tier] = []
-    for j, raw_tier in enumerate(raw):
-        tat = f"{at}[{j}]"
-        raw_tier = _mapping(raw_tier, tat)
-        _check_keys(raw_tier, _TIER_KEYS, tat)
-        up_to = _required(raw_tier, "up_to", tat)
-        if "unit_amount" not in raw_tier and "flat_amount" not in raw_tier:
-            raise CatalogError(f"{tat}: give unit_amount, flat_amount or both")
-        tier = Tier(
-            up_to=None if up_to is None else _quantity(up_to, f"{tat}.up_to", positive=True),
-            unit_amount=_money(raw_tier.get("unit_amount", "0"), f"{tat}.unit_amount"),
-            flat_amount=_money(raw_tier.get("flat_amount", "0"), f"{tat}.flat_amount"),
-        )
-        if tiers:
-            previous = tiers[-1].up_to
-            if previous is None:
-                raise CatalogError(f"{at}[{j - 1}].up_to: only the last tier may be unbounded (null), "
-                                   f"but tiers[{j}] follows it")
-            if tier.up_to is not None and tier.up_to <= previous:
-                raise CatalogError(f"{tat}.up_to: tiers must be strictly increasing, but {up_to!r} "
-                                   f"is not above the previous tier's up_to {previous}")
-        tiers.append(tier)
+def _decimal(value: str | int) -> Decimal:
+    """A decimal string or a YAML integer, its format and limits checked by the schema."""
+    return Decimal(str(value))
+
+
+def _tiers(raw: list[dict], at: str) -> tuple[Tier, ...]:
+    tiers = tuple(Tier(up_to=None if t["up_to"] is None else _decimal(t["up_to"]),
+                       unit_amount=_decimal(t.get("unit_amount", 0)),
+                       flat_amount=_decimal(t.get("flat_amount", 0))) for t in raw)
+    for j, (previous, tier) in enumerate(zip(tiers, tiers[1:]), start=1):
+        if previous.up_to is None:
+            raise CatalogError(f"{at}[{j - 1}].up_to: only the last tier may be unbounded (null), "
+                               f"but tiers[{j}] follows it")
+        if tier.up_to is not None and tier.up_to <= previous.up_to:
+            raise CatalogError(f"{at}[{j}].up_to: tiers must be strictly increasing, but {raw[j]['up_to']!r} "
+                               f"is not above the previous tier's up_to {previous.up_to}")
     if tiers[-1].up_to is not None:
         raise CatalogError(f"{at}[{len(tiers) - 1}].up_to: the last tier must be unbounded "
                            f"(up_to: null), got {raw[-1]['up_to']!r}")
-    return tuple(tiers)
+    return tiers
 
 
-def _charge(raw: object, at: str) -> Charge:
-    raw = _mapping(raw, at)
-    model = _required(raw, "model", at)
-    if model not in MODELS:
-        raise CatalogError(f"{at}.model: must be one of {', '.join(MODELS)}; got {model!r}")
-    _check_keys(raw, _CHARGE_KEYS[model], f"{at} ({model})")
+def _charge(raw: dict, at: str) -> Charge:
+    model = raw["model"]
     if model == "per_unit":
-        return Charge(model, unit_amount=_money(_required(raw, "unit_amount", at), f"{at}.unit_amount"))
+        return Charge(model, unit_amount=_decimal(raw["unit_amount"]))
     if model in ("graduated", "volume"):
-        return Charge(model, tiers=_tiers(_required(raw, "tiers", at), f"{at}.tiers"))
-    return Charge(
-        model,
-        package_size=_money(_required(raw, "size", at), f"{at}.size", positive=True),
-        package_amount=_money(_required(raw, "amount", at), f"{at}.amount"),
-        free_units=_quantity(raw.get("free_units", "0"), f"{at}.free_units"),
-    )
+        return Charge(model, tiers=_tiers(raw["tiers"], f"{at}.tiers"))
+    return Charge(model, package_size=_decimal(raw["size"]), package_amount=_decimal(raw["amount"]),
+                  free_units=_decimal(raw.get("free_units", 0)))
 
 
-def _metric(metric: str, raw: object, at: str, products: tuple[str, ...]) -> MetricPrice:
-    raw = _mapping(raw, at)
-    _check_keys(raw, _METRIC_KEYS, at)
-    product = _required(raw, "product", at)
-    if product not in products:
+def _metric(metric: str, raw: dict, at: str, products: tuple[str, ...]) -> MetricPrice:
+    if raw["product"] not in products:
         raise CatalogError(f"{at}.product: must be one of {', '.join(products)} (the event contract's "
-                           f"products); got {product!r}")
-    return MetricPrice(
-        metric=metric,
-        product=product,
-        included=_quantity(_required(raw, "included", at), f"{at}.included"),
-        charge=_charge(_required(raw, "charge", at), f"{at}.charge"),
-    )
+                           f"products); got {raw['product']!r}")
+    return MetricPrice(metric=metric, product=raw["product"], included=_decimal(raw["included"]),
+                       charge=_charge(raw["charge"], f"{at}.charge"))
 
 
-def _plan(raw: object, at: str, currencies: dict[str, int], products: tuple[str, ...]) -> Plan:
-    raw = _mapping(raw, at)
-    plan_id = _name(_required(raw, "id", at), f"{at}.id")
-    at = f"{at} ({plan_id})"
-    _check_keys(raw, _PLAN_KEYS, at)
-    rank = _required(raw, "rank", at)
-    if type(rank) is not int or rank < 1:
-        raise CatalogError(f"{at}.rank: expected a positive integer, got {rank!r}")
-    currency = _required(raw, "currency", at)
-    if currency not in currencies:
-        raise CatalogError(f"{at}.currency: {currency!r} is not listed under currencies "
+def _plan(raw: dict, at: str, currencies: dict[str, int], products: tuple[str, ...]) -> Plan:
+    if raw["currency"] not in currencies:
+        raise CatalogError(f"{at}.currency: {raw['currency']!r} is not listed under currencies "
                            f"({', '.join(currencies)})")
-    raw_metrics = _required(raw, "metrics", at)
-    if not isinstance(raw_metrics, dict) or not raw_metrics:
-        raise CatalogError(f"{at}.metrics: expected a non-empty mapping of metric to price, got {raw_metrics!r}")
-    metrics = {}
-    for metric, raw_price in raw_metrics.items():
-        metric = _name(metric, f"{at}.metrics: metric name")
-        metrics[metric] = _metric(metric, raw_price, f"{at}.metrics.{metric}", products)
     return Plan(
-        id=plan_id,
-        rank=rank,
-        currency=currency,
-        base_fee=_money(_required(raw, "base_fee", at), f"{at}.base_fee"),
-        metrics=metrics,
+        id=raw["id"],
+        rank=raw["rank"],
+        currency=raw["currency"],
+        base_fee=_decimal(raw["base_fee"]),
+        metrics={metric: _metric(metric, price, f"{at}.metrics.{metric}", products)
+                 for metric, price in raw["metrics"].items()},
     )
 
 
@@ -342,26 +223,13 @@ def _products() -> tuple[str, ...]:
     return tuple(load_contract().field("product").enum)
 
 
-def parse_catalog(doc: dict, where: str = "pricing catalog") -> Catalog:
-    if not isinstance(doc, dict):
-        raise CatalogError(f"{where}: expected a mapping at the top level")
-    _check_keys(doc, _TOP_KEYS, where)
-    version = _required(doc, "version", where)
-    if type(version) is not int or version < 1:
-        raise CatalogError(f"{where}: version must be a positive integer, got {version!r}")
-    effective_from = _effective_from(_required(doc, "effective_from", where), f"{where}: effective_from")
-    currencies = _currencies(_required(doc, "currencies", where), f"{where}: currencies")
-    raw_plans = _required(doc, "plans", where)
-    if not isinstance(raw_plans, list) or not raw_plans:
-        raise CatalogError(f"{where}: plans: expected a non-empty list of plans, got {raw_plans!r}")
-    products = _products()
-    plans = [_plan(raw, f"{where}: plans[{i}]", currencies, products) for i, raw in enumerate(raw_plans)]
-
+def _check_across_plans(plans: list[Plan], where: str) -> None:
+    """Ids and ranks unique, and a metric under one product in every plan."""
     first_by_id: dict[str, int] = {}
     first_by_rank: dict[int, int] = {}
     product_of: dict[str, tuple[str, int]] = {}
     for i, plan in enumerate(plans):
-        at = f"{where}: plans[{i}] ({plan.id})"
+        at = f"{where}: plans[{i}]"
         if plan.id in first_by_id:
             raise CatalogError(f"{at}.id: {plan.id!r} is already the id of plans[{first_by_id[plan.id]}]")
         first_by_id[plan.id] = i
@@ -376,12 +244,6 @@ def parse_catalog(doc: dict, where: str = "pricing catalog") -> Catalog:
                 raise CatalogError(f"{at}.metrics.{price.metric}.product: {price.product!r}, but plans[{j}] "
                                    f"({plans[j].id}) puts {price.metric} under {product!r}; a metric "
                                    f"belongs to one product")
-    return Catalog(
-        version=version,
-        effective_from=effective_from,
-        currencies=currencies,
-        plans=tuple(sorted(plans, key=lambda p: p.rank)),
-    )
 
 
 # --- as Spark frames -------------------------------------------------------------------------

@@ -68,10 +68,10 @@ class EventContract:
 
 
 def schemas_dir() -> Path:
-    """The schemas, through the package: pipelines/_schemas is a symlink to the repository's
-    schemas/ (kept at the top for producers, who validate against it with any tool), and
-    the wheel build follows it, so the wheel carries the files themselves."""
-    return PACKAGE_DIR / "_schemas"
+    """The schemas, through the package: they live in pipelines/conf/schemas/, shipped with
+    the rest of the declarative data; the repository's top-level schemas/ (kept for
+    producers, who validate against it with any tool) is a symlink to it."""
+    return PACKAGE_DIR / "conf" / "schemas"
 
 
 def _field(name: str, body: dict, required: bool, required_for: frozenset[str]) -> FieldSpec:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import yaml
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines.core.config import check_document, read_yaml
 from pipelines.core.contract import schemas_dir
 from pipelines.core.settings import Settings, split_table_name
 
@@ -76,45 +76,37 @@ class TableSpec:
         return ", ".join(f"`{c.name}` {c.type}" for c in self.columns)
 
 
-def _columns(raw: list, where: str) -> list[ColumnSpec]:
-    out = []
-    for item in raw or []:
-        if not isinstance(item, dict) or set(item) - {"name", "type", "comment"} or "name" not in item or "type" not in item:
-            raise TableSpecError(f"{where}: each column needs name and type (and a comment), got {item!r}")
-        out.append(ColumnSpec(item["name"], item["type"], item.get("comment", "")))
-    return out
+def _column(raw: dict) -> ColumnSpec:
+    return ColumnSpec(raw["name"], raw["type"], raw.get("comment", ""))
 
 
-def parse_table_specs(doc: dict) -> dict[str, TableSpec]:
-    groups = {name: _columns(cols, f"group {name}") for name, cols in (doc.get("groups") or {}).items()}
+def parse_table_specs(doc: object, where: str = "table specs") -> dict[str, TableSpec]:
+    """The table specs of a tables.yaml document. Its structure is conf/schemas/config/
+    tables.schema.json; checked here is only what a schema cannot say: that each group a
+    table names exists, that no column appears twice in a table (its groups' and its own),
+    that the partition columns are columns of the table."""
+    check_document(doc, "tables", where, TableSpecError)
+    groups = {name: [_column(c) for c in cols] for name, cols in doc.get("groups", {}).items()}
     specs: dict[str, TableSpec] = {}
-    for name, body in (doc.get("tables") or {}).items():
-        split_table_name(name)
-        if not isinstance(body, dict):
-            raise TableSpecError(f"table {name}: expected a mapping with columns, got {body!r}")
-        unknown = set(body) - {"comment", "columns", "groups", "groups_after", "change_data_feed", "partitioned_by"}
-        if unknown:
-            raise TableSpecError(f"table {name}: unknown keys {sorted(unknown)}")
+    for name, body in doc.get("tables", {}).items():
+        at = f"{where}: tables.{name}"
         cols: list[ColumnSpec] = []
         for key in ("groups", "columns", "groups_after"):
             if key == "columns":
-                cols += _columns(body.get("columns"), f"table {name}")
+                cols += [_column(c) for c in body.get("columns", [])]
                 continue
-            for group in body.get(key, []):
+            for i, group in enumerate(body.get(key, [])):
                 if group not in groups:
-                    raise TableSpecError(f"table {name}: unknown column group {group!r}")
+                    raise TableSpecError(f"{at}.{key}[{i}]: unknown column group {group!r}; "
+                                         f"known: {sorted(groups)}")
                 cols += groups[group]
         names = [c.name for c in cols]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise TableSpecError(f"table {name}: duplicated columns {sorted(dupes)}")
-        if not cols:
-            raise TableSpecError(f"table {name}: no columns")
-        partitioned_by = tuple(body.get("partitioned_by") or ())
-        if set(partitioned_by) - set(names):
-            raise TableSpecError(f"table {name}: partition columns {sorted(set(partitioned_by) - set(names))} "
-                                 "are not columns of the table")
-        specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), bool(body.get("change_data_feed")),
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise TableSpecError(f"{at}: duplicated columns {dupes}")
+        partitioned_by = tuple(body.get("partitioned_by", ()))
+        if strangers := [c for c in partitioned_by if c not in names]:
+            raise TableSpecError(f"{at}.partitioned_by: {strangers} are not columns of the table")
+        specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), body.get("change_data_feed", False),
                                 partitioned_by)
     return specs
 
@@ -122,7 +114,7 @@ def parse_table_specs(doc: dict) -> dict[str, TableSpec]:
 @lru_cache(maxsize=None)
 def table_specs() -> dict[str, TableSpec]:
     path = schemas_dir() / "tables.yaml"
-    return parse_table_specs(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return parse_table_specs(read_yaml(path, TableSpecError), str(path))
 
 
 def spec(name: str) -> TableSpec:

@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.core.config import CONF_DIR, ConfigError, _load_yaml, parse_duration
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, parse_duration, read_yaml
 
 DEFAULT_FRAUD_RULES = CONF_DIR / "fraud_rules.yaml"
 FLAG_COLUMNS = ["account_id", "flag_id", "rule", "evidence", "first_seen", "last_seen"]
@@ -70,69 +70,29 @@ class FraudRules:
     trial_lookalike: TrialRule
 
 
-def _section(doc: dict, name: str, keys: set[str], where: str) -> dict:
-    raw = doc.get(name)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: '{name}' must be a mapping")
-    missing, unknown = keys - set(raw), set(raw) - keys
-    if missing or unknown:
-        raise ConfigError(f"{where}: {name}: " + "; ".join(
-            ([f"missing keys {sorted(missing)}"] if missing else []) + ([f"unknown keys {sorted(unknown)}"] if unknown else [])))
-    if not isinstance(raw["enabled"], bool):
-        raise ConfigError(f"{where}: {name}.enabled must be true or false")
-    return raw
-
-
-def _number(raw: dict, key: str, at: str, *, integer: bool = False, low: float = 0, high: float | None = None):
-    value = raw[key]
-    ok = type(value) is int if integer else type(value) in (int, float)
-    if not ok or value < low or (high is not None and value > high):
-        kind = "an integer" if integer else "a number"
-        bounds = f">= {low}" + (f" and <= {high}" if high is not None else "")
-        raise ConfigError(f"{at}.{key}: expected {kind} {bounds}, got {value!r}")
-    return value
-
-
-def parse_fraud_rules(doc: dict, where: str = "fraud rules") -> FraudRules:
-    if unknown := set(doc) - {"version", SIGNUP_BURST, USAGE_SPIKE, TRIAL_LOOKALIKE}:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    b = _section(doc, SIGNUP_BURST, {"enabled", "window", "min_accounts", "signals"}, where)
+def parse_fraud_rules(doc: object, where: str = "fraud rules") -> FraudRules:
+    """The structure is conf/schemas/config/fraud_rules.schema.json; what it cannot say
+    (a baseline's days against its own duration) is checked here."""
+    check_document(doc, "fraud_rules", where)
+    b, s, t = doc[SIGNUP_BURST], doc[USAGE_SPIKE], doc[TRIAL_LOOKALIKE]
     at = f"{where}: {SIGNUP_BURST}"
-    if not isinstance(b["signals"], list) or not b["signals"]:
-        raise ConfigError(f"{at}.signals: expected a non-empty list")
-    signals = []
-    for i, s in enumerate(b["signals"]):
-        if (not isinstance(s, dict) or set(s) != {"name", "keys"} or not isinstance(s["name"], str)
-                or not isinstance(s["keys"], list) or not s["keys"] or not all(isinstance(k, str) and k for k in s["keys"])):
-            raise ConfigError(f"{at}.signals[{i}]: expected {{name: <text>, keys: [<property key>, ...]}}, got {s!r}")
-        signals.append(Signal(s["name"], tuple(s["keys"])))
-    burst = BurstRule(b["enabled"], parse_duration(b["window"], f"{at}.window"),
-                      _number(b, "min_accounts", at, integer=True, low=2), tuple(signals))
-    s = _section(doc, USAGE_SPIKE, {"enabled", "baseline", "min_baseline_days", "threshold", "min_quantity",
-                                    "evaluate"}, where)
+    burst = BurstRule(b["enabled"], parse_duration(b["window"], f"{at}.window"), b["min_accounts"],
+                      tuple(Signal(raw["name"], tuple(raw["keys"])) for raw in b["signals"]))
     at = f"{where}: {USAGE_SPIKE}"
-    spike = SpikeRule(s["enabled"], parse_duration(s["baseline"], f"{at}.baseline"),
-                      _number(s, "min_baseline_days", at, integer=True, low=1), float(_number(s, "threshold", at, low=0)),
-                      float(_number(s, "min_quantity", at)), parse_duration(s["evaluate"], f"{at}.evaluate"))
+    spike = SpikeRule(s["enabled"], parse_duration(s["baseline"], f"{at}.baseline"), s["min_baseline_days"],
+                      float(s["threshold"]), float(s["min_quantity"]), parse_duration(s["evaluate"], f"{at}.evaluate"))
     if spike.min_baseline_days > spike.baseline.days:
         raise ConfigError(f"{at}.min_baseline_days: cannot exceed the baseline's {spike.baseline.days} days")
-    t = _section(doc, TRIAL_LOOKALIKE, {"enabled", "trial_plans", "no_plan_is_trial", "window", "paying_percentile",
-                                        "min_paying_accounts", "min_quantity"}, where)
     at = f"{where}: {TRIAL_LOOKALIKE}"
-    if not isinstance(t["trial_plans"], list) or not all(isinstance(p, str) and p for p in t["trial_plans"]):
-        raise ConfigError(f"{at}.trial_plans: expected a list of plan ids")
-    if not isinstance(t["no_plan_is_trial"], bool):
-        raise ConfigError(f"{at}.no_plan_is_trial must be true or false")
     trial = TrialRule(t["enabled"], tuple(t["trial_plans"]), t["no_plan_is_trial"],
-                      parse_duration(t["window"], f"{at}.window"),
-                      float(_number(t, "paying_percentile", at, low=0, high=1)),
-                      _number(t, "min_paying_accounts", at, integer=True, low=1), float(_number(t, "min_quantity", at)))
+                      parse_duration(t["window"], f"{at}.window"), float(t["paying_percentile"]),
+                      t["min_paying_accounts"], float(t["min_quantity"]))
     return FraudRules(burst, spike, trial)
 
 
 def load_fraud_rules(path: Path | str | None = None) -> FraudRules:
     path = Path(path or DEFAULT_FRAUD_RULES)
-    return parse_fraud_rules(_load_yaml(path), str(path))
+    return parse_fraud_rules(read_yaml(path), str(path))
 
 
 # ---------------------------------------------------------------- pure transforms

@@ -1,8 +1,9 @@
 """Personal data in event properties: keyed hashes or dropped on the way to silver.
 
 Which keys and value patterns are personal is data (pipelines/conf/pii.yaml, documented
-there); this module validates that file and turns it into a DataFrame transform built from
-Spark's higher-order functions, so no Python runs per row.
+there; its format is conf/schemas/config/pii.schema.json, checked on load); this module turns
+that file into a DataFrame transform built from Spark's higher-order functions, so no Python
+runs per row.
 
 Shape of the result, for `{"email": "Ann@Shop.example", "ip": "10.0.0.1", "plan": "pro"}`:
 
@@ -33,16 +34,12 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import CONF_DIR, ConfigError, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml
 from pipelines.ingest.pii_key import KeySource, PiiHmacKey
 
 DEFAULT_PII = CONF_DIR / "pii.yaml"
-KINDS = ("email", "phone", "ip", "text")
-PATTERN_KINDS = ("email", "phone", "ip", "card")
-ACTIONS = ("hash", "drop")
 DROP = "drop"
 CARD = "card"
-VERSION = 2
 # Columns of the one-row key relation (see the module docstring).
 _IPAD = "_pii_ipad"
 _OPAD = "_pii_opad"
@@ -55,7 +52,7 @@ class PiiConfigError(ConfigError):
 @dataclass(frozen=True)
 class PiiKey:
     name: str
-    kind: str          # one of KINDS, or DROP
+    kind: str          # email, phone, ip or text (pii.schema.json), or DROP
 
 
 @dataclass(frozen=True)
@@ -85,108 +82,36 @@ class PiiConfig:
         return "(?:" + "|".join(re.escape(w).replace("_", "[_-]?") for w in self.sensitive_keys) + ")"
 
 
-_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-_SCOPE_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_WORD = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
-
-
-def _regex(raw: object, at: str) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise PiiConfigError(f"{at}: a non-empty regex is required")
+def _compiles(regex: str, at: str) -> str:
+    # The regexes run on Java's engine; Python's accepts the same constructs these use
+    # (lookbehinds, possessive repeats, inline flags), ECMA-262 (a schema's "format": "regex") does not.
     try:
-        re.compile(raw)
+        re.compile(regex)
     except re.error as exc:
         raise PiiConfigError(f"{at}: regex does not compile: {exc}") from None
-    if "'" in raw or "\\\\" in raw:
-        raise PiiConfigError(f"{at}: regex must not contain quotes or escaped backslashes")
-    return raw
-
-
-def _key_source(raw: object, where: str) -> KeySource:
-    at = f"{where}: key"
-    if not isinstance(raw, dict):
-        raise PiiConfigError(f"{at}: expected a mapping with env, scope_env and scope_key")
-    if unknown := set(raw) - {"env", "scope_env", "scope_key"}:
-        raise PiiConfigError(f"{at}: unknown keys {sorted(unknown)} (allowed: env, scope_env, scope_key)")
-    for name in ("env", "scope_env"):
-        if not isinstance(raw.get(name), str) or not _ENV_NAME.fullmatch(raw[name]):
-            raise PiiConfigError(f"{at}: {name} must name an environment variable, got {raw.get(name)!r}")
-    if raw["env"] == raw["scope_env"]:
-        raise PiiConfigError(f"{at}: env and scope_env must be two different variables")
-    if not isinstance(raw.get("scope_key"), str) or not _SCOPE_KEY.fullmatch(raw["scope_key"]):
-        raise PiiConfigError(f"{at}: scope_key must be a secret's key (letters, digits, . _ -), "
-                             f"got {raw.get('scope_key')!r}")
-    return KeySource(raw["env"], raw["scope_env"], raw["scope_key"])
+    return regex
 
 
 def parse_pii_config(doc: object, where: str = "pii config") -> PiiConfig:
-    if not isinstance(doc, dict):
-        raise PiiConfigError(f"{where}: expected a mapping at the top level")
-    if type(doc.get("version")) is not int or doc.get("version") != VERSION:
-        hint = (" (version 1's salt_env is gone: hashes are keyed HMACs now, see docs/security.md)"
-                if doc.get("version") == 1 else "")
-        raise PiiConfigError(f"{where}: version must be {VERSION}, got {doc.get('version')!r}{hint}")
-    if unknown := set(doc) - {"version", "key", "keys", "sensitive_keys", "patterns", "screen"}:
-        raise PiiConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    key = _key_source(doc.get("key"), where)
-    keys: list[PiiKey] = []
-    raw_keys = doc.get("keys") or []
-    if not isinstance(raw_keys, list):
-        raise PiiConfigError(f"{where}: keys must be a list")
-    for i, raw in enumerate(raw_keys):
-        at = f"{where}: keys[{i}]"
-        if not isinstance(raw, dict):
-            raise PiiConfigError(f"{at}: expected a mapping")
-        if unknown := set(raw) - {"name", "kind", "action"}:
-            raise PiiConfigError(f"{at}: unknown keys {sorted(unknown)} (allowed: action, kind, name)")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise PiiConfigError(f"{at}: 'name' is required and must be a non-empty string")
-        action = raw.get("action", "hash")
-        if action not in ACTIONS:
-            raise PiiConfigError(f"{at} ({name}): action must be one of {ACTIONS}, got {action!r}")
-        if action == DROP:
-            if "kind" in raw:
-                raise PiiConfigError(f"{at} ({name}): a dropped key has no kind")
-            keys.append(PiiKey(name.lower(), DROP))
-            continue
-        if raw.get("kind") not in KINDS:
-            raise PiiConfigError(f"{at} ({name}): kind must be one of {KINDS}, got {raw.get('kind')!r}")
-        keys.append(PiiKey(name.lower(), raw["kind"]))
+    """The structure is conf/schemas/config/pii.schema.json; what it cannot say (two fields
+    naming one variable, a key listed twice in two cases, a regex that does not compile) is
+    checked here."""
+    check_document(doc, "pii", where, PiiConfigError)
+    raw_key = doc["key"]
+    if raw_key["env"] == raw_key["scope_env"]:
+        raise PiiConfigError(f"{where}: key: env and scope_env must be two different variables")
+    key = KeySource(raw_key["env"], raw_key["scope_env"], raw_key["scope_key"])
+    keys = tuple(PiiKey(raw["name"].lower(), DROP if raw.get("action") == DROP else raw["kind"])
+                 for raw in doc.get("keys") or ())
     names = [k.name for k in keys]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise PiiConfigError(f"{where}: keys listed twice (names are case-insensitive): {dupes}")
-    sensitive = doc.get("sensitive_keys") or []
-    if not isinstance(sensitive, list):
-        raise PiiConfigError(f"{where}: sensitive_keys must be a list of words")
-    for i, word in enumerate(sensitive):
-        if not isinstance(word, str) or not _WORD.fullmatch(word):
-            raise PiiConfigError(f"{where}: sensitive_keys[{i}]: a lower-case word or words joined by '_' "
-                                 f"(e.g. api_key), got {word!r}")
-    if dupes := sorted({w for w in sensitive if sensitive.count(w) > 1}):
-        raise PiiConfigError(f"{where}: sensitive_keys listed twice: {dupes}")
-    patterns: list[PiiPattern] = []
-    raw_patterns = doc.get("patterns") or []
-    if not isinstance(raw_patterns, list):
-        raise PiiConfigError(f"{where}: patterns must be a list")
-    for i, raw in enumerate(raw_patterns):
-        at = f"{where}: patterns[{i}]"
-        if not isinstance(raw, dict):
-            raise PiiConfigError(f"{at}: expected a mapping")
-        if unknown := set(raw) - {"kind", "regex", "in_text"}:
-            raise PiiConfigError(f"{at}: unknown keys {sorted(unknown)} (allowed: in_text, kind, regex)")
-        if raw.get("kind") not in PATTERN_KINDS:
-            raise PiiConfigError(f"{at}: kind must be one of {', '.join(PATTERN_KINDS)}, got {raw.get('kind')!r}")
-        regex = _regex(raw.get("regex"), at)
-        in_text = raw.get("in_text", False)
-        if not isinstance(in_text, bool):
-            raise PiiConfigError(f"{at}: in_text must be true or false")
-        patterns.append(PiiPattern(raw["kind"], regex, in_text))
+    patterns = tuple(PiiPattern(raw["kind"], _compiles(raw["regex"], f"{where}: patterns[{i}]"),
+                                raw.get("in_text", False)) for i, raw in enumerate(doc.get("patterns") or ()))
     screen = doc.get("screen")
-    if screen is not None:
-        screen = _regex(screen, f"{where}: screen")
-    return PiiConfig(key=key, keys=tuple(keys), patterns=tuple(patterns), screen=screen,
-                     sensitive_keys=tuple(sensitive))
+    return PiiConfig(key=key, keys=keys, patterns=patterns,
+                     screen=_compiles(screen, f"{where}: screen") if screen is not None else None,
+                     sensitive_keys=tuple(doc.get("sensitive_keys") or ()))
 
 
 def load_pii_config(path: Path | str | None = None) -> PiiConfig:

@@ -154,7 +154,61 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
     `batch`: claimed silver_input rows (the stream's, after the hot state) or, with
     claims=False (the backfill), plain silver_input rows, which are all looked up.
     Nothing is written; the few actions here (local checkpoints, one profile row) only
-    materialise what several outputs share."""
+    materialise what several outputs share.
+
+    Two steps, in DESIGN section 4's order: identity (each event once ever, the first copy
+    in Kafka order kept), then the custom rules over the new events identity keeps."""
+    identity = plan_identity(batch, read, rules, silver, claims=claims)
+    new_events = identity.new_events
+    usage_new = new_events.filter(F.col("event_type") == "usage")
+    account = select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT, "_replaces")
+    usage_cols = spec(USAGE).column_names
+    unruled = usage_new.filter(F.col("_rule").isNull()).select(*usage_cols, "_replaces")
+    rule_new = usage_new.filter(F.col("_rule").isNotNull()).transform(D.with_kafka_order)
+    identity_drops = select_for(identity.conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update")
+    if not identity.profile["rule"]:
+        return SilverPlan(
+            quarantine=identity.quarantine, usage=unruled, account=account, duplicates=identity_drops,
+            usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
+            identity_duplicates=identity.duplicates,
+            decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string"),
+                                          "_in_usage": F.lit(False), "_in_duplicates": F.lit(False)}).limit(0),
+            unruled=unruled, own=identity.own,
+            rule_state=batch.sparkSession.createDataFrame([], spec(RULE_STATE).struct_type()),
+        )
+
+    decided, state_rows, exact = plan_rules(rule_new, read, rules, identity, claims=claims)
+    kept, dropped = D.filter_kept(decided), D.filter_dropped(decided)
+    usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
+    changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
+    duplicates = identity_drops.unionByName(
+        select_for(dropped.filter(changed_drop).withColumn("_update", F.col("_in_duplicates")), DUPLICATES, "_update"))
+    return SilverPlan(
+        quarantine=identity.quarantine, usage=usage, account=account, duplicates=duplicates,
+        usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
+        revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
+        identity_duplicates=identity.duplicates, decided=decided, unruled=unruled, own=identity.own,
+        rule_state=state_rows, exact_rules=exact,
+    )
+
+
+@dataclass
+class IdentityPlan:
+    """Identity's part of a batch plan (DESIGN section 4.1)."""
+    quarantine: DataFrame
+    new_events: DataFrame       # first copies never stored before (+ `_replaces`, `_rule`)
+    duplicates: DataFrame       # every identity duplicate: in-batch, late and recent copies
+    conflicting: DataFrame      # the duplicates whose payload differs from the kept copy's
+    profile: object             # _profile's row: which history reads the batch needs
+    own: list | DataFrame       # the batch's rows: offset ranges (a stream) or coordinates (a backfill)
+    span: tuple | None          # the first and last date a rule scope reaches (backfill only)
+
+
+def plan_identity(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], silver: SilverConfig, *,
+                  claims: bool = True) -> IdentityPlan:
+    """Quarantine the bad copies; of the good ones, the new events (first copies never
+    stored) and the identity duplicates. Silver is read only for the rare first copies whose
+    earlier copy may have left the hot state (`_needs_lookup`), pruned to their dates."""
     copies = batch.transform(D.filter_copy_claims).drop(D.CLAIM) if claims else batch
     quarantine = copies.transform(filter_bad).transform(to_quarantine_rows)
     if claims:
@@ -192,33 +246,27 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
         # Nothing read: the candidates are the checkpointed good rows, filtered.
         classified = candidates.withColumns({"_seen_order": F.lit(None).cast(first.schema["_order"].dataType),
                                              "_seen_payload": F.lit(None).cast("string")}).transform(_with_replaces)
-    new_events = classified.transform(D.filter_new_events)
     late_copies = classified.transform(D.filter_late_copies).drop("_replaces")
-    identity_duplicates = (in_batch_copies.unionByName(late_copies, allowMissingColumns=True)
-                           .unionByName(recent_copies, allowMissingColumns=True))
-    conflicting = identity_duplicates.filter(~F.col("_kept_payload").eqNullSafe(F.col("payload_sha256")))
+    duplicates = (in_batch_copies.unionByName(late_copies, allowMissingColumns=True)
+                  .unionByName(recent_copies, allowMissingColumns=True))
+    return IdentityPlan(
+        quarantine=quarantine, new_events=classified.transform(D.filter_new_events), duplicates=duplicates,
+        conflicting=duplicates.filter(~F.col("_kept_payload").eqNullSafe(F.col("payload_sha256"))),
+        profile=profile, own=own, span=span)
 
-    usage_new = new_events.filter(F.col("event_type") == "usage")
-    account = select_for(new_events.filter(F.col("event_type") != "usage"), ACCOUNT, "_replaces")
+
+def plan_rules(rule_new: DataFrame, read: Reader, rules: tuple[DedupRule, ...], identity: IdentityPlan, *,
+               claims: bool = True) -> tuple[DataFrame, DataFrame, bool]:
+    """The custom rules' decisions for the new events they govern (DESIGN section 4.2), each
+    with where the event is stored now; the state rows to append; whether some key was
+    decided over its stored events rather than its state.
+
+    A key whose new events all come after what its state has seen is decided from the
+    state; a key with an earlier one (a late event) and every key of a backfill, over the
+    stored events its decision can depend on."""
+    own, span = identity.own, identity.span
     usage_cols = spec(USAGE).column_names
-    unruled = usage_new.filter(F.col("_rule").isNull()).select(*usage_cols, "_replaces")
-    rule_new = usage_new.filter(F.col("_rule").isNotNull()).transform(D.with_kafka_order)
-    if not profile["rule"]:
-        return SilverPlan(
-            quarantine=quarantine, usage=unruled, account=account,
-            duplicates=select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update"),
-            usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
-            identity_duplicates=identity_duplicates,
-            decided=rule_new.withColumns({"_decision": F.lit(D.KEPT), "rule": F.lit(None).cast("string"),
-                                          "_in_usage": F.lit(False), "_in_duplicates": F.lit(False)}).limit(0),
-            unruled=unruled, own=own,
-            rule_state=batch.sparkSession.createDataFrame([], spec(RULE_STATE).struct_type()),
-        )
-
-    # A key whose new events all come after what its state has seen is decided from the
-    # state; a key with an earlier one (a late event) and every key of a backfill, over the
-    # stored events its decision can depend on.
-    anchors = state_anchors(read, rules, rule_new, own, profile).localCheckpoint()
+    anchors = state_anchors(read, rules, rule_new, own, identity.profile).localCheckpoint()
     conflicts = anchors.filter(F.col("_conflict")).select(*D.RULE_KEY).distinct()
     exact_keys = conflicts.count() if claims else None
     stored_cols = [*usage_cols, "_rule", "_in", "duplicate_of"]
@@ -255,24 +303,10 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
                       "_in_duplicates": F.coalesce("_in_duplicates", F.lit(False)),
                       "_replaces": F.coalesce("_replaces", F.lit(False))})
     ).localCheckpoint()   # the decisions and their placement in one job
-    kept, dropped = D.filter_kept(placed_decisions), D.filter_dropped(placed_decisions)
     state_rows = (placed_decisions.coalesce(1).withColumn("_new", ~F.col("_in_usage") & ~F.col("_in_duplicates"))
                   .transform(D.rule_state_rows(rules, anchors.select(*D.RULE_KEY, "_seq")))
                   .select(*spec(RULE_STATE).column_names))
-    usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
-    changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
-    duplicates = (
-        select_for(conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update")
-        .unionByName(select_for(dropped.filter(changed_drop).withColumn("_update", F.col("_in_duplicates")),
-                                DUPLICATES, "_update"))
-    )
-    return SilverPlan(
-        quarantine=quarantine, usage=usage, account=account, duplicates=duplicates,
-        usage_deletes=dropped.filter(F.col("_in_usage")).select(*COORDINATES),
-        revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
-        identity_duplicates=identity_duplicates, decided=placed_decisions, unruled=unruled, own=own,
-        rule_state=state_rows, exact_rules=exact_keys != 0,
-    )
+    return placed_decisions, state_rows, exact_keys != 0
 
 
 def rule_state_of(read: Reader, rules: tuple[DedupRule, ...]) -> DataFrame:

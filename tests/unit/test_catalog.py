@@ -1,4 +1,5 @@
-"""The pricing catalog: the shipped file, one test per validation error, the Spark frames."""
+"""The pricing catalog: the shipped file, one test per validation error (its schema's and the
+loader's), the Spark frames."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,11 @@ from pyspark.sql import types as T
 
 from pipelines.billing.catalog import (
     DEFAULT_CATALOG,
+    MAX_MINOR_UNITS,
+    MAX_SCALE,
+    MODELS,
+    MONEY_LIMIT,
+    QUANTITY_LIMIT,
     Catalog,
     CatalogError,
     Charge,
@@ -21,10 +27,11 @@ from pipelines.billing.catalog import (
     plans_frame,
     prices_frame,
 )
+from pipelines.core.config import ConfigError, config_schema
 
 D = Decimal
 WHERE = "p.yaml"
-AT = f"{WHERE}: plans[0] (basic)"
+AT = f"{WHERE}: plans[0]"
 TICKETS = f"{AT}.metrics.billable_tickets"
 CHARGE = f"{TICKETS}.charge"
 
@@ -154,6 +161,10 @@ def test_missing_file(tmp_path):
         load_catalog(path)
 
 
+def test_catalog_error_is_a_config_error():
+    assert issubclass(CatalogError, ConfigError) and issubclass(CatalogError, ValueError)
+
+
 def test_invalid_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("version: 1\nplans: [unclosed\n", encoding="utf-8")
@@ -190,7 +201,7 @@ def test_unknown_top_level_key():
 
 @pytest.mark.parametrize("version", [0, "1", True, 1.0], ids=["zero", "string", "bool", "float"])
 def test_version_must_be_a_positive_integer(version):
-    with raises(f"{WHERE}: version must be a positive integer, got {version!r}"):
+    with raises(f"{WHERE}: version: must be a positive integer, got {version!r}"):
         parse(catalog_doc(version=version))
 
 
@@ -209,8 +220,27 @@ def test_effective_from_must_be_a_date(value):
 
 def test_effective_from_is_not_a_timestamp():
     doc = yaml_doc("effective_from: 2025-01-01 10:00:00")
-    with raises(f"{WHERE}: effective_from: expected a date (YYYY-MM-DD), got the timestamp '2025-01-01T10:00:00'"):
+    with raises(f"{WHERE}: effective_from: expected a date (YYYY-MM-DD), got '2025-01-01T10:00:00'"):
         parse(doc)
+
+
+def test_effective_from_must_be_a_day_of_the_calendar():
+    # the schema's pattern checks the form; the calendar is checked in Python
+    with raises(f"{WHERE}: effective_from: '2025-02-30' is not a day of the calendar"):
+        parse(catalog_doc(effective_from="2025-02-30"))
+
+
+def test_unquoted_dates_in_a_file(tmp_path):
+    """The file is read as an editor reads it: an unquoted date is its text, checked by the schema."""
+    text = DEFAULT_CATALOG.read_text(encoding="utf-8")
+    assert "\neffective_from: 2025-01-01\n" in text
+    path = tmp_path / "pricing.yaml"
+    path.write_text(text.replace("\neffective_from: 2025-01-01\n", "\neffective_from: 2025-03-01\n"), encoding="utf-8")
+    assert load_catalog(path).effective_from == date(2025, 3, 1)
+    path.write_text(text.replace("\neffective_from: 2025-01-01\n", "\neffective_from: 2025-03-01 10:00:00\n"),
+                    encoding="utf-8")
+    with raises(f"{path}: effective_from: expected a date (YYYY-MM-DD), got '2025-03-01 10:00:00'"):
+        load_catalog(path)
 
 
 def yaml_doc(line: str) -> dict:
@@ -231,7 +261,7 @@ def test_currencies_must_be_a_mapping(value):
 
 
 def test_currency_code_must_be_iso_4217():
-    with raises(f"{WHERE}: currencies: 'usd': a currency is a 3-letter upper-case ISO 4217 code"):
+    with raises(f"{WHERE}: currencies: a currency is a 3-letter upper-case ISO 4217 code, got 'usd'"):
         parse(catalog_doc(currencies={"usd": 2}))
 
 
@@ -280,7 +310,7 @@ def test_plan_id_must_be_a_string(plan_id):
 
 
 def test_duplicate_plan_id():
-    with raises(f"{WHERE}: plans[1] (basic).id: 'basic' is already the id of plans[0]"):
+    with raises(f"{WHERE}: plans[1].id: 'basic' is already the id of plans[0]"):
         parse(catalog_doc(plan(), plan("basic", 2)))
 
 
@@ -291,7 +321,7 @@ def test_rank_must_be_a_positive_integer(rank):
 
 
 def test_duplicate_rank():
-    with raises(f"{WHERE}: plans[1] (pro).rank: 1 is already the rank of plans[0] (basic); "
+    with raises(f"{WHERE}: plans[1].rank: 1 is already the rank of plans[0] (basic); "
                 f"ranks order upgrades and downgrades, so each plan needs its own"):
         parse(catalog_doc(plan(), plan("pro", 1)))
 
@@ -307,10 +337,16 @@ def test_metrics_must_be_a_non_empty_mapping(metrics):
         parse(catalog_doc(plan(metrics=metrics)))
 
 
+@pytest.mark.parametrize("name", ["", " voice_minutes", "voice_minutes\n", 7], ids=["empty", "spaces", "newline", "integer"])
+def test_metric_name_must_be_a_plain_string(name):
+    with raises(f"{AT}.metrics: a metric name is a non-empty string without surrounding spaces, got {name!r}"):
+        parse(catalog_doc(plan(metrics={name: plan()["metrics"]["billable_tickets"]})))
+
+
 # --- amounts ----------------------------------------------------------------------------------
 
 def test_float_amount_asks_for_a_string():
-    with raises(f"{AT}.base_fee: write amounts as strings, e.g. \"0.1\" in quotes; "
+    with raises(f"{AT}.base_fee: write decimals as strings, e.g. \"0.1\" in quotes; "
                 f"the YAML float 0.1 is binary and inexact"):
         parse(catalog_doc(plan(base_fee=0.1)))
 
@@ -347,6 +383,25 @@ def test_quantity_too_large():
         parse(with_metric(included="10000000000000000"))
 
 
+def test_the_schema_states_the_limits_the_engine_relies_on():
+    """pricing.schema.json states the limits; MODELS, MAX_SCALE, MONEY_LIMIT, QUANTITY_LIMIT and
+    MAX_MINOR_UNITS name them for the Spark engine: the two agree at each edge."""
+    assert tuple(config_schema("pricing")["$defs"]["charge"]["properties"]["model"]["enum"]) == MODELS
+    tiny = D(1).scaleb(-MAX_SCALE)
+    assert parse(catalog_doc(plan(base_fee=str(MONEY_LIMIT - tiny)))).plan("basic").base_fee == MONEY_LIMIT - tiny
+    assert parse(with_metric(included=str(QUANTITY_LIMIT - tiny))).plan("basic").metrics[
+        "billable_tickets"].included == QUANTITY_LIMIT - tiny
+    with pytest.raises(CatalogError, match=r"base_fee: must be less than "):
+        parse(catalog_doc(plan(base_fee=f"{MONEY_LIMIT:f}")))
+    with pytest.raises(CatalogError, match=r"included: must be less than "):
+        parse(with_metric(included=f"{QUANTITY_LIMIT:f}"))
+    with pytest.raises(CatalogError, match=rf"at most {MAX_SCALE} decimal places"):
+        parse(catalog_doc(plan(base_fee=f"{tiny / 10:f}")))
+    assert parse(catalog_doc(currencies={"USD": 2, "KWD": 3})).minor_units("KWD") == 3 <= MAX_MINOR_UNITS
+    with pytest.raises(CatalogError, match=rf"from 0 to {MAX_MINOR_UNITS}, got {MAX_MINOR_UNITS + 1}"):
+        parse(catalog_doc(currencies={"USD": MAX_MINOR_UNITS + 1}))
+
+
 # --- metric entries -------------------------------------------------------------------------
 
 def test_unknown_metric_key():
@@ -369,7 +424,7 @@ def test_unknown_product():
 def test_metric_belongs_to_one_product():
     pro = plan("pro", 2)
     pro["metrics"]["billable_tickets"]["product"] = "automate"
-    with raises(f"{WHERE}: plans[1] (pro).metrics.billable_tickets.product: 'automate', but plans[0] (basic) "
+    with raises(f"{WHERE}: plans[1].metrics.billable_tickets.product: 'automate', but plans[0] (basic) "
                 f"puts billable_tickets under 'helpdesk'; a metric belongs to one product"):
         parse(catalog_doc(plan(), pro))
 
@@ -382,7 +437,7 @@ def test_negative_included_quota():
 # --- charges --------------------------------------------------------------------------------
 
 def test_unknown_model():
-    with raises(f"{CHARGE}.model: must be one of per_unit, graduated, volume, package; got 'tiered'"):
+    with raises(f"{CHARGE}.model: must be one of ('per_unit', 'graduated', 'volume', 'package'), got 'tiered'"):
         parse(with_charge({"model": "tiered", "tiers": []}))
 
 
@@ -392,7 +447,7 @@ def test_missing_model():
 
 
 def test_charge_keys_of_another_model():
-    with raises(f"{CHARGE} (per_unit): unknown keys ['tiers'] (allowed: ['model', 'unit_amount'])"):
+    with raises(f"{CHARGE}: unknown keys ['tiers'] (allowed: ['model', 'unit_amount'])"):
         parse(with_charge({"model": "per_unit", "unit_amount": "0.40", "tiers": []}))
 
 
@@ -415,7 +470,7 @@ def test_package_size_must_be_positive():
 
 
 def test_package_free_units_float():
-    with raises(f"{CHARGE}.free_units: write amounts as strings, e.g. \"10.5\" in quotes; "
+    with raises(f"{CHARGE}.free_units: write decimals as strings, e.g. \"10.5\" in quotes; "
                 f"the YAML float 10.5 is binary and inexact"):
         parse(with_charge({"model": "package", "size": "100", "amount": "5", "free_units": 10.5}))
 

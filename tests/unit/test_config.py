@@ -90,7 +90,7 @@ def test_wrong_version(tmp_path, loader, version, shown):
     path = tmp_path / "v.yaml"
     head = f"version: {version}\n" if version is not None else ""
     path.write_text(head + "rules: []\nsilver: {}\n", encoding="utf-8")
-    with raises(f"{path}: version must be 1, got {shown}"):
+    with raises(f"{path}: version: must be 1, got {shown}" if version is not None else f"{path}: 'version' is required"):
         loader(path)
 
 
@@ -113,15 +113,18 @@ def test_no_rules_is_allowed():
     assert parse_dedup_rules(rules_doc()) == ()
 
 
-@pytest.mark.parametrize("doc", [{"version": 1}, {"version": 1, "rules": {"a": 1}}, {"version": 1, "rules": None}],
-                         ids=["absent", "mapping", "null"])
-def test_rules_must_be_a_list(doc):
-    with raises("rules.yaml: 'rules' must be a list"):
+@pytest.mark.parametrize("doc, message", [
+    ({"version": 1}, "'rules' is required"),
+    ({"version": 1, "rules": {"a": 1}}, "rules: expected a list, got {'a': 1}"),
+    ({"version": 1, "rules": None}, "rules: expected a list, got None"),
+], ids=["absent", "mapping", "null"])
+def test_rules_must_be_a_list(doc, message):
+    with raises(f"rules.yaml: {message}"):
         parse_dedup_rules(doc, "rules.yaml")
 
 
 def test_rule_must_be_a_mapping():
-    with raises("dedup rules: rules[1]: expected a mapping"):
+    with raises("dedup rules: rules[1]: expected a mapping, got 'sms'"):
         parse_dedup_rules(rules_doc(MONTHLY, "sms"))
 
 
@@ -139,12 +142,18 @@ def test_required_strings(key, value):
         del rule[key]
     else:
         rule[key] = value
-    with raises(f"dedup rules: rules[0]: '{key}' is required and must be a non-empty string"):
+    if value is None:
+        message = f"rules[0]: '{key}' is required"
+    elif key == "kind":
+        message = f"rules[0].kind: must be one of ('once_per_calendar_period', 'retry_window'), got {value!r}"
+    else:
+        message = f"rules[0].{key}: expected a non-empty string, got {value!r}"
+    with raises(f"dedup rules: {message}"):
         parse_dedup_rules(rules_doc(rule))
 
 
 def test_unknown_kind():
-    with raises("dedup rules: rules[0]: kind must be one of ('once_per_calendar_period', 'retry_window'), "
+    with raises("dedup rules: rules[0].kind: must be one of ('once_per_calendar_period', 'retry_window'), "
                 "got 'sliding_window'"):
         parse_dedup_rules(rules_doc({**RETRY, "kind": "sliding_window"}))
 
@@ -154,18 +163,19 @@ def test_missing_or_bad_period(period, shown):
     rule = {k: v for k, v in MONTHLY.items() if k != "period"}
     if period is not None:
         rule["period"] = period
-    with raises("dedup rules: rules[0]: period must be one of ('day', 'week', 'month', 'quarter', 'year'), "
+    with raises("dedup rules: rules[0]: 'period' is required" if period is None else
+                "dedup rules: rules[0].period: must be one of ('day', 'week', 'month', 'quarter', 'year'), "
                 f"got {shown}"):
         parse_dedup_rules(rules_doc(rule))
 
 
 def test_window_on_a_period_rule():
-    with raises("dedup rules: rules[0]: 'window' belongs to retry_window rules"):
+    with raises("dedup rules: rules[0].window: 'window' belongs to retry_window rules"):
         parse_dedup_rules(rules_doc({**MONTHLY, "window": "10 minutes"}))
 
 
 def test_period_on_a_retry_rule():
-    with raises("dedup rules: rules[0]: 'period' belongs to once_per_calendar_period rules"):
+    with raises("dedup rules: rules[0].period: 'period' belongs to once_per_calendar_period rules"):
         parse_dedup_rules(rules_doc({**RETRY, "period": "month"}))
 
 
@@ -173,12 +183,13 @@ def test_period_on_a_retry_rule():
                                     "10 Minutes"])
 def test_bad_window(window):
     rule = {**RETRY, "window": window} if window is not None else {k: v for k, v in RETRY.items() if k != "window"}
-    with raises(f"dedup rules: rules[0].window: expected a duration like '10 minutes', got {window!r}"):
+    with raises("dedup rules: rules[0]: 'window' is required" if window is None else
+                f"dedup rules: rules[0].window: expected a positive duration like '10 minutes', got {window!r}"):
         parse_dedup_rules(rules_doc(rule))
 
 
 def test_zero_window():
-    with raises("dedup rules: rules[0].window: duration must be positive, got '0 minutes'"):
+    with raises("dedup rules: rules[0].window: expected a positive duration like '10 minutes', got '0 minutes'"):
         parse_dedup_rules(rules_doc({**RETRY, "window": "0 minutes"}))
 
 
@@ -196,7 +207,7 @@ def test_errors_name_the_file(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text("version: 1\nrules:\n  - {name: a, metric: m, kind: retry_window, window: soon}\n",
                     encoding="utf-8")
-    with raises(f"{path}: rules[0].window: expected a duration like '10 minutes', got 'soon'"):
+    with raises(f"{path}: rules[0].window: expected a positive duration like '10 minutes', got 'soon'"):
         load_dedup_rules(path)
 
 
@@ -235,15 +246,15 @@ def test_pipeline_overrides_only_what_is_given():
 @pytest.mark.parametrize("silver", [["watermark_delay"], [], None, "", 0, False, "watermark_delay: 1 minute"],
                          ids=["list", "empty-list", "null", "empty-string", "zero", "false", "string"])
 def test_pipeline_silver_must_be_a_mapping(silver):
-    with raises("p.yaml: 'silver' must be a mapping"):
+    with raises(f"p.yaml: silver: expected a mapping, got {silver!r}"):
         parse_pipeline_config({"version": 1, "silver": silver}, "p.yaml")
 
 
-@pytest.mark.parametrize("text", ["silver: []\n", "silver:\n"], ids=["empty-list", "empty-body"])
-def test_pipeline_file_with_a_non_mapping_silver(tmp_path, text):
+@pytest.mark.parametrize("text, shown", [("silver: []\n", "[]"), ("silver:\n", "None")], ids=["empty-list", "empty-body"])
+def test_pipeline_file_with_a_non_mapping_silver(tmp_path, text, shown):
     path = tmp_path / "pipeline.yaml"
     path.write_text("version: 1\n" + text, encoding="utf-8")
-    with raises(f"{path}: 'silver' must be a mapping"):
+    with raises(f"{path}: silver: expected a mapping, got {shown}"):
         load_pipeline_config(path)
 
 
@@ -255,12 +266,12 @@ def test_pipeline_unknown_keys():
 
 @pytest.mark.parametrize("key", ["watermark_delay", "late_threshold", "future_tolerance"])
 def test_pipeline_bad_duration(key):
-    with raises(f"pipeline config: silver.{key}: expected a duration like '10 minutes', got '1h'"):
+    with raises(f"pipeline config: silver.{key}: expected a positive duration like '10 minutes', got '1h'"):
         parse_pipeline_config({"version": 1, "silver": {key: "1h"}})
 
 
 def test_pipeline_zero_duration():
-    with raises("pipeline config: silver.late_threshold: duration must be positive, got '0 hours'"):
+    with raises("pipeline config: silver.late_threshold: expected a positive duration like '10 minutes', got '0 hours'"):
         parse_pipeline_config({"version": 1, "silver": {"late_threshold": "0 hours"}})
 
 
@@ -274,7 +285,7 @@ def test_pipeline_file_overrides(tmp_path):
 # filter rule != 'identity': a custom rule with that name would lose its drops from the history.
 @pytest.mark.parametrize("rule", [RETRY, MONTHLY], ids=["retry", "period"])
 def test_rule_name_identity_is_reserved(rule):
-    with raises("dedup rules: rules[1]: the name 'identity' is reserved for identity deduplication"):
+    with raises("dedup rules: rules[1].name: the name 'identity' is reserved for identity deduplication"):
         parse_dedup_rules(rules_doc({**MONTHLY, "name": "tickets", "metric": "other"}, {**rule, "name": "identity"}))
 
 
@@ -288,5 +299,5 @@ def test_rule_named_identity_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text("version: 1\nrules:\n  - {name: identity, metric: m, kind: retry_window, window: 1 hour}\n",
                     encoding="utf-8")
-    with raises(f"{path}: rules[0]: the name 'identity' is reserved for identity deduplication"):
+    with raises(f"{path}: rules[0].name: the name 'identity' is reserved for identity deduplication"):
         load_dedup_rules(path)

@@ -261,6 +261,7 @@ def test_load_contract_reads_the_versioned_file(tmp_path, monkeypatch):
 
 
 def test_the_package_schemas_are_the_checkout_schemas():
-    """One copy: the package's _schemas is the repository's schemas/, not a second tree."""
-    assert C.schemas_dir().is_symlink()
+    """One copy: the repository's schemas/ is the package's conf/schemas, not a second tree."""
+    assert (REPO_ROOT / "schemas").is_symlink()
+    assert not C.schemas_dir().is_symlink()
     assert C.schemas_dir().resolve() == (REPO_ROOT / "schemas").resolve()

@@ -3,6 +3,7 @@ look-alike normal traffic is not. Config errors name the file and the entry."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -128,13 +129,19 @@ def test_trial_accounts_using_like_paying_merchants(spark):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d["signup_burst"].update(min_accounts=1), "signup_burst.min_accounts: expected an integer >= 2"),
-    (lambda d: d["signup_burst"].update(signals=[{"name": "ip"}]), "signup_burst.signals[0]: expected"),
-    (lambda d: d["usage_spike"].update(baseline="soon"), "usage_spike.baseline: expected a duration"),
-    (lambda d: d["usage_spike"].update(min_baseline_days=20), "cannot exceed the baseline's 14 days"),
-    (lambda d: d["trial_lookalike"].update(paying_percentile=2), "paying_percentile: expected a number >= 0 and <= 1"),
-    (lambda d: d["trial_lookalike"].pop("window"), "trial_lookalike: missing keys ['window']"),
+    (lambda d: d["signup_burst"].update(min_accounts=1), "signup_burst.min_accounts: expected an integer >= 2, got 1"),
+    (lambda d: d["signup_burst"].update(signals=[{"name": "ip"}]), "signup_burst.signals[0]: 'keys' is required"),
+    (lambda d: d["usage_spike"].update(baseline="soon"),
+     "usage_spike.baseline: expected a positive duration like '10 minutes', got 'soon'"),
+    (lambda d: d["usage_spike"].update(min_baseline_days=20),
+     "usage_spike.min_baseline_days: cannot exceed the baseline's 14 days"),
+    (lambda d: d["trial_lookalike"].update(paying_percentile=2),
+     "trial_lookalike.paying_percentile: expected a number >= 0 and <= 1, got 2"),
+    (lambda d: d["trial_lookalike"].pop("window"), "trial_lookalike: 'window' is required"),
     (lambda d: d.update(velocity={}), "unknown keys ['velocity']"),
+    (lambda d: d.pop("version"), "'version' is required"),
+    (lambda d: d.update(version=2), "version: must be 1, got 2"),
+    (lambda d: d.update(version=True), "version: must be 1, got True"),
 ])
 def test_fraud_config_errors_name_the_file_and_entry(change, message):
     import yaml
@@ -146,6 +153,15 @@ def test_fraud_config_errors_name_the_file_and_entry(change, message):
     with pytest.raises(ConfigError) as err:
         parse_fraud_rules(doc, "fraud_rules.yaml")
     assert str(err.value).startswith("fraud_rules.yaml: ") and message in str(err.value)
+
+
+def test_a_fraud_rules_file_of_another_version_is_refused(tmp_path):
+    from pipelines.fraud.rules import DEFAULT_FRAUD_RULES
+
+    path = tmp_path / "fraud_rules.yaml"
+    path.write_text(DEFAULT_FRAUD_RULES.read_text().replace("\nversion: 1\n", "\nversion: 2\n"))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: version: must be 1, got 2$"):
+        load_fraud_rules(path)
 
 
 def test_disabled_rules_produce_nothing(spark):

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.core.config import ConfigError
 from pipelines.monitoring.listener import kafka_lag, progress_row
-from pipelines.monitoring.slo import StreamSlo, load_slos, parse_slos
+from pipelines.monitoring.slo import Slos, StreamSlo, load_slos, parse_slos
 from pipelines.monitoring.status import evaluate, lag_is_growing, plot_metrics, render_status
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -102,14 +102,55 @@ def test_slo_config_defaults_overrides_and_errors(tmp_path):
                          "streams": {"gold": {"max_quarantine_share": 0.05}}})
     assert custom.for_stream("gold") == StreamSlo(timedelta(minutes=2), timedelta(minutes=5), 0.05)
     assert custom.for_stream("other").max_freshness == timedelta(minutes=2)
-    with pytest.raises(ConfigError, match=r"slo.yaml: streams.gold.max_quarantine_share: expected a number"):
-        parse_slos({"streams": {"gold": {"max_quarantine_share": 5}}}, "slo.yaml")
-    with pytest.raises(ConfigError, match=r"slo.yaml: defaults: unknown keys \['freshness'\]"):
-        parse_slos({"defaults": {"freshness": "1 minute"}}, "slo.yaml")
+    with pytest.raises(ConfigError, match=r"^slo.yaml: streams.gold.max_quarantine_share: expected a number between "
+                                          r"0 and 1, got 5$"):
+        parse_slos({"version": 1, "streams": {"gold": {"max_quarantine_share": 5}}}, "slo.yaml")
+    with pytest.raises(ConfigError, match=r"^slo.yaml: defaults: unknown keys \['freshness'\] \(allowed: "):
+        parse_slos({"version": 1, "defaults": {"freshness": "1 minute"}}, "slo.yaml")
     bad = tmp_path / "slo.yaml"
     bad.write_text("version: 1\ndefaults: {max_freshness: soon}\n")
-    with pytest.raises(ConfigError, match=r"slo.yaml: defaults.max_freshness: expected a duration"):
+    with pytest.raises(ConfigError, match=r"slo.yaml: defaults.max_freshness: expected a positive duration like "
+                                          r"'10 minutes', got 'soon'$"):
         load_slos(bad)
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"version": 1, "defaults": ["max_freshness"]}, "defaults: expected a mapping or null, got ['max_freshness']"),
+    ({"version": 1, "streams": ["gold"]}, "streams: expected a mapping of stream name to overrides, got ['gold']"),
+    ({"version": 1, "streams": {"gold": "fast"}}, "streams.gold: expected a mapping or null, got 'fast'"),
+    ({"version": 1, "streams": {"gold": {"lag_growth_window": "0 minutes"}}},
+     "streams.gold.lag_growth_window: expected a positive duration like '10 minutes', got '0 minutes'"),
+    ({"version": 1, "defaults": {"max_quarantine_share": True}},
+     "defaults.max_quarantine_share: expected a number between 0 and 1, got True"),
+    ({"version": 1, "defaults": {"max_quarantine_share": "1%"}},
+     "defaults.max_quarantine_share: expected a number between 0 and 1, got '1%'"),
+    ({"version": 1, "alerts": {}}, "unknown keys ['alerts'] (allowed: ['defaults', 'streams', 'version'])"),
+    ({"defaults": {}}, "'version' is required"),
+    ({"version": 2, "defaults": {}}, "version: must be 1, got 2"),
+    ({"version": "1"}, "version: must be 1, got '1'"),
+    ([], "expected a mapping at the top level"),
+], ids=["defaults-list", "streams-list", "stream-string", "zero-window", "share-bool", "share-string", "unknown",
+        "no-version", "version-2", "version-string", "top-list"])
+def test_slo_config_errors_name_the_entry(doc, message):
+    with pytest.raises(ConfigError) as err:
+        parse_slos(doc, "slo.yaml")
+    assert str(err.value) == f"slo.yaml: {message}"
+
+
+def test_an_slo_file_of_another_version_is_refused(tmp_path):
+    path = tmp_path / "slo.yaml"
+    path.write_text("version: 2\nstreams: {silver: {}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_slos(path)
+    assert str(err.value) == f"{path}: version: must be 1, got 2"
+
+
+def test_empty_slo_sections_change_nothing():
+    plain = parse_slos({"version": 1})
+    assert plain == Slos(StreamSlo(), {})
+    assert parse_slos({"version": 1, "defaults": None, "streams": None}) == plain
+    overrides = parse_slos({"version": 1, "streams": {"gold": None, "silver": {}}})
+    assert overrides.for_stream("gold") == overrides.for_stream("silver") == StreamSlo()
 
 
 def test_plot_writes_a_png_with_three_labelled_panels(tmp_path):

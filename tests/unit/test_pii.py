@@ -206,30 +206,63 @@ KEY_DOC = {"env": "K", "scope_env": "S", "scope_key": "pii-hmac-key"}
 
 
 @pytest.mark.parametrize("doc, message", [
-    ([], "expected a mapping"),
-    ({"version": 1, "salt_env": "X"}, "version must be 2.*salt_env is gone"),
-    ({"version": 2}, "key: expected a mapping"),
-    ({"version": 2, "key": {**KEY_DOC, "env": "lower"}}, "env must name an environment variable"),
-    ({"version": 2, "key": {**KEY_DOC, "scope_env": "K"}}, "two different variables"),
-    ({"version": 2, "key": {**KEY_DOC, "scope_key": "a b"}}, "scope_key must be"),
+    ([], "expected a mapping at the top level"),
+    ({"version": 1, "salt_env": "X"}, "version: must be 2, got 1 .*salt_env is gone"),
+    ({"key": KEY_DOC}, "'version' is required"),
+    ({"version": 3, "key": KEY_DOC}, "version: must be 2, got 3$"),
+    ({"version": True, "key": KEY_DOC}, "version: must be 2, got True$"),
+    ({"version": 2}, "'key' is required"),
+    ({"version": 2, "key": "LAKEHOUSE_PII_KEY"}, "key: expected a mapping, got 'LAKEHOUSE_PII_KEY'"),
+    ({"version": 2, "key": {**KEY_DOC, "env": "lower"}}, r"key\.env: must name an environment variable"),
+    ({"version": 2, "key": {"env": "K", "scope_env": "S"}}, "key: 'scope_key' is required"),
+    ({"version": 2, "key": {**KEY_DOC, "scope_env": "K"}}, "key: env and scope_env must be two different variables"),
+    ({"version": 2, "key": {**KEY_DOC, "scope_key": "a b"}}, r"key\.scope_key: must be a secret's key"),
     ({"version": 2, "key": {**KEY_DOC, "salt": "x"}}, r"key: unknown keys \['salt'\]"),
-    ({"version": 2, "key": KEY_DOC, "keys": [{"name": "email", "kind": "mail"}]}, r"keys\[0\] \(email\): kind"),
-    ({"version": 2, "key": KEY_DOC, "keys": [{"name": "x", "action": "drop", "kind": "ip"}]}, "no kind"),
+    ({"version": 2, "key": KEY_DOC, "keys": [{"name": "email", "kind": "mail"}]},
+     r"keys\[0\]\.kind: must be one of \('email', 'phone', 'ip', 'text'\), got 'mail'"),
+    ({"version": 2, "key": KEY_DOC, "keys": [{"name": "email"}]}, r"keys\[0\]: 'kind' is required"),
+    ({"version": 2, "key": KEY_DOC, "keys": [{"name": "x", "action": "hide"}]},
+     r"keys\[0\]\.action: must be one of \('hash', 'drop'\), got 'hide'"),
+    ({"version": 2, "key": KEY_DOC, "keys": [{"name": "x", "action": "drop", "kind": "ip"}]},
+     r"keys\[0\]\.kind: a dropped key has no kind"),
+    ({"version": 2, "key": KEY_DOC, "keys": [{"name": " ", "kind": "ip"}]}, r"keys\[0\]\.name: expected a non-empty"),
     ({"version": 2, "key": KEY_DOC, "keys": [{"name": "Ip", "kind": "ip"}, {"name": "ip", "kind": "ip"}]},
      "listed twice"),
     ({"version": 2, "key": KEY_DOC, "patterns": [{"kind": "ip", "regex": "("}]}, r"patterns\[0\]: regex does not"),
-    ({"version": 2, "key": KEY_DOC, "patterns": [{"kind": "ssn", "regex": "x"}]}, "kind must be one of"),
+    ({"version": 2, "key": KEY_DOC, "patterns": [{"kind": "ssn", "regex": "x"}]}, r"patterns\[0\]\.kind: must be one of"),
+    ({"version": 2, "key": KEY_DOC, "patterns": [{"kind": "ip"}]}, r"patterns\[0\]: 'regex' is required"),
+    ({"version": 2, "key": KEY_DOC, "patterns": [{"kind": "ip", "regex": "it's"}]},
+     r"patterns\[0\]\.regex: a regex must not contain quotes or escaped backslashes"),
+    ({"version": 2, "key": KEY_DOC, "patterns": [{"kind": "ip", "regex": "x", "in_text": "yes"}]},
+     r"patterns\[0\]\.in_text: expected true or false, got 'yes'"),
     ({"version": 2, "key": KEY_DOC, "sensitive_keys": ["Api-Key"]}, r"sensitive_keys\[0\]: a lower-case word"),
-    ({"version": 2, "key": KEY_DOC, "sensitive_keys": ["token", "token"]}, "sensitive_keys listed twice"),
-    ({"version": 2, "key": KEY_DOC, "sensitive_keys": "token"}, "must be a list"),
+    ({"version": 2, "key": KEY_DOC, "sensitive_keys": ["token", "token"]},
+     r"sensitive_keys: a word is listed twice in \['token', 'token'\]"),
+    ({"version": 2, "key": KEY_DOC, "sensitive_keys": "token"}, "sensitive_keys: expected a list or null, got 'token'"),
     ({"version": 2, "key": KEY_DOC, "screen": "("}, "screen: regex does not compile"),
-    ({"version": 2, "key": KEY_DOC, "extra": 1}, "unknown keys"),
+    ({"version": 2, "key": KEY_DOC, "screen": 5}, "screen: expected a regex or null, got 5"),
+    ({"version": 2, "key": KEY_DOC, "extra": 1}, r"unknown keys \['extra'\]"),
 ])
 def test_config_errors_name_the_file_and_entry(doc, message):
     with pytest.raises(PiiConfigError, match=message) as err:
         parse_pii_config(doc, "conf/pii.yaml")
-    assert str(err.value).startswith("conf/pii.yaml")
+    assert str(err.value).startswith("conf/pii.yaml: ")
     assert isinstance(err.value, ConfigError)
+
+
+def test_a_pii_file_of_another_version_is_refused(tmp_path):
+    path = tmp_path / "pii.yaml"
+    text = (Path(REPO_ROOT) / "pipelines/conf/pii.yaml").read_text()
+    path.write_text(text.replace("\nversion: 2\n", "\nversion: 1\n"))
+    with pytest.raises(PiiConfigError, match=rf"^{re.escape(str(path))}: version: must be 2, got 1 \(version 1's "
+                                             r"salt_env is gone"):
+        load_pii_config(path)
+
+
+def test_empty_pii_lists_are_none():
+    config = parse_pii_config({"version": 2, "key": KEY_DOC, "keys": None, "patterns": None, "sensitive_keys": None,
+                               "screen": None})
+    assert (config.keys, config.patterns, config.sensitive_keys, config.screen) == ((), (), (), None)
 
 
 # -- the key ----------------------------------------------------------------------------------

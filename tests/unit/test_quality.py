@@ -237,21 +237,58 @@ def test_shipped_suites_cover_each_layer(checks):
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"expect": "expect_column_values_to_be_purple", "kwargs": {"column": "x"}}, "unknown expectation type"),
-    ({"kwargs": {"column_list": ["a"]}, "expect": "expect_compound_columns_to_be_unique"}, "at least two columns"),
-    ({"severity": "fatal"}, "severity must be one of"),
-    ({"table": "silver.nope"}, "unknown table 'silver.nope'"),
-    ({"dataset": "x"}, "exactly one of 'table' or 'dataset'"),
-    ({"gates": ["publish"]}, "gates must be a list"),
-    ({"colour": "red"}, "unknown keys ['colour']"),
-])
+    ({"expect": "expect_column_values_to_be_purple", "kwargs": {"column": "x"}},
+     " (c1): unknown expectation type 'expect_column_values_to_be_purple'"),
+    ({"kwargs": {"column_list": ["a"]}, "expect": "expect_compound_columns_to_be_unique"},
+     " (c1): expect_compound_columns_to_be_unique: invalid arguments"),
+    ({"severity": "fatal"}, ".severity: must be one of ('critical', 'warning'), got 'fatal'"),
+    ({"table": "silver.nope"}, " (c1): unknown table 'silver.nope'"),
+    ({"table": None, "dataset": "nope"}, " (c1): unknown dataset 'nope'; known: "),
+    ({"dataset": "x"}, ": give exactly one of 'table' or 'dataset', not both"),
+    ({"table": None}, ": give exactly one of 'table' or 'dataset'"),
+    ({"gates": ["publish"]}, ".gates[0]: must be one of ('export',), got 'publish'"),
+    ({"gates": "export"}, ".gates: expected a list, got 'export'"),
+    ({"colour": "red"}, ": unknown keys ['colour'] (allowed: ['dataset', 'description', 'expect', 'gates', "
+                        "'kwargs', 'name', 'severity', 'table'])"),
+    ({"name": None}, ": 'name' is required"),
+    ({"description": " "}, ".description: expected a non-empty string, got ' '"),
+    ({"kwargs": ["x"]}, ".kwargs: expected a mapping, got ['x']"),
+    ({"expect": "ExpectColumnValuesToNotBeNull"},
+     ".expect: expected a great-expectations expectation type in snake_case"),
+], ids=["unknown-expectation", "bad-kwargs", "severity", "unknown-table", "unknown-dataset", "table-and-dataset",
+        "neither", "unknown-gate", "gates-not-a-list", "unknown-key", "no-name", "blank-description",
+        "kwargs-not-a-mapping", "camel-case-expect"])
 def test_suite_errors_name_the_file_and_the_check(entry, message):
     check = {"name": "c1", "description": "d", "severity": "critical", "table": "silver.usage_events",
              "expect": "expect_column_values_to_not_be_null", "kwargs": {"column": "event_id"}}
     check.update(entry)
+    check = {k: v for k, v in check.items() if v is not None}
     with pytest.raises(ConfigError) as err:
         parse_suite({"version": 1, "suite": "s", "checks": [check]}, "quality/s.yaml")
-    assert str(err.value).startswith("quality/s.yaml: checks[0] (c1): ") and message in str(err.value)
+    assert str(err.value).startswith(f"quality/s.yaml: checks[0]{message}"), str(err.value)
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"suite": "s", "checks": []}, "'version' is required"),
+    ({"version": 2, "suite": "s", "checks": []}, "version: must be 1, got 2"),
+    ({"version": 1, "suite": "", "checks": []}, "suite: expected a non-empty string, got ''"),
+    ({"version": 1, "suite": "s", "checks": []}, "checks: expected a non-empty list of checks, got []"),
+    ({"version": 1, "suite": "s", "checks": {"c1": {}}}, "checks: expected a non-empty list of checks, got {'c1': {}}"),
+    ({"version": 1, "suite": "s", "checks": ["c1"]}, "checks[0]: expected a mapping, got 'c1'"),
+    ({"version": 1, "checks": []}, "'suite' is required"),
+    ([], "expected a mapping at the top level"),
+], ids=["no-version", "version-2", "empty-suite", "no-checks", "checks-not-a-list", "check-not-a-mapping",
+        "no-suite", "not-a-mapping"])
+def test_suite_document_errors(doc, message):
+    with pytest.raises(ConfigError) as err:
+        parse_suite(doc, "quality/s.yaml", check_expectations=False)
+    assert str(err.value) == f"quality/s.yaml: {message}"
+
+
+def test_suite_files_are_read_strictly(tmp_path):
+    (tmp_path / "s.yaml").write_text("version: 1\nsuite: s\nsuite: t\nchecks: []\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: not valid YAML: .*duplicate key 'suite'"):
+        load_suites(tmp_path)
 
 
 def test_check_names_are_unique_across_suites(tmp_path):

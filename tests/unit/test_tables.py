@@ -120,15 +120,20 @@ def test_unknown_table():
 
 # --- parse_table_specs ------------------------------------------------------------------------------
 
+def parse(**doc) -> dict[str, TableSpec]:
+    """A tables.yaml document (version 1) parsed, errors naming it `tables.yaml`."""
+    return parse_table_specs({"version": 1, **doc}, "tables.yaml")
+
+
 def test_groups_columns_and_groups_after_in_order(spark):
-    specs = parse_table_specs({
-        "groups": {"ids": [col("id")], "tail": [col("at", "timestamp")], "money": [col("amount", DECIMAL)]},
-        "tables": {
+    specs = parse(
+        groups={"ids": [col("id")], "tail": [col("at", "timestamp")], "money": [col("amount", DECIMAL)]},
+        tables={
             "s.t": {"comment": "T", "groups": ["ids", "money"], "columns": [col("x", "int")],
                     "groups_after": ["tail"], "change_data_feed": True},
             "s.u": {"columns": [{"name": "y", "type": "bigint"}]},
         },
-    })
+    )
     t = specs["s.t"]
     assert t == TableSpec("s.t", "T", (
         ColumnSpec("id", "string", "c"), ColumnSpec("amount", DECIMAL, "c"), ColumnSpec("x", "int", "c"),
@@ -140,62 +145,113 @@ def test_groups_columns_and_groups_after_in_order(spark):
 
 
 def test_empty_document():
-    assert parse_table_specs({}) == {}
+    assert parse() == {}
 
 
-@pytest.mark.parametrize("name", ["events", "a.b.c", ".t", "l."])
+@pytest.mark.parametrize("doc, message", [
+    ({}, "'version' is required"),
+    ({"version": 2}, "version: must be 1, got 2"),
+    (None, "expected a mapping at the top level"),
+    ({"version": 1, "table": {}}, "unknown keys ['table'] (allowed: ['groups', 'tables', 'version'])"),
+    ({"version": 1, "tables": []}, "tables: expected a mapping, got []"),
+], ids=["no-version", "version-2", "null", "unknown-key", "tables-list"])
+def test_the_document(doc, message):
+    with raises(f"tables.yaml: {message}"):
+        parse_table_specs(doc, "tables.yaml")
+
+
+@pytest.mark.parametrize("name", ["events", "a.b.c", ".t", "l.", "Silver.t", "s.t`x", "s.t\n"])
 def test_table_name_must_be_layer_dot_table(name):
-    with raises(f"table names are 'layer.table', got {name!r}", ValueError):
-        parse_table_specs({"tables": {name: {"columns": [col("x")]}}})
+    with raises(f"tables.yaml: tables: table names are 'layer.table' in lower_snake_case, got {name!r}", ValueError):
+        parse(tables={name: {"columns": [col("x")]}})
 
 
 def test_unknown_table_keys():
-    with raises("table s.t: unknown keys ['partition_by', 'pk']"):
-        parse_table_specs({"tables": {"s.t": {"columns": [col("x")], "partition_by": ["x"], "pk": "x"}}})
+    with raises("tables.yaml: tables.s.t: unknown keys ['partition_by', 'pk'] (allowed: ['change_data_feed', "
+                "'columns', 'comment', 'groups', 'groups_after', 'partitioned_by'])"):
+        parse(tables={"s.t": {"columns": [col("x")], "partition_by": ["x"], "pk": "x"}})
 
 
 @pytest.mark.parametrize("key", ["groups", "groups_after"])
 def test_unknown_group(key):
-    with raises("table s.t: unknown column group 'nope'"):
-        parse_table_specs({"groups": {"ids": [col("id")]}, "tables": {"s.t": {key: ["ids", "nope"]}}})
+    with raises(f"tables.yaml: tables.s.t.{key}[1]: unknown column group 'nope'; known: ['ids']"):
+        parse(groups={"ids": [col("id")]}, tables={"s.t": {key: ["ids", "nope"]}})
 
 
 def test_duplicated_columns():
-    with raises("table s.t: duplicated columns ['id', 'x']"):
-        parse_table_specs({
-            "groups": {"ids": [col("id"), col("x")]},
-            "tables": {"s.t": {"groups": ["ids"], "columns": [col("id"), col("x"), col("y")]}},
-        })
+    with raises("tables.yaml: tables.s.t: duplicated columns ['id', 'x']"):
+        parse(
+            groups={"ids": [col("id"), col("x")]},
+            tables={"s.t": {"groups": ["ids"], "columns": [col("id"), col("x"), col("y")]}},
+        )
 
 
-@pytest.mark.parametrize("body", [{}, {"columns": []}, {"columns": None, "comment": "c"}],
-                         ids=["empty", "empty-list", "null"])
+@pytest.mark.parametrize("body", [{}, {"columns": []}, {"columns": None, "comment": "c"},
+                                  {"groups": [], "groups_after": [], "comment": "c"}],
+                         ids=["empty", "empty-list", "null", "empty-groups"])
 def test_no_columns(body):
-    with raises("table s.t: no columns"):
-        parse_table_specs({"tables": {"s.t": body}})
+    with raises("tables.yaml: tables.s.t: no columns: give the table 'columns', 'groups' or 'groups_after'"):
+        parse(tables={"s.t": body})
 
 
-@pytest.mark.parametrize("item", [
-    {"name": "x"},
-    {"type": "string"},
-    {"name": "x", "type": "string", "nullable": False},
-    "x string",
-], ids=["no-type", "no-name", "unknown-key", "not-a-mapping"])
-def test_bad_column(item):
-    with raises(f"table s.t: each column needs name and type (and a comment), got {item!r}"):
-        parse_table_specs({"tables": {"s.t": {"columns": [item]}}})
+@pytest.mark.parametrize("item, message", [
+    ({"name": "x"}, ": 'type' is required"),
+    ({"type": "string"}, ": 'name' is required"),
+    ({"name": "x", "type": "string", "nullable": False},
+     ": unknown keys ['nullable'] (allowed: ['comment', 'name', 'type'])"),
+    ("x string", ": expected a mapping, got 'x string'"),
+    ({"name": "x", "type": ""}, ".type: expected a Spark SQL DDL type such as 'string' or 'decimal(38,6)', got ''"),
+    ({"name": "x", "type": 1}, ".type: expected a Spark SQL DDL type such as 'string' or 'decimal(38,6)', got 1"),
+    ({"name": "x`y", "type": "string"}, ".name: expected a lower_snake_case name, got 'x`y'"),
+    ({"name": "x\n", "type": "string"}, ".name: expected a lower_snake_case name, got 'x\\n'"),
+    ({"name": "x", "type": "string", "comment": None}, ".comment: expected a string, got None"),
+], ids=["no-type", "no-name", "unknown-key", "not-a-mapping", "empty-type", "int-type", "bad-name", "newline-name", "null-comment"])
+def test_bad_column(item, message):
+    with raises(f"tables.yaml: tables.s.t.columns[0]{message}"):
+        parse(tables={"s.t": {"columns": [item]}})
 
 
 def test_bad_column_in_a_group():
-    with raises("group ids: each column needs name and type (and a comment), got {'name': 'id'}"):
-        parse_table_specs({"groups": {"ids": [{"name": "id"}]}, "tables": {}})
+    with raises("tables.yaml: groups.ids[0]: 'type' is required"):
+        parse(groups={"ids": [{"name": "id"}]}, tables={})
+
+
+def test_a_group_has_columns():
+    with raises("tables.yaml: groups.ids: a group is a non-empty list of columns, got []"):
+        parse(groups={"ids": []}, tables={})
 
 
 # `s.t:` with nothing under it in YAML is None.
 @pytest.mark.parametrize("body", [None, [col("x")], "x string"], ids=["null", "list", "string"])
 def test_table_body_must_be_a_mapping(body):
-    with raises(f"table s.t: expected a mapping with columns, got {body!r}"):
-        parse_table_specs({"tables": {"s.t": body}})
+    with raises(f"tables.yaml: tables.s.t: expected a mapping, got {body!r}"):
+        parse(tables={"s.t": body})
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"partitioned_by": ["y"]}, "tables.s.t.partitioned_by: ['y'] are not columns of the table"),
+    ({"partitioned_by": "x"}, "tables.s.t.partitioned_by: expected a list, got 'x'"),
+    ({"partitioned_by": ["x", "x"]}, "tables.s.t.partitioned_by: ['x', 'x'] has non-unique elements"),
+    ({"change_data_feed": "yes"}, "tables.s.t.change_data_feed: expected true or false, got 'yes'"),
+    ({"comment": 3}, "tables.s.t.comment: expected a string, got 3"),
+], ids=["not-a-column", "not-a-list", "repeated", "cdf-not-bool", "comment-not-text"])
+def test_table_settings(body, message):
+    with raises(f"tables.yaml: {message}"):
+        parse(tables={"s.t": {"columns": [col("x")], **body}})
+
+
+def test_table_specs_read_the_file_strictly(tmp_path, monkeypatch):
+    from pipelines.core import tables
+
+    path = tmp_path / "tables.yaml"
+    path.write_text("version: 1\ntables:\n  s.t:\n    columns: [{name: x, type: string}]\n  s.t: {}\n")
+    monkeypatch.setattr(tables, "schemas_dir", lambda: tmp_path)
+    tables.table_specs.cache_clear()
+    try:
+        with pytest.raises(TableSpecError, match=rf"^{re.escape(str(path))}: not valid YAML: .*duplicate key 's.t'"):
+            table_specs()
+    finally:
+        tables.table_specs.cache_clear()
 
 
 # --- Lake: logical names -> storage ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Analyst views: the config is validated with clear errors, and each view answers its question."""
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -9,6 +10,7 @@ from chispa import assert_df_equality
 
 from pipelines.core.settings import Settings
 from pipelines.core.tables import Lake, spec
+from pipelines.analyst import views as views_module
 from pipelines.analyst.views import (ViewConfigError, create_statement, load_views, parse_views, register_views,
                              surface_statements)
 
@@ -21,21 +23,71 @@ def doc(**view) -> dict:
     return {"version": 1, "views": {"analyst.accounts": body}}
 
 
+def without(key: str) -> dict:
+    d = doc()
+    del d["views"]["analyst.accounts"][key]
+    return d
+
+
+def named(name: str) -> dict:
+    return {"version": 1, "views": {name: doc()["views"]["analyst.accounts"]}}
+
+
 @pytest.mark.parametrize("broken, message", [
-    ({"version": 2, "views": {}}, "views.yaml: version: only 1 is known"),
-    ({"version": 1}, "expected exactly the keys version and views"),
-    ({"version": 1, "views": {"gold.accounts": doc()["views"]["analyst.accounts"]}},
-     "views.gold.accounts: view names are analyst.<lower_snake_case>"),
-    (doc(comment=" "), "views.analyst.accounts.comment: say what one row is"),
-    (doc(columns={"Account": "x"}), "views.analyst.accounts.columns.Account"),
-    (doc(sql="DELETE FROM gold.daily_usage"), "views.analyst.accounts.sql: only read queries"),
-    (doc(sql="SELECT 1; SELECT 2"), "views.analyst.accounts.sql: one statement"),
-    (doc(sql="SELECT * FROM gold.daily_usages"), r"views.analyst.accounts.sql: unknown tables \['gold.daily_usages'\]"),
-    (doc(sql="SELECT 1 AS account_id"), "reads no table"),
+    ({"version": 2, "views": {}}, "views.yaml: version: must be 1, got 2"),
+    ({"version": 1}, "views.yaml: 'views' is required"),
+    ({"version": 1, "views": {}, "tables": {}}, "views.yaml: unknown keys ['tables'] (allowed: ['version', 'views'])"),
+    ({"version": 1, "views": {}}, "views.yaml: views: expected a non-empty mapping of view name to view, got {}"),
+    (named("gold.accounts"), "views.yaml: views: view names are analyst.<lower_snake_case>, got 'gold.accounts'"),
+    (named("analyst.Accounts"), "views.yaml: views: view names are analyst.<lower_snake_case>, got 'analyst.Accounts'"),
+    (named("analyst.a`b"), "views.yaml: views: view names are analyst.<lower_snake_case>, got 'analyst.a`b'"),
+    (named("analyst.accounts\n"), "views.yaml: views: view names are analyst.<lower_snake_case>, "
+                                   "got 'analyst.accounts\\n'"),
+    (named(7), "views.yaml: views: view names are analyst.<lower_snake_case>, got 7"),
+    (doc(comment=" "), "views.yaml: views.analyst.accounts.comment: say what one row is, got ' '"),
+    (without("comment"), "views.yaml: views.analyst.accounts: 'comment' is required"),
+    (doc(owner="me"), "views.yaml: views.analyst.accounts: unknown keys ['owner'] (allowed: ['columns', 'comment', 'sql'])"),
+    (doc(columns={"Account": "x"}),
+     "views.yaml: views.analyst.accounts.columns: expected a lower_snake_case name, got 'Account'"),
+    (doc(columns={"account_id`": "x"}),
+     "views.yaml: views.analyst.accounts.columns: expected a lower_snake_case name, got 'account_id`'"),
+    (doc(columns={"account_id\n": "x"}),
+     "views.yaml: views.analyst.accounts.columns: expected a lower_snake_case name, got 'account_id\\n'"),
+    (doc(columns={"account_id": " "}),
+     "views.yaml: views.analyst.accounts.columns.account_id: say what the column holds, got ' '"),
+    (doc(columns={}), "views.yaml: views.analyst.accounts.columns: expected a mapping of column name to its meaning, got {}"),
+    (doc(sql=["SELECT 1"]), "views.yaml: views.analyst.accounts.sql: expected the query as text, got ['SELECT 1']"),
+    (doc(sql="DELETE FROM gold.daily_usage"), "views.yaml: views.analyst.accounts.sql: only read queries"),
+    (doc(sql="SELECT 1; SELECT 2"), "views.yaml: views.analyst.accounts.sql: one statement"),
+    (doc(sql="SELECT * FROM gold.daily_usages"), "views.yaml: views.analyst.accounts.sql: unknown tables ['gold.daily_usages']"),
+    (doc(sql="SELECT 1 AS account_id"), "views.yaml: views.analyst.accounts.sql: reads no table"),
 ])
 def test_config_mistakes_name_the_file_and_the_entry(broken, message):
-    with pytest.raises(ViewConfigError, match=message):
+    with pytest.raises(ViewConfigError, match="^" + re.escape(message)):
         parse_views(broken, "views.yaml")
+
+
+@pytest.mark.parametrize("broken, message", [
+    (named("analyst.a`b"), "views.analyst.a`b: view names are analyst.<lower_snake_case>"),
+    (named("analyst.accounts\n"), "views.analyst.accounts\n: view names are analyst.<lower_snake_case>"),
+    (doc(columns={"a` STRING) AS SELECT 1 --": "x"}),
+     "views.analyst.accounts.columns.a` STRING) AS SELECT 1 --: column names are lower_snake_case"),
+    (doc(columns={"account_id\n": "x"}), "views.analyst.accounts.columns.account_id\n: column names are lower_snake_case"),
+    (doc(sql="DELETE FROM gold.daily_usage"), "views.analyst.accounts.sql: only read queries"),
+])
+def test_names_written_into_sql_are_refused_even_without_the_schema(monkeypatch, broken, message):
+    """Defence in depth: view and column names go into CREATE VIEW statements, so the loader
+    refuses bad ones itself, whatever the schema says (here: no schema check at all)."""
+    monkeypatch.setattr(views_module, "check_document", lambda *args, **kwargs: None)
+    with pytest.raises(ViewConfigError, match="^" + re.escape(f"views.yaml: {message}")):
+        parse_views(broken, "views.yaml")
+
+
+def test_the_file_is_read_strictly(tmp_path):
+    path = tmp_path / "views.yaml"
+    path.write_text("version: 1\nviews: {}\nviews: {}\n")
+    with pytest.raises(ViewConfigError, match="^" + re.escape(f"{path}: not valid YAML: ") + ".*duplicate key 'views'"):
+        load_views(path)
 
 
 def test_the_shipped_views_load_and_name_their_tables():
