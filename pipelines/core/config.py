@@ -4,10 +4,11 @@ Config is data: every declarative file (settings, rules, pricing, SLOs, quality 
 event contract, the table specs) lives in pipelines/conf/, shipped in the wheel, and any of
 them can be replaced by a path given on the command line. Each YAML file has a JSON Schema
 in conf/schemas/config/, named on its first line for editors (`# yaml-language-server:
-$schema=...`, completion and checks as you type), and `load_document` checks it against the
-same schema on load, so its structure (keys, types, enums, patterns) is declared once, not
-re-checked by hand. What a schema cannot say (a name repeated across entries, a reference
-to another file) stays in the loaders. Every error names the file and the offending entry.
+$schema=...`, completion and checks as you type), and its loader checks it against the
+same schema on load (`read_yaml`, then `check_document`), so its structure (keys, types,
+enums, patterns) is declared once, not re-checked by hand. What a schema cannot say (a name
+repeated across entries, a reference to another file) stays in the loaders. Every error
+names the file and the offending entry.
 
 Every data file a job reads is found through the package, never through a checkout's
 layout, so a checkout, a wheel installed anywhere and a Databricks cluster read the same
@@ -185,13 +186,6 @@ def check_document(doc: object, schema: str, where: str, error: type[ConfigError
     if not at and first.validator == "type":
         raise error(f"{where}: expected a mapping at the top level")
     raise error(f"{where}: {at + ': ' if at else ''}{_describe(first)}")
-
-
-def load_document(path: Path | str, schema: str, error: type[ConfigError] = ConfigError) -> dict:
-    """A config file read (strictly) and checked against its schema."""
-    doc = read_yaml(path, error)
-    check_document(doc, schema, str(path), error)
-    return doc
 
 
 def parse_dedup_rules(doc: object, where: str = "dedup rules") -> tuple[DedupRule, ...]:
