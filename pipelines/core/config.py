@@ -188,14 +188,20 @@ def check_document(doc: object, schema: str, where: str, error: type[ConfigError
     raise error(f"{where}: {at + ': ' if at else ''}{_describe(first)}")
 
 
+def repeated(values: Iterable) -> list:
+    """The values that occur more than once, sorted: what a schema's uniqueItems cannot
+    see when uniqueness is of one field across entries, or across files."""
+    values = list(values)
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 def parse_dedup_rules(doc: object, where: str = "dedup rules") -> tuple[DedupRule, ...]:
     check_document(doc, "dedup_rules", where)
     rules = tuple(DedupRule(raw["name"], raw["metric"], raw["kind"], period=raw.get("period"),
                             window=parse_duration(raw["window"], f"{where}: window") if "window" in raw else None)
                   for raw in doc["rules"])
     for attr in ("name", "metric"):
-        values = [getattr(r, attr) for r in rules]
-        if dupes := sorted({v for v in values if values.count(v) > 1}):
+        if dupes := repeated(getattr(r, attr) for r in rules):
             raise ConfigError(f"{where}: each rule needs its own {attr}; repeated: {dupes}")
     return rules
 

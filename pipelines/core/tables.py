@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.core.config import check_document, read_yaml
+from pipelines.core.config import check_document, read_yaml, repeated
 from pipelines.core.contract import schemas_dir
 from pipelines.core.settings import Settings, split_table_name
 
@@ -101,7 +101,7 @@ def parse_table_specs(doc: object, where: str = "table specs") -> dict[str, Tabl
                                          f"known: {sorted(groups)}")
                 cols += groups[group]
         names = [c.name for c in cols]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
+        if dupes := repeated(names):
             raise TableSpecError(f"{at}: duplicated columns {dupes}")
         partitioned_by = tuple(body.get("partitioned_by", ()))
         if strangers := [c for c in partitioned_by if c not in names]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml, repeated
 from pipelines.ingest.pii_key import KeySource, PiiHmacKey
 
 DEFAULT_PII = CONF_DIR / "pii.yaml"
@@ -103,8 +103,7 @@ def parse_pii_config(doc: object, where: str = "pii config") -> PiiConfig:
     key = KeySource(raw_key["env"], raw_key["scope_env"], raw_key["scope_key"])
     keys = tuple(PiiKey(raw["name"].lower(), DROP if raw.get("action") == DROP else raw["kind"])
                  for raw in doc.get("keys") or ())
-    names = [k.name for k in keys]
-    if dupes := sorted({n for n in names if names.count(n) > 1}):
+    if dupes := repeated(k.name for k in keys):
         raise PiiConfigError(f"{where}: keys listed twice (names are case-insensitive): {dupes}")
     patterns = tuple(PiiPattern(raw["kind"], _compiles(raw["regex"], f"{where}: patterns[{i}]"),
                                 raw.get("in_text", False)) for i, raw in enumerate(doc.get("patterns") or ()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml, repeated
 from pipelines.core.tables import table_specs
 from pipelines.quality import gx_adapter
 from pipelines.quality.datasets import DATASETS
@@ -70,7 +70,6 @@ def load_suites(folder: Path | str | None = None, *, check_expectations: bool = 
     checks: list[Check] = []
     for path in files:
         checks += parse_suite(read_yaml(path), str(path), check_expectations=check_expectations)
-    names = [c.name for c in checks]
-    if dupes := sorted({n for n in names if names.count(n) > 1}):
+    if dupes := repeated(c.name for c in checks):
         raise ConfigError(f"{folder}: check names must be unique across suites; repeated: {dupes}")
     return tuple(checks)
