@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, config_decimal, read_yaml
 from pipelines.core.contract import load_contract
 from pipelines.core.money import minor_unit_digits
 
@@ -165,15 +165,10 @@ def _currencies(raw: dict[str, int], at: str) -> dict[str, int]:
     return dict(raw)
 
 
-def _decimal(value: str | int) -> Decimal:
-    """A decimal string or a YAML integer, its format and limits checked by the schema."""
-    return Decimal(str(value))
-
-
 def _tiers(raw: list[dict], at: str) -> tuple[Tier, ...]:
-    tiers = tuple(Tier(up_to=None if t["up_to"] is None else _decimal(t["up_to"]),
-                       unit_amount=_decimal(t.get("unit_amount", 0)),
-                       flat_amount=_decimal(t.get("flat_amount", 0))) for t in raw)
+    tiers = tuple(Tier(up_to=None if t["up_to"] is None else config_decimal(t["up_to"]),
+                       unit_amount=config_decimal(t.get("unit_amount", 0)),
+                       flat_amount=config_decimal(t.get("flat_amount", 0))) for t in raw)
     for j, (previous, tier) in enumerate(zip(tiers, tiers[1:]), start=1):
         if previous.up_to is None:
             raise CatalogError(f"{at}[{j - 1}].up_to: only the last tier may be unbounded (null), "
@@ -190,18 +185,18 @@ def _tiers(raw: list[dict], at: str) -> tuple[Tier, ...]:
 def _charge(raw: dict, at: str) -> Charge:
     model = raw["model"]
     if model == "per_unit":
-        return Charge(model, unit_amount=_decimal(raw["unit_amount"]))
+        return Charge(model, unit_amount=config_decimal(raw["unit_amount"]))
     if model in ("graduated", "volume"):
         return Charge(model, tiers=_tiers(raw["tiers"], f"{at}.tiers"))
-    return Charge(model, package_size=_decimal(raw["size"]), package_amount=_decimal(raw["amount"]),
-                  free_units=_decimal(raw.get("free_units", 0)))
+    return Charge(model, package_size=config_decimal(raw["size"]), package_amount=config_decimal(raw["amount"]),
+                  free_units=config_decimal(raw.get("free_units", 0)))
 
 
 def _metric(metric: str, raw: dict, at: str, products: tuple[str, ...]) -> MetricPrice:
     if raw["product"] not in products:
         raise CatalogError(f"{at}.product: must be one of {', '.join(products)} (the event contract's "
                            f"products); got {raw['product']!r}")
-    return MetricPrice(metric=metric, product=raw["product"], included=_decimal(raw["included"]),
+    return MetricPrice(metric=metric, product=raw["product"], included=config_decimal(raw["included"]),
                        charge=_charge(raw["charge"], f"{at}.charge"))
 
 
@@ -213,7 +208,7 @@ def _plan(raw: dict, at: str, currencies: dict[str, int], products: tuple[str, .
         id=raw["id"],
         rank=raw["rank"],
         currency=raw["currency"],
-        base_fee=_decimal(raw["base_fee"]),
+        base_fee=config_decimal(raw["base_fee"]),
         metrics={metric: _metric(metric, price, f"{at}.metrics.{metric}", products)
                  for metric, price in raw["metrics"].items()},
     )

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
@@ -186,6 +187,12 @@ def check_document(doc: object, schema: str, where: str, error: type[ConfigError
     if not at and first.validator == "type":
         raise error(f"{where}: expected a mapping at the top level")
     raise error(f"{where}: {at + ': ' if at else ''}{_describe(first)}")
+
+
+def config_decimal(value: str | int) -> Decimal:
+    """An amount, quantity or share as a config file writes it (a decimal string, or a YAML
+    integer; its schema has checked the format and range, and refuses floats) as a Decimal."""
+    return Decimal(str(value))
 
 
 def repeated(values: Iterable) -> list:

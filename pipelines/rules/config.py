@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from pipelines.core.config import CONF_DIR, ConfigError, check_document, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, config_decimal, read_yaml
 
 DEFAULT_PLAN_RULES = CONF_DIR / "plan_rules.yaml"
 
@@ -49,16 +49,11 @@ class PlanRules:
     dry_run: bool = False
 
 
-def _share(value: str | int) -> Decimal:
-    """A decimal string or a YAML integer, its format and range checked by the schema."""
-    return Decimal(str(value))
-
-
 def parse_plan_rules(doc: object, where: str = "plan rules") -> PlanRules:
     check_document(doc, "plan_rules", where)
     up, down = doc["upgrade"], doc["downgrade"]
-    upgrade = UpgradeRule(_share(up["share"]), up["basis"], up["sustained_days"])
-    downgrade = DowngradeRule(_share(down["share"]), down["full_periods"])
+    upgrade = UpgradeRule(config_decimal(up["share"]), up["basis"], up["sustained_days"])
+    downgrade = DowngradeRule(config_decimal(down["share"]), down["full_periods"])
     if downgrade.share >= upgrade.share:
         raise ConfigError(
             f"{where}: downgrade.share ({downgrade.share}) must be below upgrade.share ({upgrade.share}): "
@@ -71,7 +66,7 @@ def parse_plan_rules(doc: object, where: str = "plan rules") -> PlanRules:
         open_fraud_flags=ex.get("open_fraud_flags", True),
     )
     raw_thresholds = (doc.get("usage_alerts") or {}).get("thresholds") or []
-    thresholds = tuple(_share(t) for t in raw_thresholds)
+    thresholds = tuple(config_decimal(t) for t in raw_thresholds)
     if len(set(thresholds)) != len(thresholds):  # the schema's uniqueItems sees "0.8" and "0.80" as two
         raise ConfigError(f"{where}: usage_alerts.thresholds: repeated values in {raw_thresholds!r}")
     return PlanRules(
