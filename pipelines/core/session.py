@@ -60,6 +60,17 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None =
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
         .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
+        # Spark keeps 100 compiled classes by default; one silver micro-batch alone
+        # generates more, so every batch compiled its whole plan again (Janino on the
+        # driver: the largest share of a small batch's driver time). 2,000 hold what the
+        # streams of one session reuse: a 500-record silver batch went from 6.7 s to 5.0 s
+        # (bench/RESULTS.md, "Compiled-code cache"). A static setting: only at start.
+        .config("spark.sql.codegen.cache.maxEntries", "2000")
+        # PySpark 4 records the Python call site of every Column and functions call, for
+        # error messages: a stack walk and four JVM round trips per call (a quarter of the
+        # Python process's time in a silver run). Errors still name the failing expression;
+        # they lose only the Python file and line that built it.
+        .config("spark.python.sql.dataFrameDebugging.enabled", "false")
         .config("spark.ui.enabled", os.environ.get("LAKEHOUSE_SPARK_UI", "false"))
         # Progress is reported per micro-batch by the runner; Spark's console bars only garble it.
         .config("spark.ui.showConsoleProgress", "false")
