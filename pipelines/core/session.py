@@ -60,11 +60,11 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None =
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
         .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
-        # Spark keeps 100 compiled classes by default; one silver micro-batch alone
-        # generates more, so every batch compiled its whole plan again (Janino on the
-        # driver: the largest share of a small batch's driver time). 2,000 hold what the
-        # streams of one session reuse: a 500-record silver batch went from 6.7 s to 5.0 s
-        # (bench/RESULTS.md, "Compiled-code cache"). A static setting: only at start.
+        # Spark keeps 100 compiled classes by default, fewer than the streams of one
+        # session generate per round of micro-batches, so every batch compiled its plans
+        # again (Janino: 41 % of the silver stream thread's samples in a flight recording).
+        # With 2,000 a 500-record silver batch went from 6.7 s to 5.1 s (bench/RESULTS.md,
+        # "Compiled-code cache"). A static setting: it takes effect only at start.
         .config("spark.sql.codegen.cache.maxEntries", "2000")
         # PySpark 4 records the Python call site of every Column and functions call, for
         # error messages: a stack walk and four JVM round trips per call (a quarter of the
