@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -198,8 +199,7 @@ def config_decimal(value: str | int) -> Decimal:
 def repeated(values: Iterable) -> list:
     """The values that occur more than once, sorted: what a schema's uniqueItems cannot
     see when uniqueness is of one field across entries, or across files."""
-    values = list(values)
-    return sorted({v for v in values if values.count(v) > 1})
+    return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
 def parse_dedup_rules(doc: object, where: str = "dedup rules") -> tuple[DedupRule, ...]:

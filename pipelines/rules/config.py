@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from pipelines.core.config import CONF_DIR, ConfigError, check_document, config_decimal, read_yaml
+from pipelines.core.config import CONF_DIR, ConfigError, check_document, config_decimal, read_yaml, repeated
 
 DEFAULT_PLAN_RULES = CONF_DIR / "plan_rules.yaml"
 
@@ -67,7 +67,7 @@ def parse_plan_rules(doc: object, where: str = "plan rules") -> PlanRules:
     )
     raw_thresholds = (doc.get("usage_alerts") or {}).get("thresholds") or []
     thresholds = tuple(config_decimal(t) for t in raw_thresholds)
-    if len(set(thresholds)) != len(thresholds):  # the schema's uniqueItems sees "0.8" and "0.80" as two
+    if repeated(thresholds):  # the schema's uniqueItems sees "0.8" and "0.80" as two
         raise ConfigError(f"{where}: usage_alerts.thresholds: repeated values in {raw_thresholds!r}")
     return PlanRules(
         upgrade=upgrade, downgrade=downgrade,
