@@ -10,9 +10,9 @@ UV_VERSION := 0.13.9
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 JARS_STAMP := jvm/target/.resolved
 
-.PHONY: setup venv jars kafka-start kafka-stop test test-unit drill wheel-smoke demo bench lock clean docs
+.PHONY: setup venv jars localfs kafka-start kafka-stop test test-unit drill wheel-smoke demo bench lock clean docs
 
-setup: venv jars
+setup: venv jars localfs
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -32,6 +32,23 @@ $(JARS_STAMP): jvm/pom.xml jvm/settings.xml
 	@$(MVN) -Pspark package
 	@$(MVN) -Pkafka package
 	@touch $@
+
+# Hadoop's local file system forks `chmod` for every file it creates with a permission and
+# `readlink` twice per rename (its native library is not on Maven Central): about 18
+# processes a second, 16 ms each, in a local stream's Delta commits and checkpoints. One
+# small jar of ours (jvm/localfs) does both in-process; pipelines/core/session.py puts it on
+# the local session's class path when it is here. Compiled against the pyspark wheel's own
+# Hadoop, so it needs no download.
+LOCALFS_JAR := jvm/target/spark-jars/lakehouse-localfs.jar
+LOCALFS_SRC := $(wildcard jvm/localfs/src/main/java/io/billing/localfs/*.java)
+localfs: $(LOCALFS_JAR)
+$(LOCALFS_JAR): $(LOCALFS_SRC) $(JARS_STAMP) $(VENV)/.installed
+	@command -v javac >/dev/null || { echo "a Java 17 JDK is required (javac not found on PATH)"; exit 1; }
+	@echo ">> jvm/localfs: Hadoop's local file system without a process per file operation"
+	@rm -rf jvm/target/localfs-classes && mkdir -p jvm/target/localfs-classes
+	@jars=$$($(PY) -c "import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), 'jars'))") && \
+	  javac --release 17 -nowarn -cp "$$jars/*" -d jvm/target/localfs-classes $(LOCALFS_SRC)
+	@jar cf $@ -C jvm/target/localfs-classes .
 
 kafka-start: setup
 	@$(DEV) kafka start

@@ -28,6 +28,30 @@ def _local_jars() -> list[str]:
     return jars
 
 
+# jvm/localfs, built by `make setup` into the jars folder: Hadoop's local file system without
+# a child process per file operation. Without Hadoop's native library (not on Maven Central)
+# every file created with a permission forks `chmod` and every rename forks `readlink`
+# twice, 16 ms each; a local stream's Delta commits and checkpoints forked about 18 a second
+# (bench/RESULTS.md, "One process per file operation").
+LOCALFS_JAR = "lakehouse-localfs.jar"
+
+
+def local_fs_conf(jars: list[str]) -> dict[str, str]:
+    """The settings that put jvm/localfs in place of Hadoop's local file system, or none
+    when the jar is not there (Hadoop's own, slower, is used then)."""
+    jar = next((j for j in jars if Path(j).name == LOCALFS_JAR), None)
+    if jar is None:
+        return {}
+    return {
+        "spark.hadoop.fs.file.impl": "io.billing.localfs.NioLocalFileSystem",          # FileSystem API
+        "spark.hadoop.fs.AbstractFileSystem.file.impl": "io.billing.localfs.NioLocalFs",  # FileContext API
+        # Hadoop loads a file system class with its own class loader, which does not see
+        # spark.jars: the jar goes on the JVMs' class path (a cluster's workers share this disk).
+        "spark.driver.extraClassPath": jar,
+        "spark.executor.extraClassPath": jar,
+    }
+
+
 def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None = None,
                 extra_conf: dict[str, str] | None = None) -> SparkSession:
     """A local[*] session with Delta Lake, the Kafka source and UTC everywhere.
@@ -45,10 +69,11 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None =
         spark.conf.set("spark.sql.session.timeZone", "UTC")
         return spark
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+    jars = _local_jars()
     builder = (
         SparkSession.builder.appName(app_name)
         .master(os.environ.get("LAKEHOUSE_SPARK_MASTER", "local[*]"))
-        .config("spark.jars", ",".join(_local_jars()))
+        .config("spark.jars", ",".join(jars))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         # Billing periods and days are UTC; never let the machine's zone leak in.
@@ -90,7 +115,7 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None =
         .config("spark.sql.warehouse.dir", str(Path(os.environ.get("LAKEHOUSE_ROOT", "./lakehouse")).resolve() / "_warehouse"))
         .config("spark.log.level", "WARN")
     )
-    for key, value in (extra_conf or {}).items():
+    for key, value in {**local_fs_conf(jars), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
