@@ -9,6 +9,7 @@ lake's tables, then writes the plan in the crash-safe order and records the batc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Callable
 
 from pyspark.sql import Column, DataFrame
@@ -30,6 +31,9 @@ _FUTURE_DAYS = 2
 
 # Table name -> its stored rows as this batch sees them (lazy, unpruned).
 Reader = Callable[[str], DataFrame]
+# The earliest scope date a batch's rule-state lookup needs (None: no date) -> silver.rule_state's
+# rows from that date on at least (the stream writer's own copy of them; silver.py).
+StateReader = Callable[[date | None], DataFrame]
 
 
 def to_quarantine_rows(df: DataFrame) -> DataFrame:
@@ -147,7 +151,7 @@ def rule_history(read: Reader, rules: tuple[DedupRule, ...], new_rule_events: Da
 # -- the plan ----------------------------------------------------------------------------------
 
 def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], silver: SilverConfig, *,
-               claims: bool = True) -> SilverPlan:
+               claims: bool = True, read_state: StateReader | None = None) -> SilverPlan:
     """What one batch writes where, from the batch and the stored rows it reads through
     `read` (table name -> that table's rows, unpruned: every read here prunes itself).
 
@@ -157,7 +161,8 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
     materialise what several outputs share.
 
     Two steps, in DESIGN section 4's order: identity (each event once ever, the first copy
-    in Kafka order kept), then the custom rules over the new events identity keeps."""
+    in Kafka order kept), then the custom rules over the new events identity keeps.
+    `read_state`: where the rule state comes from, when not from `read` (silver.py's copy)."""
     identity = plan_identity(batch, read, rules, silver, claims=claims)
     new_events = identity.new_events
     usage_new = new_events.filter(F.col("event_type") == "usage")
@@ -177,7 +182,7 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
             rule_state=batch.sparkSession.createDataFrame([], spec(RULE_STATE).struct_type()),
         )
 
-    decided, state_rows, exact = plan_rules(rule_new, read, rules, identity, claims=claims)
+    decided, state_rows, exact = plan_rules(rule_new, read, rules, identity, claims=claims, read_state=read_state)
     kept, dropped = D.filter_kept(decided), D.filter_dropped(decided)
     usage = unruled.unionByName(kept.filter(~F.col("_in_usage")).select(*usage_cols, "_replaces"))
     changed_drop = ~F.col("_in_duplicates") | ~F.col("_stored_duplicate_of").eqNullSafe(F.col("duplicate_of"))
@@ -256,7 +261,7 @@ def plan_identity(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], 
 
 
 def plan_rules(rule_new: DataFrame, read: Reader, rules: tuple[DedupRule, ...], identity: IdentityPlan, *,
-               claims: bool = True) -> tuple[DataFrame, DataFrame, bool]:
+               claims: bool = True, read_state: StateReader | None = None) -> tuple[DataFrame, DataFrame, bool]:
     """The custom rules' decisions for the new events they govern (DESIGN section 4.2), each
     with where the event is stored now; the state rows to append; whether some key was
     decided over its stored events rather than its state.
@@ -266,7 +271,7 @@ def plan_rules(rule_new: DataFrame, read: Reader, rules: tuple[DedupRule, ...], 
     stored events its decision can depend on."""
     own, span = identity.own, identity.span
     usage_cols = spec(USAGE).column_names
-    anchors = state_anchors(read, rules, rule_new, own, identity.profile).localCheckpoint()
+    anchors = state_anchors(read, rules, rule_new, own, identity.profile, read_state).localCheckpoint()
     conflicts = anchors.filter(F.col("_conflict")).select(*D.RULE_KEY).distinct()
     exact_keys = conflicts.count() if claims else None
     stored_cols = [*usage_cols, "_rule", "_in", "duplicate_of"]
@@ -305,7 +310,7 @@ def plan_rules(rule_new: DataFrame, read: Reader, rules: tuple[DedupRule, ...], 
     ).localCheckpoint()   # the decisions and their placement in one job
     state_rows = (placed_decisions.coalesce(1).withColumn("_new", ~F.col("_in_usage") & ~F.col("_in_duplicates"))
                   .transform(D.rule_state_rows(rules, anchors.select(*D.RULE_KEY, "_seq")))
-                  .select(*spec(RULE_STATE).column_names))
+                  .select(*spec(RULE_STATE).column_names)).localCheckpoint()   # counted, appended, and kept by the writer
     return placed_decisions, state_rows, exact_keys != 0
 
 
@@ -322,7 +327,8 @@ def rule_state_of(read: Reader, rules: tuple[DedupRule, ...]) -> DataFrame:
             .select(*spec(RULE_STATE).column_names))
 
 
-def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFrame, own, profile) -> DataFrame:
+def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFrame, own, profile,
+                  read_state: StateReader | None = None) -> DataFrame:
     """The touched keys' state (silver.rule_state) as stored, kept events: a calendar-period
     key's kept event of each period the batch touches, a retry-window key's anchor in force.
     `_conflict` marks a key whose new events do not all come after what its state has seen
@@ -339,7 +345,10 @@ def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFram
     # One partition each (narrow rows of the touched partitions): their aggregates need no shuffle.
     touched = (rule_new.coalesce(1).transform(D.with_rule_period(rules)).groupBy(*D.RULE_KEY, "_period")
                .agg(F.min(D.position()).alias("_first")).withColumnRenamed("_period", "_touched_period"))
-    state = read(RULE_STATE).filter(dates).transform(filter_not_own(own)).coalesce(1)
+    earliest = min([*profile["periods"], *([profile["retry_from"]] if profile["retry_from"] is not None else [])],
+                   default=None)
+    stored = read_state(earliest) if read_state is not None else read(RULE_STATE)
+    state = stored.filter(dates).transform(filter_not_own(own)).coalesce(1)
     conflict = F.when(F.col("_period").isNotNull(), F.col("_first") < D.position()).otherwise(
         F.col("_last") > F.col("_first"))
     return (state.transform(D.rule_state_events(rules))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from pipelines.core.context import JobContext
 from pipelines.core.settings import Settings
 from pipelines.ingest import dedup as D
@@ -13,6 +15,7 @@ from pipelines.ingest.silver_plan import select_for
 from tests.unit.test_silver_plan import _bronze, _sms, _ticket
 
 AT = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
+LATER = datetime(2024, 7, 4, 12, 0, tzinfo=UTC)   # ingested after every event below
 
 
 def _write(spark, ctx, table, rows, **columns):
@@ -71,3 +74,69 @@ def test_a_new_lake_gets_an_empty_state_for_its_rules_in_one_commit(spark, tmp_p
     assert _version(spark, ctx) == 0
     assert ctx.lake.properties(spark, silver.RULE_STATE)[silver.RULES_PROPERTY] == silver.rules_fingerprint(ctx.rules)
     assert ctx.lake.read(spark, silver.RULE_STATE).count() == 0
+
+
+def test_the_stream_writer_s_copy_of_the_state_follows_its_own_appends_and_no_one_else_s(spark, tmp_path):
+    """The stream writer decides from its own copy of silver.rule_state (silver.StateCopy).
+    A commit by anyone else (here a backfill slice keeping a June ticket) must reach the
+    next batch's decision: the copy is dropped and the table read again."""
+    from tests.unit.test_silver_plan import _batch
+
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
+    silver.ensure_rule_state(spark, ctx)
+    for table in silver.TABLES:
+        ctx.lake.ensure(spark, table)
+    writer = silver.SilverBatchWriter(ctx)
+
+    def stream_batch(batch_id, rows):
+        writer.write_batch(_batch(spark, ctx, rows), batch_id, "query-1")
+
+    def decided(event_id):
+        kept = ctx.lake.read(spark, silver.USAGE).filter(f"event_id = '{event_id}'").count()
+        dropped = [tuple(r) for r in ctx.lake.read(spark, silver.DUPLICATES)
+                   .filter(f"event_id = '{event_id}'").select("rule", "duplicate_of").collect()]
+        return kept, dropped
+
+    monthly = "billable_tickets_monthly"
+    stream_batch(0, [(0, 0, _ticket("t1", "2024-05-01T10:00:00Z"), LATER)])
+    assert writer._state is None                    # a run's first batch may be a replay: no copy
+    stream_batch(1, [(0, 1, _ticket("t2", "2024-05-20T10:00:00Z"), LATER)])
+    copy = writer._state
+    assert copy is not None and copy.version == _version(spark, ctx)
+    stream_batch(2, [(0, 2, _ticket("t3", "2024-06-03T10:00:00Z"), LATER)])      # June's first: kept
+    assert writer._state.version == copy.version + 1 == _version(spark, ctx)  # grew by its own append
+    assert decided("t2") == (0, [(monthly, "t1")]) and decided("t3") == (1, [])
+
+    # A backfill slice (its own writer) keeps an earlier June ticket: June is re-anchored on it.
+    backfill = silver.SilverBatchWriter(ctx, claims=False)
+    backfill.write_batch(silver.silver_input(_bronze(spark, [(1, 0, _ticket("b1", "2024-06-01T10:00:00Z"), LATER)]), ctx),
+                         0, "backfill-1")
+    assert writer._state.version < _version(spark, ctx)
+
+    # The stream's next June ticket is a duplicate of the backfilled one, as the table says.
+    stream_batch(3, [(0, 3, _ticket("t4", "2024-06-20T10:00:00Z"), LATER)])
+    assert decided("b1") == (1, [])
+    assert decided("t4") == (0, [(monthly, "b1")])
+    assert writer._state.version == _version(spark, ctx)
+
+
+def test_the_copy_is_dropped_when_a_batch_fails(spark, tmp_path, monkeypatch):
+    from tests.unit.test_silver_plan import _batch
+
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
+    silver.ensure_rule_state(spark, ctx)
+    for table in silver.TABLES:
+        ctx.lake.ensure(spark, table)
+    writer = silver.SilverBatchWriter(ctx)
+    for batch_id, day in ((0, "2024-05-01"), (1, "2024-06-01")):
+        writer.write_batch(_batch(spark, ctx, [(0, batch_id, _ticket(f"t{batch_id}", f"{day}T10:00:00Z"), LATER)]),
+                           batch_id, "query-1")
+    assert writer._state is not None
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(writer, "_write_rule_state", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        writer.write_batch(_batch(spark, ctx, [(0, 2, _ticket("t2", "2024-07-03T10:00:00Z"), LATER)]), 2, "query-1")
+    assert writer._state is None        # what the failed batch committed is unknown
