@@ -3,13 +3,12 @@ package io.billing.localfs;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.attribute.PosixFilePermission;
-import java.util.EnumSet;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Set;
 
 import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.Path;
 import org.apache.hadoop.fs.RawLocalFileSystem;
-import org.apache.hadoop.fs.permission.FsAction;
 import org.apache.hadoop.fs.permission.FsPermission;
 
 /**
@@ -54,31 +53,10 @@ public class NioRawLocalFileSystem extends RawLocalFileSystem {
     return getFileStatus(f);
   }
 
-  /** The permission as POSIX bits, or null when it has bits POSIX sets cannot carry. */
+  /** The permission as POSIX bits, or null when it has a bit POSIX sets cannot carry. */
   static Set<PosixFilePermission> toPosix(FsPermission permission) {
-    if (permission.getStickyBit()) {
-      return null;
-    }
-    Set<PosixFilePermission> bits = EnumSet.noneOf(PosixFilePermission.class);
-    add(bits, permission.getUserAction(), PosixFilePermission.OWNER_READ,
-        PosixFilePermission.OWNER_WRITE, PosixFilePermission.OWNER_EXECUTE);
-    add(bits, permission.getGroupAction(), PosixFilePermission.GROUP_READ,
-        PosixFilePermission.GROUP_WRITE, PosixFilePermission.GROUP_EXECUTE);
-    add(bits, permission.getOtherAction(), PosixFilePermission.OTHERS_READ,
-        PosixFilePermission.OTHERS_WRITE, PosixFilePermission.OTHERS_EXECUTE);
-    return bits;
-  }
-
-  private static void add(Set<PosixFilePermission> bits, FsAction action, PosixFilePermission read,
-                          PosixFilePermission write, PosixFilePermission execute) {
-    if (action.implies(FsAction.READ)) {
-      bits.add(read);
-    }
-    if (action.implies(FsAction.WRITE)) {
-      bits.add(write);
-    }
-    if (action.implies(FsAction.EXECUTE)) {
-      bits.add(execute);
-    }
+    // Without the sticky bit, FsPermission's string is the nine "rwxr-x---" characters
+    // PosixFilePermissions reads.
+    return permission.getStickyBit() ? null : PosixFilePermissions.fromString(permission.toString());
   }
 }
