@@ -60,7 +60,15 @@ def render_contract(contract: EventContract) -> str:
 def render_tables() -> str:
     out = []
     for name, spec in table_specs().items():
-        out += [f"## `{name}`", "", spec.comment, "", "| column | type | meaning |", "|---|---|---|"]
+        out += [f"## `{name}`", "", spec.comment, ""]
+        layout = []
+        if spec.partitioned_by:
+            layout.append("Partitioned by " + ", ".join(f"`{c}`" for c in spec.partitioned_by) + ".")
+        if spec.stats_columns:
+            layout.append("File statistics (data skipping) on " + ", ".join(f"`{c}`" for c in spec.stats_columns) + ".")
+        if layout:
+            out += [" ".join(layout), ""]
+        out += ["| column | type | meaning |", "|---|---|---|"]
         out += [f"| `{c.name}` | `{c.type}` | {c.comment} |" for c in spec.columns]
         out.append("")
     return "\n".join(out).rstrip()

@@ -61,6 +61,7 @@ class TableSpec:
     columns: tuple[ColumnSpec, ...]
     change_data_feed: bool = False
     partitioned_by: tuple[str, ...] = ()
+    stats_columns: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -71,6 +72,13 @@ class TableSpec:
             T.StructField(c.name, T._parse_datatype_string(c.type), True, {"comment": c.comment})
             for c in self.columns
         ])
+
+    def table_properties(self) -> dict[str, str]:
+        """The Delta table properties the spec asks for (set when the table is created)."""
+        props = {"delta.enableChangeDataFeed": "true"} if self.change_data_feed else {}
+        if self.stats_columns:
+            props["delta.dataSkippingStatsColumns"] = ",".join(self.stats_columns)
+        return props
 
     def ddl(self) -> str:
         return ", ".join(f"`{c.name}` {c.type}" for c in self.columns)
@@ -84,7 +92,8 @@ def parse_table_specs(doc: object, where: str = "table specs") -> dict[str, Tabl
     """The table specs of a tables.yaml document. Its structure is conf/schemas/config/
     tables.schema.json; checked here is only what a schema cannot say: that each group a
     table names exists, that no column appears twice in a table (its groups' and its own),
-    that the partition columns are columns of the table."""
+    that the partition columns and the statistics columns are columns of the table, and
+    that no statistics column is a partition column."""
     check_document(doc, "tables", where, TableSpecError)
     groups = {name: [_column(c) for c in cols] for name, cols in doc.get("groups", {}).items()}
     specs: dict[str, TableSpec] = {}
@@ -106,8 +115,14 @@ def parse_table_specs(doc: object, where: str = "table specs") -> dict[str, Tabl
         partitioned_by = tuple(body.get("partitioned_by", ()))
         if strangers := [c for c in partitioned_by if c not in names]:
             raise TableSpecError(f"{at}.partitioned_by: {strangers} are not columns of the table")
+        stats_columns = tuple(body.get("stats_columns", ()))
+        if strangers := [c for c in stats_columns if c not in names]:
+            raise TableSpecError(f"{at}.stats_columns: {strangers} are not columns of the table")
+        if partitions := [c for c in stats_columns if c in partitioned_by]:
+            raise TableSpecError(f"{at}.stats_columns: {partitions} are partition columns (a partition has no "
+                                 "file statistics)")
         specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), body.get("change_data_feed", False),
-                                partitioned_by)
+                                partitioned_by, stats_columns)
     return specs
 
 
@@ -183,11 +198,11 @@ class Lake:
         """Create the table from its spec if it does not exist yet (idempotent), with the
         given table properties if it is created here."""
         table = spec(name)
+        props = {**table.table_properties(), **(properties or {})}
         if catalog_name := self.table_name(name):
             # SQL, not the builder: the builder's name parser takes `db.table` only, while a
             # catalog table is `catalog.schema.table`.
             columns = ", ".join(f"`{c.name}` {c.type} COMMENT {_sql_string(c.comment)}" for c in table.columns)
-            props = {**({"delta.enableChangeDataFeed": "true"} if table.change_data_feed else {}), **(properties or {})}
             tblproperties = (" TBLPROPERTIES (" + ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in props.items())
                              + ")") if props else ""
             partitions = f" PARTITIONED BY ({', '.join(table.partitioned_by)})" if table.partitioned_by else ""
@@ -197,9 +212,7 @@ class Lake:
         builder = DeltaTable.createIfNotExists(spark).location(self.path(name)).comment(table.comment)
         for col in table.columns:
             builder = builder.addColumn(col.name, col.type, comment=col.comment)
-        if table.change_data_feed:
-            builder = builder.property("delta.enableChangeDataFeed", "true")
-        for key, value in (properties or {}).items():
+        for key, value in props.items():
             builder = builder.property(key, value)
         if table.partitioned_by:
             builder = builder.partitionedBy(*table.partitioned_by)

@@ -61,3 +61,32 @@ def test_filter_touched_partitions_keeps_exactly_the_matching_rows(spark, tmp_pa
                                  "event_date date, account_id string")
     got = spark.read.format("delta").load(path).transform(filter_touched_partitions(keys, ["event_date", "account_id"]))
     assert sorted(r.n for r in got.collect()) == [2]
+
+
+def test_file_statistics_cover_the_lookup_columns_and_still_skip(spark, tmp_path):
+    """Delta keeps statistics on the spec's stats_columns only (cheaper appends), and a
+    lookup by Kafka coordinates (a replay's own rows) still reads only the file holding them."""
+    import json
+    from pipelines.core.settings import Settings
+
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    ctx.lake.ensure(spark, S.USAGE)
+    assert ctx.lake.properties(spark, S.USAGE)["delta.dataSkippingStatsColumns"] == ",".join(spec(S.USAGE).stats_columns)
+    rows = _usage_rows(spark, 300, 1).withColumns({"occurred_at": F.lit("2026-01-01 10:00:00").cast("timestamp"),
+                                                   "metric": F.lit("api_calls")})
+    for low in (0, 100, 200):    # one file each, all on one date
+        rows.filter(F.col("kafka_offset").between(low, low + 99)).coalesce(1).write.format("delta").mode(
+            "append").save(ctx.lake.path(S.USAGE))
+
+    log = sorted((tmp_path / "lake").rglob("_delta_log/*.json"))
+    stats = [json.loads(json.loads(line)["add"]["stats"]) for f in log for line in f.read_text().splitlines()
+             if '"add"' in line]
+    assert len(stats) == 3
+    for s in stats:
+        assert set(s["minValues"]) == set(spec(S.USAGE).stats_columns)
+        assert set(s["nullCount"]) == set(spec(S.USAGE).stats_columns)
+        assert s["numRecords"] == 100
+
+    files = ctx.lake.read(spark, S.USAGE).filter(F.col("kafka_offset").between(120, 130)).inputFiles()
+    assert len(files) == 1
+    assert ctx.lake.read(spark, S.USAGE).filter(F.col("kafka_offset").between(120, 130)).count() == 11

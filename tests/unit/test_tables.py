@@ -168,7 +168,7 @@ def test_table_name_must_be_layer_dot_table(name):
 
 def test_unknown_table_keys():
     with raises("tables.yaml: tables.s.t: unknown keys ['partition_by', 'pk'] (allowed: ['change_data_feed', "
-                "'columns', 'comment', 'groups', 'groups_after', 'partitioned_by'])"):
+                "'columns', 'comment', 'groups', 'groups_after', 'partitioned_by', 'stats_columns'])"):
         parse(tables={"s.t": {"columns": [col("x")], "partition_by": ["x"], "pk": "x"}})
 
 
@@ -234,7 +234,12 @@ def test_table_body_must_be_a_mapping(body):
     ({"partitioned_by": ["x", "x"]}, "tables.s.t.partitioned_by: ['x', 'x'] has non-unique elements"),
     ({"change_data_feed": "yes"}, "tables.s.t.change_data_feed: expected true or false, got 'yes'"),
     ({"comment": 3}, "tables.s.t.comment: expected a string, got 3"),
-], ids=["not-a-column", "not-a-list", "repeated", "cdf-not-bool", "comment-not-text"])
+    ({"stats_columns": ["y"]}, "tables.s.t.stats_columns: ['y'] are not columns of the table"),
+    ({"stats_columns": ["x"], "partitioned_by": ["x"]},
+     "tables.s.t.stats_columns: ['x'] are partition columns (a partition has no file statistics)"),
+    ({"stats_columns": []}, "tables.s.t.stats_columns: [] should be non-empty"),
+], ids=["not-a-column", "not-a-list", "repeated", "cdf-not-bool", "comment-not-text", "stats-not-a-column",
+        "stats-on-a-partition", "stats-empty"])
 def test_table_settings(body, message):
     with raises(f"tables.yaml: {message}"):
         parse(tables={"s.t": {"columns": [col("x")], **body}})
