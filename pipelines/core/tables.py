@@ -62,6 +62,7 @@ class TableSpec:
     change_data_feed: bool = False
     partitioned_by: tuple[str, ...] = ()
     stats_columns: tuple[str, ...] = ()
+    checkpoint_interval: int | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -78,6 +79,8 @@ class TableSpec:
         props = {"delta.enableChangeDataFeed": "true"} if self.change_data_feed else {}
         if self.stats_columns:
             props["delta.dataSkippingStatsColumns"] = ",".join(self.stats_columns)
+        if self.checkpoint_interval is not None:
+            props["delta.checkpointInterval"] = str(self.checkpoint_interval)
         return props
 
     def ddl(self) -> str:
@@ -122,7 +125,7 @@ def parse_table_specs(doc: object, where: str = "table specs") -> dict[str, Tabl
             raise TableSpecError(f"{at}.stats_columns: {partitions} are partition columns (a partition has no "
                                  "file statistics)")
         specs[name] = TableSpec(name, body.get("comment", ""), tuple(cols), body.get("change_data_feed", False),
-                                partitioned_by, stats_columns)
+                                partitioned_by, stats_columns, body.get("checkpoint_interval"))
     return specs
 
 

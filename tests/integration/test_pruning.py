@@ -71,7 +71,9 @@ def test_file_statistics_cover_the_lookup_columns_and_still_skip(spark, tmp_path
 
     ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
     ctx.lake.ensure(spark, S.USAGE)
-    assert ctx.lake.properties(spark, S.USAGE)["delta.dataSkippingStatsColumns"] == ",".join(spec(S.USAGE).stats_columns)
+    props = ctx.lake.properties(spark, S.USAGE)
+    assert props["delta.dataSkippingStatsColumns"] == ",".join(spec(S.USAGE).stats_columns)
+    assert props["delta.checkpointInterval"] == "100"
     rows = _usage_rows(spark, 300, 1).withColumns({"occurred_at": F.lit("2026-01-01 10:00:00").cast("timestamp"),
                                                    "metric": F.lit("api_calls")})
     for low in (0, 100, 200):    # one file each, all on one date

@@ -167,7 +167,7 @@ def test_table_name_must_be_layer_dot_table(name):
 
 
 def test_unknown_table_keys():
-    with raises("tables.yaml: tables.s.t: unknown keys ['partition_by', 'pk'] (allowed: ['change_data_feed', "
+    with raises("tables.yaml: tables.s.t: unknown keys ['partition_by', 'pk'] (allowed: ['change_data_feed', 'checkpoint_interval', "
                 "'columns', 'comment', 'groups', 'groups_after', 'partitioned_by', 'stats_columns'])"):
         parse(tables={"s.t": {"columns": [col("x")], "partition_by": ["x"], "pk": "x"}})
 
@@ -238,8 +238,11 @@ def test_table_body_must_be_a_mapping(body):
     ({"stats_columns": ["x"], "partitioned_by": ["x"]},
      "tables.s.t.stats_columns: ['x'] are partition columns (a partition has no file statistics)"),
     ({"stats_columns": []}, "tables.s.t.stats_columns: [] should be non-empty"),
+    ({"checkpoint_interval": 0}, "tables.s.t.checkpoint_interval: 0 is less than the minimum of 1"),
+    ({"checkpoint_interval": "100"}, "tables.s.t.checkpoint_interval: expected an integer, got '100'"),
+    ({"checkpoint_interval": True}, "tables.s.t.checkpoint_interval: expected an integer, got True"),
 ], ids=["not-a-column", "not-a-list", "repeated", "cdf-not-bool", "comment-not-text", "stats-not-a-column",
-        "stats-on-a-partition", "stats-empty"])
+        "stats-on-a-partition", "stats-empty", "checkpoint-zero", "checkpoint-text", "checkpoint-bool"])
 def test_table_settings(body, message):
     with raises(f"tables.yaml: {message}"):
         parse(tables={"s.t": {"columns": [col("x")], **body}})
