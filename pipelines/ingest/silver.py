@@ -239,12 +239,12 @@ class SilverBatchWriter:
         if who.may_replay or self._state_version(spark, _state_tag(who)) != copy.version + 1:
             self._state = None
             return
-        frame, parts = copy.frame.unionByName(rows), copy.parts + 1
+        frame, parts = copy.frame.unionByName(without_size_estimate(rows)), copy.parts + 1
         since = copy.since
         if parts >= STATE_COPY_PARTS:
             newest = frame.agg(F.max("scope_date")).first()[0]
             since = max(since, newest - timedelta(days=STATE_COPY_DAYS))
-            frame, parts = frame.filter(F.col("scope_date") >= since).localCheckpoint(), 0
+            frame, parts = without_size_estimate(frame.filter(F.col("scope_date") >= since).localCheckpoint()), 0
         self._state = StateCopy(copy.version + 1, since, frame, parts)
 
     # -- writes, in the crash-safe order ----------------------------------------------------
@@ -404,6 +404,19 @@ class SilverBatchWriter:
          .whenMatchedUpdate(condition=earlier, set={c: f"s.{c}" for c in cols})
          .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
          .execute())
+
+
+def without_size_estimate(materialised: DataFrame) -> DataFrame:
+    """A materialised frame (a local checkpoint) as a plain scan of its rows, with Spark's
+    default size estimate instead of the estimate of the plan that computed it.
+
+    Why: a checkpoint keeps its plan's size estimate, and Spark estimates a join's size as
+    the product of its sides'. The copy's rows come from plans that join the copy itself,
+    so its estimate squared with every batch: after about 20 batches with rule events the
+    planner multiplied numbers of millions of digits, and the driver ran out of memory."""
+    jdf = materialised._jdf
+    return DataFrame(materialised.sparkSession._jsparkSession.createDataFrame(jdf.rdd(), jdf.schema()),
+                     materialised.sparkSession)
 
 
 def _state_tag(who: BatchWrite) -> str:

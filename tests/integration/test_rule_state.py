@@ -106,6 +106,11 @@ def test_the_stream_writer_s_copy_of_the_state_follows_its_own_appends_and_no_on
     stream_batch(2, [(0, 2, _ticket("t3", "2024-06-03T10:00:00Z"), LATER)])      # June's first: kept
     assert writer._state.version == copy.version + 1 == _version(spark, ctx)  # grew by its own append
     assert decided("t2") == (0, [(monthly, "t1")]) and decided("t3") == (1, [])
+    # The copy's rows come from plans that join the copy: carried over with their plans' size
+    # estimate, the estimate squared every batch until planning ran out of memory (about 20
+    # batches). Spark's default estimate (2**63 - 1) for the appended part, at most, is kept.
+    estimate = writer._state.frame._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()
+    assert estimate <= 2 * (2**63 - 1), estimate
 
     # A backfill slice (its own writer) keeps an earlier June ticket: June is re-anchored on it.
     backfill = silver.SilverBatchWriter(ctx, claims=False)
