@@ -66,6 +66,8 @@ def render_tables() -> str:
             layout.append("Partitioned by " + ", ".join(f"`{c}`" for c in spec.partitioned_by) + ".")
         if spec.stats_columns:
             layout.append("File statistics (data skipping) on " + ", ".join(f"`{c}`" for c in spec.stats_columns) + ".")
+        if spec.checkpoint_interval is not None:
+            layout.append(f"A Delta checkpoint every {spec.checkpoint_interval} commits.")
         if layout:
             out += [" ".join(layout), ""]
         out += ["| column | type | meaning |", "|---|---|---|"]
