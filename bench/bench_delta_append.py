@@ -85,9 +85,9 @@ def property_layouts(spark, root: str, rows: int, appends: int, rounds: int) -> 
         for i, (name, props) in enumerate(layouts.items()):
             say(f"round {round_ + 1}/{rounds}, {name}: {appends} appends of {rows:,} rows")
             path = f"{root}/r{round_}-{i}"
-            tblproperties = "".join(f", '{k}' = '{v}'" for k, v in props.items())
+            tblproperties = ", ".join(f"'{k}' = '{v}'" for k, v in props.items())
             spark.sql(f"CREATE TABLE delta.`{path}` ({table.ddl()}) USING DELTA PARTITIONED BY (event_date)"
-                      + (f" TBLPROPERTIES ({tblproperties[2:]})" if props else ""))
+                      + (f" TBLPROPERTIES ({tblproperties})" if props else ""))
             writes, reads = out[name]
             for n, df in enumerate(frames):
                 started = time.perf_counter()

@@ -115,12 +115,10 @@ def parse_table_specs(doc: object, where: str = "table specs") -> dict[str, Tabl
         names = [c.name for c in cols]
         if dupes := repeated(names):
             raise TableSpecError(f"{at}: duplicated columns {dupes}")
-        partitioned_by = tuple(body.get("partitioned_by", ()))
-        if strangers := [c for c in partitioned_by if c not in names]:
-            raise TableSpecError(f"{at}.partitioned_by: {strangers} are not columns of the table")
-        stats_columns = tuple(body.get("stats_columns", ()))
-        if strangers := [c for c in stats_columns if c not in names]:
-            raise TableSpecError(f"{at}.stats_columns: {strangers} are not columns of the table")
+        partitioned_by, stats_columns = (tuple(body.get(key, ())) for key in ("partitioned_by", "stats_columns"))
+        for key, listed in (("partitioned_by", partitioned_by), ("stats_columns", stats_columns)):
+            if strangers := [c for c in listed if c not in names]:
+                raise TableSpecError(f"{at}.{key}: {strangers} are not columns of the table")
         if partitions := [c for c in stats_columns if c in partitioned_by]:
             raise TableSpecError(f"{at}.stats_columns: {partitions} are partition columns (a partition has no "
                                  "file statistics)")
