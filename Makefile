@@ -9,19 +9,37 @@ DEV := $(PY) -m devtools
 UV_VERSION := 0.13.9
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 JARS_STAMP := jvm/target/.resolved
+# pyspark is published only as a source archive. uv rebuilds it whenever it judges its cached
+# download stale, and keeps every build (about 1 GB each) in its cache: CI runs and test runs on
+# one machine filled its disk that way. The wheel is built once per machine into a wheelhouse
+# outside the checkout, shared by every clone, and every uv install here (the virtualenv,
+# wheel-smoke, cluster-check) finds it there through UV_FIND_LINKS.
+WHEELHOUSE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/billing-lakehouse/wheels
+PYSPARK_VERSION := $(shell sed -n 's/^pyspark==//p' requirements.lock)
+PYSPARK_WHEEL := $(WHEELHOUSE)/pyspark-$(PYSPARK_VERSION)-py2.py3-none-any.whl
+export UV_FIND_LINKS := $(WHEELHOUSE)
 
 .PHONY: setup venv jars localfs kafka-start kafka-stop test test-unit drill wheel-smoke demo bench lock clean docs
 
 setup: venv jars localfs
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml | $(PYSPARK_WHEEL)
 	@echo ">> python virtualenv ($(VENV)) from requirements.lock"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
+
+# Built in a folder of its own and moved into place, so two builds at once (a CI clone and a
+# checkout) cannot leave a half-written wheel.
+$(PYSPARK_WHEEL):
+	@echo ">> pyspark $(PYSPARK_VERSION) wheel, built once per machine into $(WHEELHOUSE)"
+	@mkdir -p "$(WHEELHOUSE)"
+	@tmp=$$(mktemp -d "$(WHEELHOUSE)/.build.XXXXXX") && \
+	  { $(PYTHON) -m pip wheel -q --no-deps --disable-pip-version-check "pyspark==$(PYSPARK_VERSION)" -w "$$tmp" && \
+	    mv "$$tmp"/pyspark-$(PYSPARK_VERSION)-*.whl "$@"; rc=$$?; rm -rf "$$tmp"; exit $$rc; }
 
 jars: $(JARS_STAMP)
 $(JARS_STAMP): jvm/pom.xml jvm/settings.xml
