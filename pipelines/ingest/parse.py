@@ -582,8 +582,13 @@ def with_kafka_coordinates(df: DataFrame) -> DataFrame:
     })
 
 
+def is_bad() -> Column:
+    """A row with a problem: quarantined, never stored as an event."""
+    return F.col("_problem").isNotNull()
+
+
 def filter_bad(df: DataFrame) -> DataFrame:
-    return df.filter(F.col("_problem").isNotNull())
+    return df.filter(is_bad())
 
 
 def filter_good(df: DataFrame) -> DataFrame:

@@ -84,6 +84,8 @@ STATE_COPY_DAYS = 62
 STATE_COPY_PARTS = 16
 # silver.rule_state's table property naming the rules it was built for (ensure_rule_state).
 RULES_PROPERTY = "lakehouse.dedup_rules"
+# The counts ops.silver_batches' row is made of (SilverBatchWriter._batch_record).
+RECORD_COUNTS = ("account", "identity_duplicates", "unruled", "kept_by_rules", "rows_in", "quarantined", "rule_drops")
 SAME_COPY = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
 SAME_EVENT = " AND ".join(f"t.{c} = s.{c}" for c in D.IDENTITY)
 
@@ -249,23 +251,23 @@ class SilverBatchWriter:
 
     # -- writes, in the crash-safe order ----------------------------------------------------
     def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, who: BatchWrite) -> None:
-        sizes = self._sizes(plan, batch)
         txn = (who, plan.own)
-        record = self._batch_record(spark, who.query_id, who.batch_id, sizes)
+        counts = self._counts(plan, batch, record_only=plan.appends_only)
+        # Lazy: counted by the append itself, beside the others (its inputs are materialised
+        # by the plan, so the count is the same whenever it runs).
+        record = self._batch_record(who.query_id, who.batch_id, counts)
+        if plan.appends_only:
+            # The steady state, told by the plan: no job to count the batch first. A table the
+            # plan cannot tell empty is appended anyway; Delta commits nothing for no rows.
+            self._append_all(spark, plan, record, txn, skip=plan.empty)
+            return
+        sizes = self._sizes(counts)
         corrections = any(sizes[k] for k in ("usage_deletes", "revived", "duplicate_updates",
                                              "usage_replaces", "account_replaces"))
         if not corrections:
-            # The steady state: appends only, to different tables, so they commit side by side.
-            # A replay after a crash part-way adds exactly what is missing (BatchWrite).
-            writes = [(rows, table) for rows, table, size in (
-                (plan.quarantine, QUARANTINE, sizes["quarantine"]), (plan.duplicates, DUPLICATES, sizes["duplicates"]),
-                (plan.account, ACCOUNT, sizes["account"])) if size]
-            calls = [lambda rows=rows, table=table: self._append(spark, rows, table, txn) for rows, table in writes]
-            if sizes["rule_state"]:
-                calls.append(lambda: self._write_rule_state(spark, plan.rule_state, txn))
-            if sizes["usage"]:
-                calls.append(lambda: self._write_usage(spark, plan.usage, txn))
-            _run_together([*calls, lambda: self._append(spark, record, BATCHES, txn)])
+            skip = {table for table, size in ((QUARANTINE, "quarantine"), (DUPLICATES, "duplicates"), (ACCOUNT, "account"),
+                                              (RULE_STATE, "rule_state"), (USAGE, "usage")) if not sizes[size]}
+            self._append_all(spark, plan, record, txn, skip=skip)
             return
         if sizes["quarantine"]:
             self._append(spark, plan.quarantine, QUARANTINE, txn)
@@ -290,9 +292,22 @@ class SilverBatchWriter:
             self._write_rule_state(spark, plan.rule_state, txn)
         self._append(spark, record, BATCHES, txn)
 
-    def _sizes(self, plan: SilverPlan, batch: DataFrame) -> dict:
-        """Every count the batch needs, in one job: which path each table takes (appends, or
-        the MERGEs of the correction path), which writes are empty, and the batch record.
+    def _append_all(self, spark: SparkSession, plan: SilverPlan, record: DataFrame, txn: tuple, *, skip) -> None:
+        """Appends only, to different tables, so they commit side by side. A replay after a
+        crash part-way adds exactly what is missing (BatchWrite)."""
+        writes = [(rows, table) for rows, table in (
+            (plan.quarantine, QUARANTINE), (plan.duplicates, DUPLICATES), (plan.account, ACCOUNT)) if table not in skip]
+        calls = [lambda rows=rows, table=table: self._append(spark, rows, table, txn) for rows, table in writes]
+        if RULE_STATE not in skip:
+            calls.append(lambda: self._write_rule_state(spark, plan.rule_state, txn))
+        if USAGE not in skip:
+            calls.append(lambda: self._write_usage(spark, plan.usage, txn))
+        _run_together([*calls, lambda: self._append(spark, record, BATCHES, txn)])
+
+    def _counts(self, plan: SilverPlan, batch: DataFrame, *, record_only: bool = False) -> DataFrame:
+        """Every count the batch needs, as one row: which path each table takes (appends, or
+        the MERGEs of the correction path), which writes are empty, and the batch record
+        (with `record_only`, the batch record's counts alone).
 
         One union of tagged rows and one aggregate (a crossJoin of an aggregate per output
         would be a pair of stages each)."""
@@ -314,6 +329,8 @@ class SilverBatchWriter:
             ("quarantined", filter_bad(copies), no, F.col("_problem.reason")),
             ("rule_drops", D.filter_dropped(plan.decided).filter(~F.col("_in_duplicates")), no, F.col("rule")),
         ]
+        if record_only:
+            outputs = [o for o in outputs if o[0] in RECORD_COUNTS]
         tagged = None
         for tag, rows, flag, key in outputs:
             part = rows.select(F.lit(tag).alias("_t"), flag.cast("boolean").alias("_f"), key.cast("string").alias("_k"))
@@ -327,24 +344,28 @@ class SilverBatchWriter:
             else:
                 columns.append(F.coalesce(F.sum(F.when(mine, F.col("n"))), F.lit(0)).alias(tag))
                 columns.append(F.coalesce(F.sum(F.when(mine, F.col("nf"))), F.lit(0)).alias(f"{tag}_flagged"))
-        sizes = counts.agg(*columns).first().asDict()
+        return counts.agg(*columns)
+
+    @staticmethod
+    def _sizes(counts: DataFrame) -> dict:
+        sizes = counts.first().asDict()
         # plan.quarantine holds exactly the bad copies counted by reason.
         return {**sizes, "quarantine": sum(sizes["quarantined"].values()), "usage_replaces": sizes["usage_flagged"], "account_replaces": sizes["account_flagged"],
                 "duplicate_updates": sizes["duplicates_flagged"], "late_events": sizes["rows_in_flagged"]}
 
     @staticmethod
-    def _batch_record(spark: SparkSession, query_id: str, batch_id: int, sizes: dict) -> DataFrame:
-        # Kept usage: what the batch added to usage_events (new events without a rule, events
-        # the rules kept).
+    def _batch_record(query_id: str, batch_id: int, counts: DataFrame) -> DataFrame:
+        """The batch's row of ops.silver_batches from its counts (`_counts`)."""
         values = {
-            "query_id": query_id, "batch_id": batch_id, "rows_in": sizes["rows_in"],
-            "quarantined": sizes["quarantined"], "identity_duplicates": sizes["identity_duplicates"],
-            "rule_drops": sizes["rule_drops"], "late_events": sizes["late_events"],
-            "usage_events": sizes["kept_by_rules"] + sizes["unruled"], "account_events": sizes["account"],
+            "query_id": F.lit(query_id), "batch_id": F.lit(batch_id), "rows_in": F.col("rows_in"),
+            "quarantined": F.col("quarantined"), "identity_duplicates": F.col("identity_duplicates"),
+            "rule_drops": F.col("rule_drops"), "late_events": F.col("rows_in_flagged"),
+            # Kept usage: what the batch added to usage_events (new events without a rule,
+            # events the rules kept).
+            "usage_events": F.col("kept_by_rules") + F.col("unruled"), "account_events": F.col("account"),
+            "processed_at": F.current_timestamp(),
         }
-        schema = spec(BATCHES).struct_type()
-        return (spark.createDataFrame([tuple(values.get(f.name) for f in schema.fields)], schema)
-                .withColumn("processed_at", F.current_timestamp()))
+        return counts.select(*[values[f.name].cast(f.dataType).alias(f.name) for f in spec(BATCHES).struct_type().fields])
 
     def _append(self, spark: SparkSession, rows: DataFrame, table: str, txn: tuple) -> None:
         """An append a replayed batch cannot double (BatchWrite)."""

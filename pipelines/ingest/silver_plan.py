@@ -20,7 +20,7 @@ from pipelines.core.tables import ACCOUNT_EVENTS as ACCOUNT
 from pipelines.core.tables import COORDINATES, DUPLICATES, QUARANTINE, RULE_STATE, filter_touched_partitions, spec
 from pipelines.core.tables import USAGE_EVENTS as USAGE
 from pipelines.ingest import dedup as D
-from pipelines.ingest.parse import filter_bad, filter_good
+from pipelines.ingest.parse import filter_bad, filter_good, is_bad
 
 # Stored silver rows carry where they are: kept (usage_events) or dropped by a rule (duplicates).
 IN_USAGE = "usage"
@@ -59,8 +59,9 @@ def _dates_between(start: Column, end: Column) -> Column:
 
 @dataclass
 class SilverPlan:
-    """What one batch writes where. Frames only; the writer's counts of them decide whether
-    any stored row moves (the MERGE path) or the batch is pure appends."""
+    """What one batch writes where. Frames only. When the plan can tell that no stored row
+    moves (`appends_only`), the writer appends it without counting it first; otherwise its
+    counts decide between appends and the MERGE path."""
     quarantine: DataFrame
     usage: DataFrame            # rows to add to usage_events (+ `_replaces`: an earlier copy of a stored one)
     account: DataFrame          # rows to add to account_events (+ `_replaces`)
@@ -73,6 +74,10 @@ class SilverPlan:
     own: list | DataFrame       # the batch's rows: offset ranges (a stream) or coordinates (a backfill)
     rule_state: DataFrame       # rows to add to silver.rule_state
     exact_rules: bool = False   # whether some key was decided over its stored events (not its state)
+    # No stored row can move: no identity lookup (so no earlier copy replaces a stored one)
+    # and every rule key decided from its state (so no stored decision changes).
+    appends_only: bool = False
+    empty: frozenset = frozenset()   # tables the plan holds no rows for, known without a job
 
 
 # -- history reads, each pruned to what the batch can touch ---------------------------------
@@ -171,7 +176,13 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
     unruled = usage_new.filter(F.col("_rule").isNull()).select(*usage_cols, "_replaces")
     rule_new = usage_new.filter(F.col("_rule").isNotNull()).transform(D.with_kafka_order)
     identity_drops = select_for(identity.conflicting.withColumn("_update", F.lit(False)), DUPLICATES, "_update")
-    if not identity.profile["rule"]:
+    profile = identity.profile
+    # From the profile's counts, each an upper bound of what the table gets: the quarantine
+    # is the bad copies, account events are among the first copies of other types, rule
+    # state comes only from events a rule governs.
+    empty = frozenset(table for table, count in ((QUARANTINE, profile["bad"]), (ACCOUNT, profile["other"]),
+                                                 (RULE_STATE, profile["rule"])) if not count)
+    if not profile["rule"]:
         return SilverPlan(
             quarantine=identity.quarantine, usage=unruled, account=account, duplicates=identity_drops,
             usage_deletes=unruled.select(*COORDINATES).limit(0), revived=unruled.select(*COORDINATES).limit(0),
@@ -180,6 +191,7 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
                                           "_in_usage": F.lit(False), "_in_duplicates": F.lit(False)}).limit(0),
             unruled=unruled, own=identity.own,
             rule_state=batch.sparkSession.createDataFrame([], spec(RULE_STATE).struct_type()),
+            appends_only=claims and not profile["probe"], empty=empty,
         )
 
     decided, state_rows, exact = plan_rules(rule_new, read, rules, identity, claims=claims, read_state=read_state)
@@ -194,6 +206,7 @@ def plan_batch(batch: DataFrame, read: Reader, rules: tuple[DedupRule, ...], sil
         revived=kept.filter(F.col("_in_duplicates")).select(*COORDINATES),
         identity_duplicates=identity.duplicates, decided=decided, unruled=unruled, own=identity.own,
         rule_state=state_rows, exact_rules=exact,
+        appends_only=claims and not profile["probe"] and not exact, empty=empty,
     )
 
 
@@ -362,7 +375,9 @@ def _profile(first: DataFrame, copies: DataFrame, rules: tuple[DedupRule, ...]):
     """One row, in one job, that decides which history reads the batch needs at all and
     what they may touch: how many first copies need an identity lookup (`probe`) or fall
     under a custom rule (`rule`), the first and last date any rule scope reaches, and the
-    batch's own offset range per Kafka partition (`own`).
+    batch's own offset range per Kafka partition (`own`); and which tables the batch
+    cannot write to: how many copies are bad (`bad`) and how many first copies are not
+    usage events (`other`).
 
     A union of the two inputs and one two-level aggregate: a crossJoin of one aggregate
     per question would broadcast each side in a job of its own."""
@@ -373,17 +388,21 @@ def _profile(first: DataFrame, copies: DataFrame, rules: tuple[DedupRule, ...]):
     decisions = first.transform(D.with_rule_scope(rules)).transform(D.with_rule_period(rules)).select(
         *no_coordinates, (claimed & F.col("_needs_lookup")).alias("_probe"), ruled.alias("_ruled"),
         F.when(ruled, F.col("_scope_start")).alias("_start"), F.when(ruled, _scope_end()).alias("_end"),
-        F.when(ruled, F.col("_period")).alias("_period"), F.when(retry, F.to_date("_scope_start")).alias("_retry"))
+        F.when(ruled, F.col("_period")).alias("_period"), F.when(retry, F.to_date("_scope_start")).alias("_retry"),
+        # plan_batch's account filter, on every first copy: a bound of what account_events gets.
+        (F.col("event_type") != "usage").alias("_other"), F.lit(False).alias("_bad"))
     offsets = copies.select(*COORDINATES, F.lit(False).alias("_probe"), F.lit(False).alias("_ruled"),
                             F.lit(None).cast("timestamp").alias("_start"), F.lit(None).cast("timestamp").alias("_end"),
-                            F.lit(None).cast("date").alias("_period"), F.lit(None).cast("date").alias("_retry"))
+                            F.lit(None).cast("date").alias("_period"), F.lit(None).cast("date").alias("_retry"),
+                            F.lit(False).alias("_other"), is_bad().alias("_bad"))
     per_partition = decisions.unionByName(offsets).groupBy("kafka_topic", "kafka_partition").agg(
         F.count_if("_probe").alias("probe"), F.count_if("_ruled").alias("rule"),
+        F.count_if("_other").alias("other"), F.count_if("_bad").alias("bad"),
         F.min("_start").alias("_start"), F.max("_end").alias("_end"),
         F.collect_set("_period").alias("_periods"), F.min("_retry").alias("_retry"),
         F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
     return per_partition.agg(
-        F.coalesce(F.sum("probe"), F.lit(0)).alias("probe"), F.coalesce(F.sum("rule"), F.lit(0)).alias("rule"),
+        *[F.coalesce(F.sum(c), F.lit(0)).alias(c) for c in ("probe", "rule", "other", "bad")],
         F.to_date(F.min("_start")).alias("first_date"), F.to_date(F.max("_end")).alias("last_date"),
         # The rule state's partitions the batch can touch (state_anchors).
         F.array_distinct(F.flatten(F.collect_list("_periods"))).alias("periods"), F.min("_retry").alias("retry_from"),

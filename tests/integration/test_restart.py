@@ -176,9 +176,11 @@ def test_a_replayed_batch_appends_only_what_its_crashed_attempt_did_not(spark, t
     assert len(stored()) == 6
 
     # The batch record is keyed by (query_id, batch_id).
-    record = silver.SilverBatchWriter._batch_record(spark, "q", 1, {
-        "rows_in": 3, "quarantined": {"bad_json": 3}, "identity_duplicates": 0, "rule_drops": {},
-        "late_events": 0, "kept_by_rules": 0, "unruled": 0, "account": 0})
+    counts = spark.createDataFrame(
+        [(3, {"bad_json": 3}, 0, {}, 0, 0, 0, 0)],
+        "rows_in long, quarantined map<string,bigint>, identity_duplicates long, rule_drops map<string,bigint>, "
+        "rows_in_flagged long, kept_by_rules long, unruled long, account long")
+    record = silver.SilverBatchWriter._batch_record("q", 1, counts)
     for _ in range(2):
         writer._append(spark, record, silver.BATCHES, (silver.BatchWrite("q", 1, may_replay=True), own))
     got = ctx.lake.read(spark, silver.BATCHES).collect()

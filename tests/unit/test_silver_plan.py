@@ -18,9 +18,10 @@ from pipelines.core.tables import spec
 from pipelines.ingest import dedup as D
 from pipelines.ingest.silver import silver_input
 from pipelines.ingest.silver_plan import (
-    ACCOUNT, DUPLICATES, RULE_STATE, USAGE, plan_batch, rule_state_of, select_for,
+    ACCOUNT, DUPLICATES, QUARANTINE, RULE_STATE, USAGE, plan_batch, rule_state_of, select_for,
 )
 from tests.unit.frames import local_frame
+from tests.unit.test_parse import ACCOUNT as ACCOUNT_DOC
 from tests.unit.test_parse import USAGE as USAGE_DOC
 from tests.unit.test_parse import doc
 
@@ -89,6 +90,8 @@ def test_a_ticket_after_the_kept_one_in_its_month_is_dropped_without_moving_it(s
     # Decided from the month's state alone (the kept ticket), not its stored events.
     assert not plan.exact_rules
     assert plan.rule_state.count() == 0         # the month's kept ticket did not change
+    # So no stored row moves: the writer may append without counting first.
+    assert plan.appends_only and plan.empty == {QUARANTINE, ACCOUNT}
 
 
 def test_a_late_ticket_before_the_kept_one_re_anchors_its_month(spark, ctx):
@@ -105,6 +108,7 @@ def test_a_late_ticket_before_the_kept_one_re_anchors_its_month(spark, ctx):
     assert plan.exact_rules
     assert _ids(plan.rule_state, "rule", "scope_date", "anchor_event_id", "kafka_offset") == [
         (MONTHLY, date(2024, 5, 1), "n2", 10)]
+    assert not plan.appends_only                # a stored row moves: the writer counts first
 
 
 def test_bad_records_go_to_quarantine_and_a_conflicting_copy_to_duplicates(spark, ctx):
@@ -125,6 +129,34 @@ def test_bad_records_go_to_quarantine_and_a_conflicting_copy_to_duplicates(spark
     assert plan.quarantine.filter(F.col("reason").isNull()).count() == 0
     # The batch's own offset ranges, as the appends' replay guard uses them.
     assert sorted(plan.own) == [(TOPIC, 0, 10, 12), (TOPIC, 1, 3, 3)]
+
+
+def test_the_plan_tells_which_tables_stay_empty_and_whether_a_stored_row_can_move(spark, ctx):
+    """What lets the writer skip counting a batch: the tables the profile shows no rows
+    for, and no identity lookup and no exact rule key (so only appends)."""
+    unruled = doc(USAGE_DOC, event_id="u1", occurred_at="2024-06-02T09:00:00Z", metric="voice_minutes",
+                  dedup_key=None)
+    batch = _batch(spark, ctx, [(0, 10, unruled, JUN_2), (0, 11, b"[]", JUN_2), (0, 12, None, JUN_2)])
+
+    plan = plan_batch(batch, _stored(spark, ctx, STORED), ctx.rules, ctx.silver)
+
+    assert plan.appends_only and plan.empty == {ACCOUNT, RULE_STATE}
+    assert plan.quarantine.count() == 2 and plan.account.count() == 0 and plan.rule_state.count() == 0
+    assert _ids(plan.usage, "event_id") == [("u1",)]
+
+    lifecycle = doc(ACCOUNT_DOC, event_id="a1", occurred_at="2024-06-02T09:00:00Z")
+    plan = plan_batch(_batch(spark, ctx, [(0, 20, lifecycle, JUN_2)]), _stored(spark, ctx, STORED),
+                      ctx.rules, ctx.silver)
+    assert plan.appends_only and plan.empty == {QUARANTINE, RULE_STATE}
+    assert _ids(plan.account, "event_id") == [("a1",)]
+
+    # Ingested more than the horizon after it happened: its first copy may have left the
+    # hot state, so silver is looked up, and a copy found there could be replaced.
+    old = doc(USAGE_DOC, event_id="u2", occurred_at="2024-05-25T09:00:00Z", metric="voice_minutes",
+              dedup_key=None)
+    plan = plan_batch(_batch(spark, ctx, [(0, 30, old, JUN_2)]), _stored(spark, ctx, STORED), ctx.rules, ctx.silver)
+    assert not plan.appends_only
+    assert _ids(plan.usage, "event_id") == [("u2",)]
 
 
 RETRY = "sms_gateway_retry"
