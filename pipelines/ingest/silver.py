@@ -335,7 +335,9 @@ class SilverBatchWriter:
         for tag, rows, flag, key in outputs:
             part = rows.select(F.lit(tag).alias("_t"), flag.cast("boolean").alias("_f"), key.cast("string").alias("_k"))
             tagged = part if tagged is None else tagged.unionByName(part)
-        counts = tagged.groupBy("_t", "_k").agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("_f"), 1)).alias("nf"))
+        # One task: a batch's rows are few, and a single partition needs no shuffle before
+        # the aggregates (tasks and a stage boundary cost more than the counting).
+        counts = tagged.coalesce(1).groupBy("_t", "_k").agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("_f"), 1)).alias("nf"))
         columns = []
         for tag, _, _, key in outputs:
             mine = F.col("_t") == tag

@@ -395,7 +395,8 @@ def _profile(first: DataFrame, copies: DataFrame, rules: tuple[DedupRule, ...]):
                             F.lit(None).cast("timestamp").alias("_start"), F.lit(None).cast("timestamp").alias("_end"),
                             F.lit(None).cast("date").alias("_period"), F.lit(None).cast("date").alias("_retry"),
                             F.lit(False).alias("_other"), is_bad().alias("_bad"))
-    per_partition = decisions.unionByName(offsets).groupBy("kafka_topic", "kafka_partition").agg(
+    # One task, no shuffle before the aggregates (see SilverBatchWriter._counts).
+    per_partition = decisions.unionByName(offsets).coalesce(1).groupBy("kafka_topic", "kafka_partition").agg(
         F.count_if("_probe").alias("probe"), F.count_if("_ruled").alias("rule"),
         F.count_if("_other").alias("other"), F.count_if("_bad").alias("bad"),
         F.min("_start").alias("_start"), F.max("_end").alias("_end"),
