@@ -390,6 +390,8 @@ class SilverBatchWriter:
 
     def _write_rule_state(self, spark: SparkSession, rows: DataFrame, txn: tuple) -> None:
         """`rows`: materialised by the plan, so the copy keeps exactly what was appended."""
+        if rows.isEmpty():    # no commit to find: the copy stays as it is (StateCopy)
+            return
         self._append(spark, rows, RULE_STATE, txn)
         self._appended_state(spark, rows, txn[0])
 

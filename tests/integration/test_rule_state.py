@@ -10,7 +10,7 @@ import pytest
 from pipelines.core.context import JobContext
 from pipelines.core.settings import Settings
 from pipelines.ingest import dedup as D
-from pipelines.ingest import silver
+from pipelines.ingest import silver, silver_plan
 from pipelines.ingest.silver_plan import select_for
 from tests.unit.test_silver_plan import _bronze, _sms, _ticket
 
@@ -123,6 +123,48 @@ def test_the_stream_writer_s_copy_of_the_state_follows_its_own_appends_and_no_on
     assert decided("b1") == (1, [])
     assert decided("t4") == (0, [(monthly, "b1")])
     assert writer._state.version == _version(spark, ctx)
+
+
+def test_an_appends_only_batch_is_counted_by_its_record_and_keeps_the_copy(spark, tmp_path, monkeypatch):
+    """A batch with no identity lookup and no late rule event is written without counting it
+    first (SilverPlan.appends_only). One whose tickets all come after their month's kept one
+    changes no state: the copy stays, no table gets an empty commit, and its batch record
+    still counts what the rule dropped."""
+    from tests.unit.test_silver_plan import _batch
+
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
+    silver.ensure_rule_state(spark, ctx)
+    for table in silver.TABLES:
+        ctx.lake.ensure(spark, table)
+    writer = silver.SilverBatchWriter(ctx)
+    plans = []
+
+    def spy(*args, **kwargs):
+        plans.append(silver_plan.plan_batch(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(silver, "plan_batch", spy)
+    at = datetime(2024, 6, 20, 12, 0, tzinfo=UTC)    # ingested an hour or two after each event
+
+    def versions():
+        return {t: ctx.lake.delta(spark, t).history(1).first()["version"] for t in silver.TABLES}
+
+    writer.write_batch(_batch(spark, ctx, [(0, 0, _ticket("t1", "2024-06-20T10:00:00Z"), at)]), 0, "query-1")
+    writer.write_batch(_batch(spark, ctx, [(0, 1, _ticket("t2", "2024-06-20T10:30:00Z"), at)]), 1, "query-1")
+    copy, before = writer._state, versions()
+    assert copy is not None and copy.version == _version(spark, ctx)
+    writer.write_batch(_batch(spark, ctx, [(0, 2, _ticket("t3", "2024-06-20T11:00:00Z"), at),
+                                           (0, 3, b"{not json", at)]), 2, "query-1")
+
+    assert [p.appends_only for p in plans] == [True, True, True]
+    assert writer._state is copy                     # nothing appended to the state: the copy stands
+    after = versions()
+    # Each table the batch had rows for got one commit; usage_events and the rule state, none.
+    assert {t for t in silver.TABLES if after[t] != before[t]} == {silver.DUPLICATES, silver.QUARANTINE, silver.BATCHES}
+    assert all(after[t] - before[t] in (0, 1) for t in silver.TABLES)
+    record = ctx.lake.read(spark, silver.BATCHES).filter("batch_id = 2").collect()
+    assert [(r.rows_in, r.usage_events, r.identity_duplicates, r.rule_drops, sum(r.quarantined.values()))
+            for r in record] == [(2, 0, 0, {"billable_tickets_monthly": 1}, 1)]
 
 
 def test_the_copy_is_dropped_when_a_batch_fails(spark, tmp_path, monkeypatch):
