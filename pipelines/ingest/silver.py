@@ -253,8 +253,10 @@ class SilverBatchWriter:
     def _write(self, spark: SparkSession, plan: SilverPlan, batch: DataFrame, who: BatchWrite) -> None:
         txn = (who, plan.own)
         counts = self._counts(plan, batch, record_only=plan.appends_only)
-        # Lazy: counted by the append itself, beside the others (its inputs are materialised
-        # by the plan, so the count is the same whenever it runs).
+        if not plan.appends_only:
+            counts = counts.localCheckpoint()    # counted once: read to choose the path, and by the record
+        # Appends only: counted by the record's append itself, beside the others (the counts'
+        # inputs are materialised by the plan, so they are the same whenever they run).
         record = self._batch_record(who.query_id, who.batch_id, counts)
         if plan.appends_only:
             # The steady state, told by the plan: no job to count the batch first. A table the
