@@ -35,7 +35,9 @@ A micro-batch costs what its own rows cost (DESIGN section 8):
   than the one silver holds.
 - Apart from the writes, a batch runs a fixed handful of Spark jobs: the batch itself, its
   good rows, one profile (which history reads it needs, its offset ranges, its rule
-  scopes' dates), the reads it needs, and one job for all the counts.
+  scopes' dates), the reads it needs, and one job for all the counts. A batch the profile
+  shows to be appends only (no identity lookup, every rule key decided from its state)
+  skips that job: its batch record's append counts it (SilverPlan.appends_only).
 
 Why the watermark is on ingestion time: bronze's ingested_at only moves forward, so no row
 is ever behind the watermark and Spark's stateful operator never silently drops a late
