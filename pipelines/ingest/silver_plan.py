@@ -361,7 +361,12 @@ def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFram
     earliest = min([*profile["periods"], *([profile["retry_from"]] if profile["retry_from"] is not None else [])],
                    default=None)
     stored = read_state(earliest) if read_state is not None else read(RULE_STATE)
-    state = stored.filter(dates).transform(filter_not_own(own)).coalesce(1)
+    # The fold is per key, so only the touched keys' rows need folding: the copy of the
+    # touched dates gains every batch's rows, and folding all of them grew the lookup
+    # with the table (1.3 -> 4.5 s over nine batches of 100k events).
+    keys = touched.select(F.col("_rule").alias("rule"), "account_id", "dedup_key")
+    state = (stored.filter(dates).transform(filter_not_own(own)).coalesce(1)
+             .join(F.broadcast(keys), on=["rule", "account_id", "dedup_key"], how="left_semi"))
     conflict = F.when(F.col("_period").isNotNull(), F.col("_first") < D.position()).otherwise(
         F.col("_last") > F.col("_first"))
     return (state.transform(D.rule_state_events(rules))
