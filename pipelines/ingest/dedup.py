@@ -402,17 +402,22 @@ def rule_state_events(rules: tuple[DedupRule, ...]):
     calendar, retry = calendar_rule_names(rules), retry_rule_names(rules)
 
     def transform(state: DataFrame) -> DataFrame:
+        # Both kinds in one aggregate, grouped by key and, for a calendar period, its period:
+        # a union of one aggregate per kind scanned the rows twice.
         anchor = F.struct(*[F.col(f"anchor_{c}").alias(c) for c in STATE_ANCHOR])
-        periods = (state.filter(F.col("rule").isin(*calendar))
-                   .groupBy("rule", "account_id", "dedup_key", F.col("scope_date").alias("_period"))
-                   .agg(F.min_by(anchor, position("anchor_")).alias("_a"), F.max("seq").alias("_seq"))
-                   .withColumn("_last", F.lit(None).cast(state.select(position("last_")).schema[0].dataType)))
         newest = F.struct(position("last_").alias("last"), F.col("seq"))
-        chains = (state.filter(F.col("rule").isin(*retry)).groupBy("rule", "account_id", "dedup_key")
-                  .agg(F.max_by(anchor, newest).alias("_a"), F.max(position("last_")).alias("_last"),
-                       F.max_by("seq", newest).alias("_seq"))
-                  .withColumn("_period", F.lit(None).cast("date")))
-        return (periods.unionByName(chains)
-                .select(F.col("rule").alias("_rule"), "account_id", "dedup_key", "_period", "_a.*", "_last", "_seq"))
+        is_period = F.col("rule").isin(*calendar)
+        folded = (state.filter(F.col("rule").isin(*calendar, *retry))
+                  .groupBy("rule", "account_id", "dedup_key",
+                           F.when(is_period, F.col("scope_date")).alias("_period"))
+                  .agg(F.min_by(anchor, position("anchor_")).alias("_first_anchor"), F.max("seq").alias("_max_seq"),
+                       F.max_by(anchor, newest).alias("_newest_anchor"), F.max(position("last_")).alias("_max_last"),
+                       F.max_by("seq", newest).alias("_newest_seq")))
+        return folded.select(
+            F.col("rule").alias("_rule"), "account_id", "dedup_key", "_period",
+            F.when(is_period, F.col("_first_anchor")).otherwise(F.col("_newest_anchor")).alias("_a"),
+            F.when(~is_period, F.col("_max_last")).alias("_last"),
+            F.when(is_period, F.col("_max_seq")).otherwise(F.col("_newest_seq")).alias("_seq"),
+        ).select("_rule", "account_id", "dedup_key", "_period", "_a.*", "_last", "_seq")
 
     return transform

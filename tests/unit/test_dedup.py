@@ -370,6 +370,43 @@ def test_filter_kept_and_dropped(spark):
     assert sorted(r["event_id"] for r in df.transform(D.filter_dropped).collect()) == ["b"]
 
 
+def _state_row(rule, key, scope, anchor_id, anchor_at, anchor_offset, seq, last_at=None, last_offset=None,
+               account="acc"):
+    kafka = (utc(2024, 6, 1), TOPIC, 0)
+    last = (last_at, *kafka, last_offset) if last_at is not None else (None,) * 5
+    return (rule, account, key, scope, anchor_id, anchor_at, *kafka, anchor_offset, *last, seq, TOPIC, 0, 99)
+
+
+def test_rule_state_events_folds_each_key_of_both_kinds_from_its_own_rows(spark):
+    from pipelines.core.tables import spec
+    d1, d2 = datetime(2024, 5, 1).date(), datetime(2024, 6, 1).date()
+    rows = [
+        # A ticket period re-anchored by a late event: the earliest anchor, the highest seq.
+        _state_row(TICKETS, "T-1", d1, "t-late", utc(2024, 5, 3), 7, 2),
+        _state_row(TICKETS, "T-1", d1, "t-first", utc(2024, 5, 9), 3, 1),
+        _state_row(TICKETS, "T-1", d2, "t-june", utc(2024, 6, 2), 9, 1),     # another period, its own state
+        # A retry chain: the row with the latest event; of two naming it, the newer (seq).
+        _state_row(SMS, "M-1", d1, "s-old", utc(2024, 5, 1, 10), 1, 1, utc(2024, 5, 1, 10, 5), 2),
+        _state_row(SMS, "M-1", d1, "s-a", utc(2024, 5, 1, 10, 20), 4, 2, utc(2024, 5, 1, 10, 25), 5),
+        _state_row(SMS, "M-1", d1, "s-b", utc(2024, 5, 1, 10, 25), 5, 3, utc(2024, 5, 1, 10, 25), 5),
+        _state_row(SMS, "M-1", d1, "s-x", utc(2024, 5, 1, 10, 1), 1, 9, utc(2024, 5, 1, 10, 2), 1, account="other"),
+        _state_row("retired_rule", "T-1", d1, "gone", utc(2024, 5, 1), 1, 1),   # a rule no longer defined
+    ]
+    state = local_frame(spark, rows, spec("silver.rule_state").struct_type())
+
+    folded = state.transform(D.rule_state_events(DEFAULT_RULES))
+
+    got = sorted((r["_rule"], r["account_id"], r["dedup_key"], r["_period"], r["event_id"], r["_seq"],
+                  r["_last"]["occurred_at"] if r["_last"] else None) for r in folded.collect())
+    naive = lambda t: t.replace(tzinfo=None)   # noqa: E731 (collected timestamps are naive UTC)
+    assert got == [
+        (TICKETS, "acc", "T-1", d1, "t-late", 2, None),
+        (TICKETS, "acc", "T-1", d2, "t-june", 1, None),
+        (SMS, "acc", "M-1", None, "s-b", 3, naive(utc(2024, 5, 1, 10, 25))),
+        (SMS, "other", "M-1", None, "s-x", 9, naive(utc(2024, 5, 1, 10, 2))),
+    ]
+
+
 # --- property check against a pure-Python reference of DESIGN section 4.2 ------------------------
 
 def _bucket(ts: datetime, period: str):
