@@ -356,8 +356,11 @@ def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFram
     if profile["retry_from"] is not None:
         dates = dates | (F.col("scope_date") >= F.lit(profile["retry_from"]))
     # One partition each (narrow rows of the touched partitions): their aggregates need no shuffle.
+    # Materialised: the optimizer pushes each rule's filter through the fold into its own
+    # broadcast of these keys, and each recomputed them from the batch's rows.
     touched = (rule_new.coalesce(1).transform(D.with_rule_period(rules)).groupBy(*D.RULE_KEY, "_period")
-               .agg(F.min(D.position()).alias("_first")).withColumnRenamed("_period", "_touched_period"))
+               .agg(F.min(D.position()).alias("_first")).withColumnRenamed("_period", "_touched_period")
+               .localCheckpoint())
     earliest = min([*profile["periods"], *([profile["retry_from"]] if profile["retry_from"] is not None else [])],
                    default=None)
     stored = read_state(earliest) if read_state is not None else read(RULE_STATE)
