@@ -195,6 +195,11 @@ class SilverBatchWriter:
         """One batch of claimed silver_input rows (or, for the backfill, plain silver_input
         rows), written under (query_id, batch_id)."""
         spark = batch_df.sparkSession
+        # The writer's rule-state copy has no size estimate (without_size_estimate), so
+        # Spark took it for a table of exabytes and built a bloom filter of the touched
+        # keys for it, two extra jobs per batch, to prune rows already in memory. The
+        # setting is the stream's own: a streaming query runs on a clone of the session.
+        spark.conf.set("spark.sql.optimizer.runtime.bloomFilter.enabled", "false")
         # Materialised once; every frame below derives from it.
         batch = batch_df.localCheckpoint(eager=True)
         who = BatchWrite(query_id, batch_id, may_replay=not self._started, txn=not self.claims)
@@ -443,9 +448,11 @@ def without_size_estimate(materialised: DataFrame) -> DataFrame:
     the product of its sides'. The copy's rows come from plans that join the copy itself,
     so its estimate squared with every batch: after about 20 batches with rule events the
     planner multiplied numbers of millions of digits, and the driver ran out of memory."""
+    # Its rows as Spark holds them: `jdf.rdd()` turned every row into a Row object and back
+    # on each scan, a cost every batch paid again for every row of the copy.
     jdf = materialised._jdf
-    return DataFrame(materialised.sparkSession._jsparkSession.createDataFrame(jdf.rdd(), jdf.schema()),
-                     materialised.sparkSession)
+    return DataFrame(materialised.sparkSession._jsparkSession.internalCreateDataFrame(
+        jdf.queryExecution().toRdd(), jdf.schema(), False), materialised.sparkSession)
 
 
 def _state_tag(who: BatchWrite) -> str:
