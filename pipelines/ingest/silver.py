@@ -56,6 +56,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from py4j.protocol import Py4JError
 from pyspark import InheritableThread
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -448,11 +449,15 @@ def without_size_estimate(materialised: DataFrame) -> DataFrame:
     the product of its sides'. The copy's rows come from plans that join the copy itself,
     so its estimate squared with every batch: after about 20 batches with rule events the
     planner multiplied numbers of millions of digits, and the driver ran out of memory."""
-    # Its rows as Spark holds them: `jdf.rdd()` turned every row into a Row object and back
-    # on each scan, a cost every batch paid again for every row of the copy.
-    jdf = materialised._jdf
-    return DataFrame(materialised.sparkSession._jsparkSession.internalCreateDataFrame(
-        jdf.queryExecution().toRdd(), jdf.schema(), False), materialised.sparkSession)
+    # Its rows as Spark holds them: `jdf.rdd()` turns every row into a Row object and back
+    # on each scan, a cost every batch paid again for every row of the copy. The internal
+    # call is Spark's own (package-private); a runtime without it gets the public one.
+    jdf, jspark = materialised._jdf, materialised.sparkSession._jsparkSession
+    try:
+        rebuilt = jspark.internalCreateDataFrame(jdf.queryExecution().toRdd(), jdf.schema(), False)
+    except Py4JError:
+        rebuilt = jspark.createDataFrame(jdf.rdd(), jdf.schema())
+    return DataFrame(rebuilt, materialised.sparkSession)
 
 
 def _state_tag(who: BatchWrite) -> str:
