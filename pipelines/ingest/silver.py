@@ -196,11 +196,13 @@ class SilverBatchWriter:
         """One batch of claimed silver_input rows (or, for the backfill, plain silver_input
         rows), written under (query_id, batch_id)."""
         spark = batch_df.sparkSession
-        # The writer's rule-state copy has no size estimate (without_size_estimate), so
-        # Spark took it for a table of exabytes and built a bloom filter of the touched
-        # keys for it, two extra jobs per batch, to prune rows already in memory. The
-        # setting is the stream's own: a streaming query runs on a clone of the session.
-        spark.conf.set("spark.sql.optimizer.runtime.bloomFilter.enabled", "false")
+        if self.claims:
+            # The writer's rule-state copy has no size estimate (without_size_estimate), so
+            # Spark took it for a table of exabytes and built a bloom filter of the touched
+            # keys for it, two extra jobs per batch, to prune rows already in memory. The
+            # setting is the stream's own (a streaming query runs on a clone of the session);
+            # a backfill keeps no copy and leaves its caller's session as it was.
+            spark.conf.set("spark.sql.optimizer.runtime.bloomFilter.enabled", "false")
         # Materialised once; every frame below derives from it.
         batch = batch_df.localCheckpoint(eager=True)
         who = BatchWrite(query_id, batch_id, may_replay=not self._started, txn=not self.claims)
