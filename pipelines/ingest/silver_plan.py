@@ -356,8 +356,8 @@ def state_anchors(read: Reader, rules: tuple[DedupRule, ...], rule_new: DataFram
     if profile["retry_from"] is not None:
         dates = dates | (F.col("scope_date") >= F.lit(profile["retry_from"]))
     # One partition each (narrow rows of the touched partitions): their aggregates need no shuffle.
-    # Materialised: the optimizer pushes each rule's filter through the fold into its own
-    # broadcast of these keys, and each recomputed them from the batch's rows.
+    # Materialised: two broadcasts below read these keys (the semi-join before the fold and
+    # the join after it), and each recomputed them from the batch's rows.
     touched = (rule_new.coalesce(1).transform(D.with_rule_period(rules)).groupBy(*D.RULE_KEY, "_period")
                .agg(F.min(D.position()).alias("_first")).withColumnRenamed("_period", "_touched_period")
                .localCheckpoint())
