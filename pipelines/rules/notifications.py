@@ -110,6 +110,11 @@ def render_notification(row: dict) -> bytes:
 
 def filter_contract_violations(df: DataFrame) -> DataFrame:
     """Rows that cannot become a valid notification, with `_problem` saying why."""
+    return df.transform(with_contract_problem).filter(F.col("_problem").isNotNull())
+
+
+def with_contract_problem(df: DataFrame) -> DataFrame:
+    """+ _problem: why the row cannot become a valid notification (null when it can)."""
     problem = (
         F.when(F.col("notification_id").isNull() | ~F.col("notification_id").rlike("^[0-9a-f]{64}$"),
                F.lit("notification_id must be 64 lower-case hex digits"))
@@ -121,7 +126,16 @@ def filter_contract_violations(df: DataFrame) -> DataFrame:
         .when(F.col("payload").isNull() | ~F.ltrim(F.col("payload")).startswith("{")
               | F.expr("try_parse_json(payload)").isNull(), F.lit("payload must be a JSON object as text"))
     )
-    return df.withColumn("_problem", problem).filter(F.col("_problem").isNotNull())
+    return df.withColumn("_problem", problem)
+
+
+def summarise_for_staging(df: DataFrame) -> DataFrame:
+    """Staged columns -> one row: rows (how many) and bad (one contract violation as
+    notification_id, type, account_id, _problem; null when there is none)."""
+    checked = df.transform(with_contract_problem)
+    offending = F.struct("notification_id", "type", "account_id", "_problem")
+    return checked.agg(F.count(F.lit(1)).alias("rows"),
+                       F.first(F.when(F.col("_problem").isNotNull(), offending), ignorenulls=True).alias("bad"))
 
 
 def to_outbox_rows(df: DataFrame) -> DataFrame:
@@ -150,13 +164,14 @@ def stage_notifications(spark: SparkSession, lake: Lake, df: DataFrame) -> int:
     lake.ensure(spark, NOTIFICATIONS)
     rows = df.select(*STAGE_COLUMNS).localCheckpoint()
     try:
-        # Bounded: one offending row, to name it in the error.
-        bad = filter_contract_violations(rows).select("notification_id", "type", "account_id", "_problem").first()
+        # One job, one row: how many rows, and one offending row to name in the error.
+        summary = rows.transform(summarise_for_staging).first()
+        bad = summary["bad"]
         if bad is not None:
             raise NotificationError(
                 f"stage_notifications: notification {bad['notification_id']!r} (type {bad['type']!r}, "
                 f"account {bad['account_id']!r}) breaks schemas/notifications/v1.json: {bad['_problem']}")
-        if rows.isEmpty():
+        if not summary["rows"]:
             return 0
         source = rows.transform(to_outbox_rows)
         metrics = (

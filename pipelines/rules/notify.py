@@ -19,7 +19,7 @@ after the event; about half a minute on the 2-core machine (bench/bench_alert_la
 """
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -63,44 +63,76 @@ class NotifyWriter:
         spark = batch_df.sparkSession
         batch = batch_df.localCheckpoint(eager=True)
         try:
-            if not batch.isEmpty():
-                stage_notifications(spark, self.ctx.lake, self.notifications(spark, batch))
+            held = batch.transform(count_changes).first()  # one row
+            if held["rows"]:
+                notes = self.notifications(spark, batch, usage=held["usage"] > 0, lifecycle=held["lifecycle"] > 0)
+                if notes is not None:
+                    stage_notifications(spark, self.ctx.lake, notes)
                 # Always: a replay after a crash between staging and publishing stages
                 # nothing new but still owes the staged rows.
                 publish_pending(spark, self.ctx.lake, self.ctx.settings)
         finally:
             batch.unpersist()
 
-    def notifications(self, spark: SparkSession, batch: DataFrame) -> DataFrame:
+    def notifications(self, spark: SparkSession, batch: DataFrame, *, usage: bool = True,
+                      lifecycle: bool = True) -> DataFrame | None:
+        """The batch's alerts (usage=True) and follow-ups (lifecycle=True); None when neither.
+
+        Each lookup below is a broadcast, and each broadcast is a Spark job of its own however
+        few its rows; a batch without usage changes or without new lifecycle events leaves
+        that half's lookups out of the plan instead of running them over nothing."""
+        if not (usage or lifecycle):
+            return None
         lake = self.ctx.lake
         plans = plans_frame(spark, self.catalog)
         prices = prices_frame(spark, self.catalog).select("plan_id", "metric", "included")
-        keys = batch.filter(F.col("_kind") == "usage").transform(A.touched_usage_keys)
-        new_events = batch.filter((F.col("_kind") == "account") & F.col("_change_type").isin(*_NEW)
-                                  & F.col("event_type").isin(*A.REACTIVE_EVENTS)).select("account_id", "event_id")
-        accounts = keys.select("account_id").unionByName(new_events.select("account_id")).distinct()
-        lifecycle = lake.read(spark, ACCOUNT_EVENTS).join(F.broadcast(accounts), on="account_id", how="left_semi").localCheckpoint()
-        segments = (lifecycle.transform(filter_plan_events).transform(with_plan_rank(plans))
-                    .transform(plan_changes).transform(plan_segments))
-        # The touched periods' days, so the read below prunes silver's event_date partitions.
-        days = keys.select(F.explode(F.sequence(
-            F.to_date(F.concat(F.col("period"), F.lit("-01"))),
-            F.date_sub(F.add_months(F.to_date(F.concat(F.col("period"), F.lit("-01"))), 1), 1))).alias("event_date")
-        ).distinct()
-        usage = (
-            lake.read(spark, USAGE_EVENTS)
-            .transform(filter_touched_partitions(days, ["event_date"]))
-            .withColumn("period", period_of(F.col("occurred_at")))
-            .join(F.broadcast(keys), on=["account_id", "metric", "period"], how="left_semi")
-            .select("account_id", "event_id", "product", "metric", "occurred_at", "quantity")
-        )
-        alerts = usage.transform(A.quota_threshold_alerts(self.thresholds, segments, prices))
-        reactive = (
-            lifecycle.join(F.broadcast(new_events), on=["account_id", "event_id"], how="left_semi")
-            .transform(A.with_previous_plan(lifecycle))
-            .transform(A.reactive_notifications(plans, prices))
-        )
-        return alerts.unionByName(reactive)
+        keys = batch.filter(_is_usage()).transform(A.touched_usage_keys)
+        new_events = batch.filter(_is_new_lifecycle()).select("account_id", "event_id")
+        touched = ([keys.select("account_id")] if usage else []) + ([new_events.select("account_id")] if lifecycle else [])
+        accounts = touched[0] if len(touched) == 1 else touched[0].unionByName(touched[1])
+        history = (lake.read(spark, ACCOUNT_EVENTS).join(F.broadcast(accounts.distinct()), on="account_id", how="left_semi")
+                   .localCheckpoint())
+        parts = []
+        if usage:
+            segments = (history.transform(filter_plan_events).transform(with_plan_rank(plans))
+                        .transform(plan_changes).transform(plan_segments))
+            # The touched periods' days, so the read below prunes silver's event_date partitions.
+            days = keys.select(F.explode(F.sequence(
+                F.to_date(F.concat(F.col("period"), F.lit("-01"))),
+                F.date_sub(F.add_months(F.to_date(F.concat(F.col("period"), F.lit("-01"))), 1), 1))).alias("event_date")
+            ).distinct()
+            period_usage = (
+                lake.read(spark, USAGE_EVENTS)
+                .transform(filter_touched_partitions(days, ["event_date"]))
+                .withColumn("period", period_of(F.col("occurred_at")))
+                .join(F.broadcast(keys), on=["account_id", "metric", "period"], how="left_semi")
+                .select("account_id", "event_id", "product", "metric", "occurred_at", "quantity")
+            )
+            parts.append(period_usage.transform(A.quota_threshold_alerts(self.thresholds, segments, prices)))
+        if lifecycle:
+            parts.append(
+                history.join(F.broadcast(new_events), on=["account_id", "event_id"], how="left_semi")
+                .transform(A.with_previous_plan(history))
+                .transform(A.reactive_notifications(plans, prices))
+            )
+        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+
+
+def _is_usage() -> Column:
+    return F.col("_kind") == "usage"
+
+
+def _is_new_lifecycle() -> Column:
+    """A lifecycle event new to silver whose type has follow-ups."""
+    return ((F.col("_kind") == "account") & F.col("_change_type").isin(*_NEW)
+            & F.col("event_type").isin(*A.REACTIVE_EVENTS))
+
+
+def count_changes(batch: DataFrame) -> DataFrame:
+    """read_changes rows -> one row: rows, usage (usage changes) and lifecycle (new lifecycle
+    events with follow-ups), so the writer knows which lookups a batch needs in one job."""
+    return batch.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(_is_usage(), 1)).alias("usage"),
+                     F.count(F.when(_is_new_lifecycle(), 1)).alias("lifecycle"))
 
 
 def start(spark: SparkSession, ctx: JobContext) -> StreamingQuery:

@@ -105,3 +105,11 @@ def test_alerts_and_follow_ups_once_across_a_crash_a_restart_and_a_rerun(spark, 
     third = on_topic(settings)
     assert len(third) == 13 and max(Counter(v["notification_id"] for v in third).values()) == 1
     assert Lake(settings).read(spark, "gold.notifications").filter("published_at IS NULL").count() == 0
+
+    # A batch of lifecycle events alone, no usage: its follow-ups, and nothing else.
+    send(settings, [life("x-c", "c", "2026-01-25T00:00:00Z", "subscription.cancelled")])
+    run(spark, ctx, "bronze", "silver", "notify")
+    fourth = on_topic(settings)
+    assert summary(fourth) == sorted(summary(third) + [("invoice.final_requested", "c", ("x-c",))])
+    assert {(v["type"], v["account_id"]): v["payload"] for v in fourth}[("invoice.final_requested", "c")] == {
+        "period": "2026-01", "plan_id": "pro", "cancelled_at": "2026-01-25T00:00:00Z"}

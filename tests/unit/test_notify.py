@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pipelines.core.contract import schemas_dir
 from pipelines.rules.notifications import (
     NotificationError, filter_contract_violations, notification_id, notification_id_col, render_notification,
-    to_outbox_rows,
+    summarise_for_staging, to_outbox_rows,
 )
 from tests.unit.frames import local_frame
 
@@ -80,6 +80,21 @@ def test_contract_violations_name_the_problem(spark):
         "occurred_at is required", "trigger_event_ids is required (may be empty)",
         "payload must be a JSON object as text", "payload must be a JSON object as text",
     ]
+
+
+def test_the_staging_summary_counts_the_rows_and_names_one_offending_row(spark):
+    good = notification_id("t", "a", "k")
+    at = datetime(2026, 1, 1)
+    rows = [(good, "t", "a", at, ["e"], "{}"), (good, "t", "a", at, [], '{"n": 1}')]
+    clean = summarise_for_staging(local_frame(spark, rows, STAGE)).collect()
+    assert [(r["rows"], r["bad"]) for r in clean] == [(2, None)]
+
+    one_bad = summarise_for_staging(local_frame(spark, rows + [(good, "t", None, at, ["e"], "{}")], STAGE)).collect()
+    assert [(r["rows"], r["bad"].asDict()) for r in one_bad] == [
+        (3, {"notification_id": good, "type": "t", "account_id": None, "_problem": "account_id is required"})]
+
+    none = summarise_for_staging(local_frame(spark, [], STAGE)).collect()
+    assert [(r["rows"], r["bad"]) for r in none] == [(0, None)]
 
 
 def test_outbox_rows_keep_one_row_per_id_and_start_unpublished(spark):

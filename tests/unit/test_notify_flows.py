@@ -118,3 +118,28 @@ def test_reactive_follow_ups(spark):
                                                       "cancelled_at": "2026-01-30T00:00:00Z"}
     ids = [r["notification_id"] for r in out]
     assert len(set(ids)) == len(ids)
+
+
+def test_a_batch_s_counts_say_which_lookups_it_needs(spark):
+    from pipelines.rules.notify import count_changes
+
+    schema = ("_kind string, account_id string, event_id string, event_type string, metric string, "
+              "occurred_at timestamp, _change_type string")
+    at = d("2026-01-05T00:00:00")
+    rows = [
+        ("usage", "a", "u1", "usage.recorded", T, at, "insert"),
+        ("usage", "a", "u2", "usage.recorded", T, None, "update_postimage"),
+        ("account", "a", "s1", "subscription.started", None, at, "insert"),
+        ("account", "a", "p1", "plan.changed", None, at, "update_postimage"),
+        ("account", "a", "p1", "plan.changed", None, at, "update_preimage"),   # the old copy: no follow-up
+        ("account", "a", "d1", "plan.changed", None, at, "delete"),
+        ("account", "a", "n1", "account.note_added", None, at, "insert"),     # no follow-up for this type
+        ("account", None, "c1", "subscription.cancelled", None, None, "insert"),
+    ]
+
+    def counts(batch):
+        return [r.asDict() for r in local_frame(spark, batch, schema).transform(count_changes).collect()]
+
+    assert counts(rows) == [{"rows": 8, "usage": 2, "lifecycle": 3}]
+    assert counts(rows[4:7]) == [{"rows": 3, "usage": 0, "lifecycle": 0}]
+    assert counts([]) == [{"rows": 0, "usage": 0, "lifecycle": 0}]
