@@ -101,3 +101,20 @@ def test_a_row_breaking_the_contract_is_a_clear_error(spark, settings):
     bad = dict(note(1), payload="[1, 2]")
     with pytest.raises(NotificationError, match=r"breaks schemas/notifications/v1.json: payload must be a JSON object"):
         stage_notifications(spark, Lake(settings), stage_rows(spark, [bad]))
+
+
+def test_marking_sets_only_the_named_unmarked_rows(spark, settings):
+    lake = Lake(settings)
+    stage_notifications(spark, lake, stage_rows(spark, [note(n) for n in (1, 2, 3, 4)]))
+    ids = {n: note(n)["notification_id"] for n in (1, 2, 3, 4)}
+    earlier = datetime(2026, 1, 2, 3, 4, 5)
+    # Another publisher marked row 2 first.
+    lake.delta(spark, "gold.notifications").update(condition=f"notification_id = '{ids[2]}'",
+                                                   set={"published_at": f"timestamp'{earlier.isoformat(sep=' ')}'"})
+    notify._mark(spark, lake, notify.notifications_outbox(settings), [ids[1], ids[2], ids[3]])
+    marks = {r["notification_id"]: r["published_at"]
+             for r in lake.read(spark, "gold.notifications").select("notification_id", "published_at").collect()}
+    assert marks[ids[2]] == earlier            # left as the other publisher set it
+    assert marks[ids[4]] is None               # not named: still pending
+    assert marks[ids[1]] is not None and marks[ids[3]] is not None and marks[ids[1]] != earlier
+    assert len(marks) == 4
