@@ -11,11 +11,14 @@ stream. Each micro-batch (foreachBatch, the batch's own session):
 3. everything is staged in the outbox (insert-if-absent by deterministic id) and the outbox
    is published (pipelines/rules/notifications.py: read back, transactional, then marked).
 
+One small job first counts what the batch holds: steps 1 and 2 each run only when the batch
+has their kind of change, since each of their lookups is a Spark job whatever its size.
+
 A crash anywhere replays the batch from the checkpoint: staging finds the ids present and
 publishing finds the records on the topic, so nothing is sent twice.
 
 Latency: a crossing reaches the topic one bronze, one silver and one notify micro-batch
-after the event; about half a minute on the 2-core machine (bench/bench_alert_latency.py).
+after the event; about twenty seconds on the 2-core machine (bench/bench_alert_latency.py).
 """
 from __future__ import annotations
 
