@@ -108,11 +108,6 @@ def render_notification(row: dict) -> bytes:
 # --------------------------------------------------------------------------- staging
 
 
-def filter_contract_violations(df: DataFrame) -> DataFrame:
-    """Rows that cannot become a valid notification, with `_problem` saying why."""
-    return df.transform(with_contract_problem).filter(F.col("_problem").isNotNull())
-
-
 def with_contract_problem(df: DataFrame) -> DataFrame:
     """+ _problem: why the row cannot become a valid notification (null when it can)."""
     problem = (

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 
 from pipelines.core.contract import schemas_dir
 from pipelines.rules.notifications import (
-    NotificationError, filter_contract_violations, notification_id, notification_id_col, render_notification,
-    summarise_for_staging, to_outbox_rows,
+    NotificationError, notification_id, notification_id_col, render_notification,
+    summarise_for_staging, to_outbox_rows, with_contract_problem,
 )
 from tests.unit.frames import local_frame
 
@@ -74,7 +74,7 @@ def test_contract_violations_name_the_problem(spark):
         (good, "t", "a", at, [], "[1]"),
         (good, "t", "a", at, [], "{not json"),
     ], STAGE)
-    problems = [r["_problem"] for r in filter_contract_violations(df).collect()]
+    problems = [r["_problem"] for r in with_contract_problem(df).filter(F.col("_problem").isNotNull()).collect()]
     assert problems == [
         "notification_id must be 64 lower-case hex digits", "type is required", "account_id is required",
         "occurred_at is required", "trigger_event_ids is required (may be empty)",
