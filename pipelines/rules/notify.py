@@ -22,6 +22,8 @@ after the event; about twenty seconds on the 2-core machine (bench/bench_alert_l
 """
 from __future__ import annotations
 
+from functools import reduce
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -91,9 +93,9 @@ class NotifyWriter:
         prices = prices_frame(spark, self.catalog).select("plan_id", "metric", "included")
         keys = batch.filter(_is_usage()).transform(A.touched_usage_keys)
         new_events = batch.filter(_is_new_lifecycle()).select("account_id", "event_id")
-        touched = ([keys.select("account_id")] if usage else []) + ([new_events.select("account_id")] if lifecycle else [])
-        accounts = touched[0] if len(touched) == 1 else touched[0].unionByName(touched[1])
-        history = (lake.read(spark, ACCOUNT_EVENTS).join(F.broadcast(accounts.distinct()), on="account_id", how="left_semi")
+        touched = ([keys] if usage else []) + ([new_events] if lifecycle else [])
+        accounts = reduce(DataFrame.unionByName, [t.select("account_id") for t in touched]).distinct()
+        history = (lake.read(spark, ACCOUNT_EVENTS).join(F.broadcast(accounts), on="account_id", how="left_semi")
                    .localCheckpoint())
         parts = []
         if usage:
@@ -118,7 +120,7 @@ class NotifyWriter:
                 .transform(A.with_previous_plan(history))
                 .transform(A.reactive_notifications(plans, prices))
             )
-        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+        return reduce(DataFrame.unionByName, parts)
 
 
 def _is_usage() -> Column:
