@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from pipelines.core import jvm_lookups
 from pipelines.core.settings import spark_jars_dir
 
 
@@ -62,6 +63,8 @@ def build_spark(app_name: str = "lakehouse", *, shuffle_partitions: int | None =
     against 137 s with 4). A stream keeps the count its checkpoint was created with.
     """
     shuffle_partitions = shuffle_partitions or max(2, os.cpu_count() or 2)
+    # Before any plan is built: PySpark reaches the JVM by name for every functions call.
+    jvm_lookups.install()
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         # A Databricks job or notebook: the platform's session already has Delta, Kafka and
         # Unity Catalog; local jars and memory settings would only get in its way.

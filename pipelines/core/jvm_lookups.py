@@ -1,0 +1,80 @@
+"""Remembered Py4J lookups of JVM classes and static methods, for the driver's Python process.
+
+Why: every `pyspark.sql.functions` call, and most of PySpark's own helpers, reach the JVM
+by name, as `sc._jvm.functions.col(...)`. Py4J answers each `.functions` and each `.col`
+with a reflection round trip to the JVM before the call itself, so one `F.col` costs three
+round trips (about 0.1 ms each on two busy cores). A silver micro-batch builds its plans
+with thousands of them: 30 % of the time it spends building plans went to these two
+lookups (bench/RESULTS.md, "Plan building and the JVM's lookups").
+
+What a lookup returns cannot change while the JVM runs, when it names a class or a
+static method: a loaded class stays loaded under its name, and a static method is called
+by class and name at each call. So those two answers are kept, per gateway, view or class,
+and name. Everything else is asked every time: a static field's value (it can change),
+a package, a name that is not found (an import may add it later), and any lookup on an
+object (an instance's members are not looked up by reflection).
+
+`install()` is idempotent and is called by the session builder; `LAKEHOUSE_JVM_LOOKUP_CACHE=false`
+leaves Py4J as it is. A Py4J without the expected classes is left alone too.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from py4j import java_gateway as gw
+
+_INSTALLED: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def enabled() -> bool:
+    return os.environ.get("LAKEHOUSE_JVM_LOOKUP_CACHE", "true").lower() not in ("false", "0", "no", "off")
+
+
+def install() -> bool:
+    """Wrap Py4J's two name lookups with a cache of their stable answers; True when in place."""
+    if not enabled() or not all(hasattr(gw, n) for n in ("JVMView", "JavaClass", "JavaMember")):
+        return False
+    with _LOCK:
+        if _INSTALLED:
+            return True
+        view_lookup, class_lookup = gw.JVMView.__getattr__, gw.JavaClass.__getattr__
+        classes: dict[tuple, object] = {}
+        members: dict[tuple, object] = {}
+
+        # Keys name the gateway client by id: every remembered answer holds its client, so
+        # the id cannot be reused by another while the answer is kept. The view's id, the
+        # class's name and the client are plain attributes; reading them never comes back here.
+        def view_getattr(self, name):
+            key = (id(self._gateway_client), self._id, name)
+            found = classes.get(key)
+            if found is None:
+                found = view_lookup(self, name)
+                if isinstance(found, gw.JavaClass):
+                    classes[key] = found
+            return found
+
+        def class_getattr(self, name):
+            key = (id(self._gateway_client), self._fqn, name)
+            found = members.get(key)
+            if found is None:
+                found = class_lookup(self, name)
+                if isinstance(found, (gw.JavaMember, gw.JavaClass)):
+                    members[key] = found
+            return found
+
+        gw.JVMView.__getattr__ = view_getattr
+        gw.JavaClass.__getattr__ = class_getattr
+        _INSTALLED.update(view=view_lookup, member=class_lookup, classes=classes, members=members)
+    return True
+
+
+def uninstall() -> None:
+    """Py4J's own lookups again, and nothing remembered (tests)."""
+    with _LOCK:
+        if not _INSTALLED:
+            return
+        gw.JVMView.__getattr__ = _INSTALLED["view"]
+        gw.JavaClass.__getattr__ = _INSTALLED["member"]
+        _INSTALLED.clear()
