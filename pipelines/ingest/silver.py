@@ -243,12 +243,18 @@ class SilverBatchWriter:
         return None if row is None else row[0]
 
     def _appended_state(self, spark: SparkSession, rows: DataFrame, who: BatchWrite) -> None:
-        """After the batch appended `rows` to silver.rule_state: the copy gains them, or is
-        dropped (StateCopy)."""
+        """After the batch appended `rows` to silver.rule_state: the copy gains them, stays
+        as it is (no rows, so Delta committed nothing), or is dropped (StateCopy)."""
         copy = self._state
         if copy is None:
             return
-        if who.may_replay or self._state_version(spark, _state_tag(who)) != copy.version + 1:
+        if who.may_replay:
+            self._state = None
+            return
+        mine = self._state_version(spark, _state_tag(who))
+        if mine is None and self._state_version(spark) == copy.version:
+            return
+        if mine != copy.version + 1:
             self._state = None
             return
         frame, parts = copy.frame.unionByName(without_size_estimate(rows)), copy.parts + 1
@@ -401,9 +407,9 @@ class SilverBatchWriter:
         self.lake.save(writer, table)
 
     def _write_rule_state(self, spark: SparkSession, rows: DataFrame, txn: tuple) -> None:
-        """`rows`: materialised by the plan, so the copy keeps exactly what was appended."""
-        if rows.isEmpty():    # no commit to find: the copy stays as it is (StateCopy)
-            return
+        """`rows`: materialised by the plan, so the copy keeps exactly what was appended.
+        Appended without asking whether there are any (a job of its own): the copy's check
+        after the append tells an empty one by the commit it did not make."""
         self._append(spark, rows, RULE_STATE, txn)
         self._appended_state(spark, rows, txn[0])
 
