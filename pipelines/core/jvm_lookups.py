@@ -45,9 +45,13 @@ def install() -> bool:
 
         # Keys name the gateway client by id: every remembered answer holds its client, so
         # the id cannot be reused by another while the answer is kept. The view's id, the
-        # class's name and the client are plain attributes; reading them never comes back here.
+        # class's name and the client are read from the instance's own attributes, so a
+        # missing one falls back to Py4J instead of coming back here.
         def view_getattr(self, name):
-            key = (id(self._gateway_client), self._id, name)
+            own = self.__dict__
+            if "_id" not in own or "_gateway_client" not in own:
+                return view_lookup(self, name)
+            key = (id(own["_gateway_client"]), own["_id"], name)
             found = classes.get(key)
             if found is None:
                 found = view_lookup(self, name)
@@ -56,7 +60,10 @@ def install() -> bool:
             return found
 
         def class_getattr(self, name):
-            key = (id(self._gateway_client), self._fqn, name)
+            own = self.__dict__
+            if "_fqn" not in own or "_gateway_client" not in own:
+                return class_lookup(self, name)
+            key = (id(own["_gateway_client"]), own["_fqn"], name)
             found = members.get(key)
             if found is None:
                 found = class_lookup(self, name)
