@@ -32,6 +32,31 @@ def enabled() -> bool:
     return os.environ.get("LAKEHOUSE_JVM_LOOKUP_CACHE", "true").lower() not in ("false", "0", "no", "off")
 
 
+def _remembering(lookup, scope: str, kept: tuple[type, ...], answers: dict):
+    """Py4J's `lookup` (a `__getattr__`) that keeps the answers of the `kept` types in
+    `answers`, by gateway client, the instance's `scope` attribute (a view's id, a class's
+    name) and the name looked up.
+
+    The client is named by id: every kept answer holds its client, so the id cannot be
+    reused by another while the answer is kept. The key's parts are read from the
+    instance's own attributes, so a missing one falls back to Py4J instead of coming back
+    here."""
+
+    def getattr_(self, name):
+        own = self.__dict__
+        if scope not in own or "_gateway_client" not in own:
+            return lookup(self, name)
+        key = (id(own["_gateway_client"]), own[scope], name)
+        found = answers.get(key)
+        if found is None:
+            found = lookup(self, name)
+            if isinstance(found, kept):
+                answers[key] = found
+        return found
+
+    return getattr_
+
+
 def install() -> bool:
     """Wrap Py4J's two name lookups with a cache of their stable answers; True when in place."""
     if not enabled() or not all(hasattr(gw, n) for n in ("JVMView", "JavaClass", "JavaMember")):
@@ -42,37 +67,8 @@ def install() -> bool:
         view_lookup, class_lookup = gw.JVMView.__getattr__, gw.JavaClass.__getattr__
         classes: dict[tuple, object] = {}
         members: dict[tuple, object] = {}
-
-        # Keys name the gateway client by id: every remembered answer holds its client, so
-        # the id cannot be reused by another while the answer is kept. The view's id, the
-        # class's name and the client are read from the instance's own attributes, so a
-        # missing one falls back to Py4J instead of coming back here.
-        def view_getattr(self, name):
-            own = self.__dict__
-            if "_id" not in own or "_gateway_client" not in own:
-                return view_lookup(self, name)
-            key = (id(own["_gateway_client"]), own["_id"], name)
-            found = classes.get(key)
-            if found is None:
-                found = view_lookup(self, name)
-                if isinstance(found, gw.JavaClass):
-                    classes[key] = found
-            return found
-
-        def class_getattr(self, name):
-            own = self.__dict__
-            if "_fqn" not in own or "_gateway_client" not in own:
-                return class_lookup(self, name)
-            key = (id(own["_gateway_client"]), own["_fqn"], name)
-            found = members.get(key)
-            if found is None:
-                found = class_lookup(self, name)
-                if isinstance(found, (gw.JavaMember, gw.JavaClass)):
-                    members[key] = found
-            return found
-
-        gw.JVMView.__getattr__ = view_getattr
-        gw.JavaClass.__getattr__ = class_getattr
+        gw.JVMView.__getattr__ = _remembering(view_lookup, "_id", (gw.JavaClass,), classes)
+        gw.JavaClass.__getattr__ = _remembering(class_lookup, "_fqn", (gw.JavaMember, gw.JavaClass), members)
         _INSTALLED.update(view=view_lookup, member=class_lookup, classes=classes, members=members)
     return True
 
