@@ -62,6 +62,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines.core import batch_expressions
 from pipelines.core.contract import load_contract
 from pipelines.core.context import JobContext, apply_trigger
 from pipelines.core.tables import BRONZE_EVENTS as BRONZE
@@ -208,7 +209,10 @@ class SilverBatchWriter:
         who = BatchWrite(query_id, batch_id, may_replay=not self._started, txn=not self.claims)
         self._started = True
         try:
-            if not batch.isEmpty():   # stateful streams run empty batches to move the watermark
+            rows = batch.count()
+            if self.claims:   # the stream's own session; a backfill leaves its caller's alone
+                batch_expressions.set_for_batch(spark, rows)
+            if rows:   # stateful streams run empty batches to move the watermark
                 # Lazy reads: the plan prunes each one to what the batch's keys can touch.
                 plan = plan_batch(batch, lambda table: self.lake.read(spark, table), self.ctx.rules,
                                   self.ctx.silver, claims=self.claims,

@@ -30,6 +30,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
 from pipelines.billing.periods import filter_plan_events, period_of, plan_changes, plan_segments, with_plan_rank
+from pipelines.core import batch_expressions
 from pipelines.core.context import JobContext, apply_trigger
 from pipelines.core.tables import ACCOUNT_EVENTS, USAGE_EVENTS, filter_touched_partitions
 from pipelines.rules import alerts as A
@@ -69,6 +70,7 @@ class NotifyWriter:
         batch = batch_df.localCheckpoint(eager=True)
         try:
             held = batch.transform(count_changes).first()  # one row
+            batch_expressions.set_for_batch(spark, held["rows"])
             if held["rows"]:
                 notes = self.notifications(spark, batch, usage=held["usage"] > 0, lifecycle=held["lifecycle"] > 0)
                 if notes is not None:

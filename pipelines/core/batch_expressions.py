@@ -1,0 +1,45 @@
+"""How a stream's micro-batch builds the expressions Spark runs outside whole-stage code
+generation: interpreted for a small batch, generated for a large one.
+
+Why: Spark builds those projections, predicates and orderings in every task, and a
+generated one is Java source written, formatted and hashed again by each task before the
+compiled-class cache answers. Delta's log replay and file statistics, and every scan of a
+local checkpoint, use them. In a flight recording of the alert chain (three streams, batches
+of a few rows) that was 58 % of the task threads' samples, and a 500-record silver batch
+ran about a seventh shorter with them interpreted. But a batch of 100,000 rows pays the
+interpreter per row: silver's batches at 1M took 27.7 s instead of 16.8 s with every
+batch interpreted (bench/RESULTS.md, "Expressions built in every task").
+
+So a stream's foreachBatch sets the mode from its own batch's size, on the stream's own
+session (a streaming query runs on a clone of the session, so no other query sees it).
+The setting then also holds for the next batch's stream plan (parse, dedup state), which
+runs before its size is known: a continuous stream's batches are small in a row, a
+catch-up's large in a row.
+
+`spark.sql.codegen.factoryMode` is a setting Spark marks internal; its interpreted mode is
+the one Spark's own expression tests run every expression in, beside the generated one.
+LAKEHOUSE_EXPRESSION_CODEGEN=true keeps Spark's default (generated) for every batch.
+"""
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+FACTORY_MODE = "spark.sql.codegen.factoryMode"
+# Below this many rows a batch's queries run interpreted. 500-record batches gain about a
+# seventh; 100,000-record ones lose about two fifths (RESULTS).
+SMALL_BATCH_ROWS = 10_000
+
+
+def expression_mode(rows: int) -> str:
+    """`NO_CODEGEN` (interpreted) for a batch of fewer than SMALL_BATCH_ROWS rows, else
+    Spark's default `FALLBACK` (generated, interpreted only where compiling fails)."""
+    if os.environ.get("LAKEHOUSE_EXPRESSION_CODEGEN", "false").lower() in ("true", "1", "yes", "on"):
+        return "FALLBACK"
+    return "NO_CODEGEN" if rows < SMALL_BATCH_ROWS else "FALLBACK"
+
+
+def set_for_batch(spark: SparkSession, rows: int) -> None:
+    """Sets the mode on `spark`, which must be the stream's own session (the batch's)."""
+    spark.conf.set(FACTORY_MODE, expression_mode(rows))
