@@ -6,8 +6,8 @@ generated one is Java source written, formatted and hashed again by each task be
 compiled-class cache answers. Delta's log replay and file statistics, and every scan of a
 local checkpoint, use them. In a flight recording of the alert chain (three streams, batches
 of a few rows) that was 58 % of the task threads' samples, and a 500-record silver batch
-ran about a seventh shorter with them interpreted. But a batch of 100,000 rows pays the
-interpreter per row: silver's batches at 1M took 27.7 s instead of 16.8 s with every
+ran about an eighth shorter with them interpreted. But a batch of 100,000 rows pays the
+interpreter per row: silver's batches at 1M took 27.7 s instead of 18.3 s with every
 batch interpreted (bench/RESULTS.md, "Expressions built in every task").
 
 So a stream's foreachBatch sets the mode from its own batch's size, on the stream's own
@@ -27,8 +27,8 @@ import os
 from pyspark.sql import SparkSession
 
 FACTORY_MODE = "spark.sql.codegen.factoryMode"
-# Below this many rows a batch's queries run interpreted. 500-record batches gain about a
-# seventh; 100,000-record ones lose about two fifths (RESULTS).
+# Below this many rows a batch's queries run interpreted. 500-record batches gain about an
+# eighth; 100,000-record ones take half again as long interpreted (RESULTS).
 SMALL_BATCH_ROWS = 10_000
 
 

@@ -148,8 +148,8 @@ def test_known_event_set_end_to_end(spark, lake_settings):
     before = {t: rows(spark, settings, t, "*") for t in ("silver.usage_events", "silver.duplicates", "gold.daily_usage")}
     run(spark, ctx)
     assert {t: rows(spark, settings, t, "*") for t in before} == before
-    # Its small batches ran interpreted on the streams' own sessions (batch_expressions),
-    # never on the session that started them.
+    # The streams' small batches set their expression mode (batch_expressions) on the
+    # streams' own sessions, never on the session that started them.
     assert spark.conf.get("spark.sql.codegen.factoryMode") == "FALLBACK"
 
 
