@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pipelines.core import batch_expressions
 from pipelines.core.context import JobContext
 from pipelines.core.settings import Settings
 from pipelines.ingest import dedup as D
@@ -15,6 +16,18 @@ from pipelines.ingest.silver_plan import select_for
 from tests.unit.test_silver_plan import _bronze, _sms, _ticket
 
 AT = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _stream_settings_put_back(spark):
+    """A stream writer sets its batch's settings on the batch's session, which is the
+    stream's own; these tests hand it frames of the shared session instead, so the settings
+    are put back for the tests that follow."""
+    keys = (batch_expressions.FACTORY_MODE, "spark.sql.optimizer.runtime.bloomFilter.enabled")
+    before = {k: spark.conf.get(k) for k in keys}
+    yield
+    for k, v in before.items():
+        spark.conf.set(k, v)
 LATER = datetime(2024, 7, 4, 12, 0, tzinfo=UTC)   # ingested after every event below
 
 

@@ -22,10 +22,11 @@ def test_small_batches_are_interpreted_large_ones_generated_unless_switched_off(
 
 def test_the_mode_is_set_on_the_session_it_is_given_only(spark, monkeypatch):
     monkeypatch.delenv("LAKEHOUSE_EXPRESSION_CODEGEN", raising=False)
-    stream_session = spark.newSession()
+    stream_session, other = spark.newSession(), spark.newSession()
+    assert other.conf.get(FACTORY_MODE) == "FALLBACK"
     set_for_batch(stream_session, 500)
     assert stream_session.conf.get(FACTORY_MODE) == "NO_CODEGEN"
-    assert spark.conf.get(FACTORY_MODE) == "FALLBACK"
+    assert other.conf.get(FACTORY_MODE) == "FALLBACK"
     set_for_batch(stream_session, SMALL_BATCH_ROWS)
     assert stream_session.conf.get(FACTORY_MODE) == "FALLBACK"
 
