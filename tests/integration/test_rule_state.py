@@ -16,6 +16,7 @@ from pipelines.ingest.silver_plan import select_for
 from tests.unit.test_silver_plan import _bronze, _sms, _ticket
 
 AT = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
+LATER = datetime(2024, 7, 4, 12, 0, tzinfo=UTC)   # ingested after every event below
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +29,6 @@ def _stream_settings_put_back(spark):
     yield
     for k, v in before.items():
         spark.conf.set(k, v)
-LATER = datetime(2024, 7, 4, 12, 0, tzinfo=UTC)   # ingested after every event below
 
 
 def _write(spark, ctx, table, rows, **columns):
