@@ -22,9 +22,9 @@ LAKEHOUSE_EXPRESSION_CODEGEN=true keeps Spark's default (generated) for every ba
 """
 from __future__ import annotations
 
-import os
-
 from pyspark.sql import SparkSession
+
+from pipelines.core.settings import env_flag
 
 FACTORY_MODE = "spark.sql.codegen.factoryMode"
 # Below this many rows a batch's queries run interpreted. 500-record batches gain about an
@@ -35,7 +35,7 @@ SMALL_BATCH_ROWS = 10_000
 def expression_mode(rows: int) -> str:
     """`NO_CODEGEN` (interpreted) for a batch of fewer than SMALL_BATCH_ROWS rows, else
     Spark's default `FALLBACK` (generated, interpreted only where compiling fails)."""
-    if os.environ.get("LAKEHOUSE_EXPRESSION_CODEGEN", "false").lower() in ("true", "1", "yes", "on"):
+    if env_flag("LAKEHOUSE_EXPRESSION_CODEGEN", False):
         return "FALLBACK"
     return "NO_CODEGEN" if rows < SMALL_BATCH_ROWS else "FALLBACK"
 

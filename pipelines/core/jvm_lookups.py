@@ -19,17 +19,18 @@ leaves Py4J as it is. A Py4J without the expected classes is left alone too.
 """
 from __future__ import annotations
 
-import os
 import threading
 
 from py4j import java_gateway as gw
+
+from pipelines.core.settings import env_flag
 
 _INSTALLED: dict[str, object] = {}
 _LOCK = threading.Lock()
 
 
 def enabled() -> bool:
-    return os.environ.get("LAKEHOUSE_JVM_LOOKUP_CACHE", "true").lower() not in ("false", "0", "no", "off")
+    return env_flag("LAKEHOUSE_JVM_LOOKUP_CACHE", True)
 
 
 def _remembering(lookup, scope: str, kept: tuple[type, ...], answers: dict):

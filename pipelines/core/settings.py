@@ -23,6 +23,17 @@ def _env(name: str, default: str) -> str:
     return value if value else default
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no switch from the environment: true/1/yes/on or false/0/no/off, any case;
+    unset or anything else gives `default`."""
+    value = os.environ.get(name, "").lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    return default
+
+
 @dataclass(frozen=True)
 class Settings:
     lake_root: Path = field(default_factory=lambda: Path(_env("LAKEHOUSE_ROOT", "./lakehouse")))

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+from pipelines.core.batch_expressions import FACTORY_MODE
 from pipelines.core.tables import Lake
 from tests.integration.helpers import context, event, rows, run, send, usage
 
@@ -70,7 +71,7 @@ def test_known_event_set_end_to_end(spark, lake_settings):
     ctx = context(settings, watermark_seconds=2)
     first, v1, v2, v3 = round_one()
     send(settings, first)
-    mode = spark.conf.get("spark.sql.codegen.factoryMode")
+    mode = spark.conf.get(FACTORY_MODE)
     run(spark, ctx)
 
     # Round 1: what silver kept and why.
@@ -151,7 +152,7 @@ def test_known_event_set_end_to_end(spark, lake_settings):
     assert {t: rows(spark, settings, t, "*") for t in before} == before
     # The streams' small batches set their expression mode (batch_expressions) on the
     # streams' own sessions, never on the session that started them.
-    assert spark.conf.get("spark.sql.codegen.factoryMode") == mode
+    assert spark.conf.get(FACTORY_MODE) == mode
 
 
 def _versions(spark, settings, table: str) -> list[dict]:

@@ -65,3 +65,15 @@ def test_sums_orderings_and_checkpoint_scans_agree_in_both_modes(spark):
         results[mode] = outcome()
     assert results["NO_CODEGEN"] == expected
     assert results["CODEGEN_ONLY"] == expected
+
+
+def test_the_switches_read_yes_and_no_the_same_way_and_default_otherwise(monkeypatch):
+    from pipelines.core.settings import env_flag
+
+    for value, expected in (("TRUE", True), ("1", True), ("on", True), ("No", False), ("0", False), ("off", False)):
+        monkeypatch.setenv("LAKEHOUSE_TEST_FLAG", value)
+        assert env_flag("LAKEHOUSE_TEST_FLAG", not expected) is expected
+    for value in ("", "maybe"):
+        monkeypatch.setenv("LAKEHOUSE_TEST_FLAG", value)
+        assert env_flag("LAKEHOUSE_TEST_FLAG", True) is True
+        assert env_flag("LAKEHOUSE_TEST_FLAG", False) is False
