@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from pipelines.core.batch_expressions import FACTORY_MODE, SMALL_BATCH_ROWS, expression_mode, set_for_batch
+from pipelines.core.batch_expressions import (FACTORY_MODE, SMALL_BATCH_ROWS, expression_mode, interpreted_stream,
+                                              set_for_batch)
 
 
 def test_small_batches_are_interpreted_large_ones_generated_unless_switched_off(monkeypatch):
@@ -29,6 +31,50 @@ def test_the_mode_is_set_on_the_session_it_is_given_only(spark, monkeypatch):
     assert other.conf.get(FACTORY_MODE) == "FALLBACK"
     set_for_batch(stream_session, SMALL_BATCH_ROWS)
     assert stream_session.conf.get(FACTORY_MODE) == "FALLBACK"
+
+
+def _stream_mode(query) -> str:
+    # The session the query runs its batches on (Spark clones it when the query is created).
+    return query._jsq.streamingQuery().sparkSessionForStream().conf().get(FACTORY_MODE)
+
+
+def test_a_stream_started_interpreted_keeps_the_mode_and_its_session_gets_its_own_back(spark, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.delenv("LAKEHOUSE_EXPRESSION_CODEGEN", raising=False)
+    session = spark.newSession()
+    session.conf.set(FACTORY_MODE, "CODEGEN_ONLY")  # anything but the two the streams set
+
+    def start(name):
+        return (session.readStream.format("rate").option("rowsPerSecond", "1").load()
+                .writeStream.format("noop").option("checkpointLocation", str(tmp_path / name)).start())
+
+    with interpreted_stream(session):
+        interpreted = start("interpreted")
+    plain = start("plain")
+    try:
+        assert session.conf.get(FACTORY_MODE) == "CODEGEN_ONLY"
+        assert _stream_mode(interpreted) == "NO_CODEGEN"
+        assert _stream_mode(plain) == "CODEGEN_ONLY"
+        monkeypatch.setenv("LAKEHOUSE_EXPRESSION_CODEGEN", "true")
+        with interpreted_stream(session):
+            switched_off = start("switched-off")
+        try:
+            assert _stream_mode(switched_off) == "CODEGEN_ONLY"
+        finally:
+            switched_off.stop()
+    finally:
+        interpreted.stop()
+        plain.stop()
+
+
+def test_a_failed_start_still_gives_the_session_its_mode_back(spark, monkeypatch):
+    monkeypatch.delenv("LAKEHOUSE_EXPRESSION_CODEGEN", raising=False)
+    session = spark.newSession()
+    before = session.conf.get(FACTORY_MODE)
+    with pytest.raises(RuntimeError, match="did not start"), interpreted_stream(session):
+        assert session.conf.get(FACTORY_MODE) == "NO_CODEGEN"
+        raise RuntimeError("the stream did not start")
+    assert session.conf.get(FACTORY_MODE) == before
 
 
 def test_sums_orderings_and_checkpoint_scans_agree_in_both_modes(spark):
