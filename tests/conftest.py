@@ -11,10 +11,16 @@ from pipelines.core.settings import Settings
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
+    from pipelines.core.batch_expressions import FACTORY_MODE
     from pipelines.core.session import build_spark
 
     os.environ.setdefault("LAKEHOUSE_ROOT", str(tmp_path_factory.mktemp("lake-default")))
-    session = build_spark("lakehouse-tests", shuffle_partitions=2)
+    # Every query interpreted, as production runs a stream's small batches: the tests' data
+    # is a few rows, and generating Java source for it costs about a tenth of the end-to-end
+    # modules' time (bench/RESULTS.md, "Expressions built in every task"). The contract
+    # oracle runs with Spark's default instead, so one end-to-end test runs production's
+    # mix, and test_batch_expressions checks money in both modes.
+    session = build_spark("lakehouse-tests", shuffle_partitions=2, extra_conf={FACTORY_MODE: "NO_CODEGEN"})
     yield session
     session.stop()
 

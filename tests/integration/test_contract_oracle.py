@@ -17,6 +17,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
+
+from pipelines.core.batch_expressions import FACTORY_MODE
 from pipelines.rules.notifications import read_topic
 from tests.integration.helpers import context, encode, rows, run, send
 
@@ -148,7 +151,19 @@ def oracle(on_topic: list[tuple[int, int, int, bytes]]) -> tuple[dict, dict, dic
     return kept, daily, dropped
 
 
-def test_silver_and_gold_match_an_independent_reading_of_the_contract(spark, kafka_settings, topic, tmp_path):
+@pytest.fixture
+def production_expressions(spark):
+    """Spark's default expression mode on the session the streams are cloned from, as in
+    production (the suite's session runs everything interpreted, tests/conftest.py); silver
+    and notify still choose per batch (pipelines/core/batch_expressions.py)."""
+    before = spark.conf.get(FACTORY_MODE)
+    spark.conf.set(FACTORY_MODE, "FALLBACK")
+    yield
+    spark.conf.set(FACTORY_MODE, before)
+
+
+def test_silver_and_gold_match_an_independent_reading_of_the_contract(spark, kafka_settings, topic, tmp_path,
+                                                                      production_expressions):
     records, bad = workload()
     settings = kafka_settings.with_overrides(events_topic=topic, lake_root=str(tmp_path / "lake"))
     ctx = context(settings, watermark_seconds=1)

@@ -25,10 +25,10 @@ def test_small_batches_are_interpreted_large_ones_generated_unless_switched_off(
 def test_the_mode_is_set_on_the_session_it_is_given_only(spark, monkeypatch):
     monkeypatch.delenv("LAKEHOUSE_EXPRESSION_CODEGEN", raising=False)
     stream_session, other = spark.newSession(), spark.newSession()
-    assert other.conf.get(FACTORY_MODE) == "FALLBACK"
+    other.conf.set(FACTORY_MODE, "CODEGEN_ONLY")  # neither of the two the streams set
     set_for_batch(stream_session, 500)
     assert stream_session.conf.get(FACTORY_MODE) == "NO_CODEGEN"
-    assert other.conf.get(FACTORY_MODE) == "FALLBACK"
+    assert other.conf.get(FACTORY_MODE) == "CODEGEN_ONLY"
     set_for_batch(stream_session, SMALL_BATCH_ROWS)
     assert stream_session.conf.get(FACTORY_MODE) == "FALLBACK"
 
