@@ -17,7 +17,7 @@ def spark(tmp_path_factory):
     os.environ.setdefault("LAKEHOUSE_ROOT", str(tmp_path_factory.mktemp("lake-default")))
     # Every query interpreted, as production runs a stream's small batches: the tests' data
     # is a few rows, and generating Java source for it costs about a tenth of the end-to-end
-    # modules' time (bench/RESULTS.md, "Expressions built in every task"). The contract
+    # modules' time (bench/RESULTS.md, "Bronze interpreted, and the suite's session"). The contract
     # oracle runs with Spark's default instead, so one end-to-end test runs production's
     # mix, and test_batch_expressions checks money in both modes.
     session = build_spark("lakehouse-tests", shuffle_partitions=2, extra_conf={FACTORY_MODE: "NO_CODEGEN"})

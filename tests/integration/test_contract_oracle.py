@@ -154,8 +154,9 @@ def oracle(on_topic: list[tuple[int, int, int, bytes]]) -> tuple[dict, dict, dic
 @pytest.fixture
 def production_expressions(spark):
     """Spark's default expression mode on the session the streams are cloned from, as in
-    production (the suite's session runs everything interpreted, tests/conftest.py); silver
-    and notify still choose per batch (pipelines/core/batch_expressions.py)."""
+    production (the suite's session runs everything interpreted, tests/conftest.py); bronze
+    still starts interpreted, and silver and notify choose per batch, as they do there
+    (pipelines/core/batch_expressions.py)."""
     before = spark.conf.get(FACTORY_MODE)
     spark.conf.set(FACTORY_MODE, "FALLBACK")
     yield
