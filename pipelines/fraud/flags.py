@@ -1,5 +1,6 @@
 """gold.fraud_flags: the fraud job (rules -> flags, idempotent MERGE, one fraud.flagged
-notification per new flag) and clearing a flag. The export holds the lines of accounts
+notification per new flag, staged by its deterministic id even when a run died between
+recording the flag and staging it) and clearing a flag. The export holds the lines of accounts
 with an open flag (pipelines/billing/export.py: open_flag_holds reads the table).
 
 A flag's id is deterministic (pipelines/fraud/rules.py), so a rerun updates the evidence
@@ -48,18 +49,19 @@ def flag_rows(candidates: DataFrame) -> DataFrame:
                                for f in spec(FRAUD_FLAGS).struct_type()])
 
 
-def notification_rows(new_flags: DataFrame) -> DataFrame:
-    """New flags -> rows for pipelines.rules.notifications.stage_notifications (one per flag)."""
+def notification_rows(flags: DataFrame) -> DataFrame:
+    """Flags -> rows for pipelines.rules.notifications.stage_notifications (one per flag,
+    its id fixed by the flag's)."""
     payload = F.concat(F.lit('{"flag_id":"'), F.col("flag_id"), F.lit('","rule":"'), F.col("rule"),
                        F.lit('","evidence":'), F.col("evidence"), F.lit("}"))
-    return new_flags.select(
+    return flags.select(
         notification_id_col(F.lit(NOTIFICATION_TYPE), F.col("account_id"), F.col("flag_id")).alias("notification_id"),
         F.lit(NOTIFICATION_TYPE).alias("type"), "account_id", F.col("last_seen").alias("occurred_at"),
         F.array().cast("array<string>").alias("trigger_event_ids"), payload.alias("payload"))
 
 
-def _stage_notifications(spark: SparkSession, lake: Lake, new_flags: DataFrame) -> int:
-    return stage_notifications(spark, lake, notification_rows(new_flags))
+def _stage_notifications(spark: SparkSession, lake: Lake, flags: DataFrame) -> int:
+    return stage_notifications(spark, lake, notification_rows(flags))
 
 
 def run_fraud(spark: SparkSession, lake: Lake, *, rules: FraudRules | None = None,
@@ -80,7 +82,10 @@ def run_fraud(spark: SparkSession, lake: Lake, *, rules: FraudRules | None = Non
          "last_seen": "greatest(t.last_seen, s.last_seen)"})
      .whenNotMatchedInsert(values={c: f"s.{c}" for c in cols})
      .execute())
-    notified = _stage_notifications(spark, lake, new) if new_count else 0
+    # Every candidate's notification, after its flag is recorded: ids already in the outbox
+    # are skipped, so a run that died between the two still owes (and now stages) the
+    # notifications of the flags it recorded, which are no longer new when it is rerun.
+    notified = _stage_notifications(spark, lake, candidates)
     open_count = lake.read(spark, FRAUD_FLAGS).filter(F.col("state") == OPEN).count()
     return FraudResult(candidates.count(), new_count, open_count, notified)
 

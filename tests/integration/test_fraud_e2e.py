@@ -87,3 +87,31 @@ def test_flags_are_idempotent_cleared_flags_stay_cleared_and_exports_are_held(sp
     assert released.lines == 1 and released.held == ()
     exported = {r["idempotency_key"] for r in lake.read(spark, "gold.billing_exports").collect()}
     assert exported == {"L-good", "L-bad"}
+
+
+def test_a_run_that_dies_after_recording_its_flags_still_gets_their_notifications_staged(spark, tmp_path,
+                                                                                           monkeypatch):
+    """The flags MERGE commits before the notifications are staged; a rerun finds the flags
+    no longer new, and must still stage what the dead run owed, once."""
+    from pipelines.fraud import flags as fraud_flags
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    write(spark, lake, "silver.account_events", [
+        signup("bad-1", 0, 1, email_domain_hash="h-evil"), signup("bad-2", 5, 2, email_domain_hash="h-evil"),
+        signup("bad-3", 9, 3, email_domain_hash="h-evil"), signup("good-1", 0, 4, email_domain_hash="h-shop")])
+
+    def dies(*_args, **_kwargs):
+        raise RuntimeError("killed between the flags and their notifications")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fraud_flags, "_stage_notifications", dies)
+        with pytest.raises(RuntimeError, match="killed between"):
+            run_fraud(spark, lake, as_of=NOW)
+    assert flags(spark, lake) == [(f"bad-{i}", "signup_burst", "open") for i in (1, 2, 3)]
+
+    rerun = run_fraud(spark, lake, as_of=NOW)
+    assert (rerun.new_flags, rerun.open_flags, rerun.notifications) == (0, 3, 3)
+    again = run_fraud(spark, lake, as_of=NOW)
+    assert again.notifications == 0
+    outbox = lake.read(spark, "gold.notifications").filter("type = 'fraud.flagged'").collect()
+    assert sorted(r["account_id"] for r in outbox) == ["bad-1", "bad-2", "bad-3"]
