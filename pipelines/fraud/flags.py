@@ -71,8 +71,9 @@ def run_fraud(spark: SparkSession, lake: Lake, *, rules: FraudRules | None = Non
     for name in (USAGE_EVENTS, ACCOUNT_EVENTS, FRAUD_FLAGS):
         lake.ensure(spark, name)
     candidates = fraud_candidates(lake.read(spark, USAGE_EVENTS), lake.read(spark, ACCOUNT_EVENTS), rules, as_of).localCheckpoint()
-    new = candidates.join(lake.read(spark, FRAUD_FLAGS).select("flag_id"), on="flag_id", how="left_anti").localCheckpoint()
-    new_count = new.count()
+    # Counted before the MERGE below records them: only the count is needed now that
+    # notifications are staged for every candidate.
+    new_count = candidates.join(lake.read(spark, FRAUD_FLAGS).select("flag_id"), on="flag_id", how="left_anti").count()
     cols = spec(FRAUD_FLAGS).column_names
     (lake.delta(spark, FRAUD_FLAGS).alias("t")
      .merge(flag_rows(candidates).alias("s"), "t.flag_id = s.flag_id")
