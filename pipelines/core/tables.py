@@ -6,17 +6,21 @@ logical name.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.core.config import check_document, read_yaml, repeated
 from pipelines.core.contract import schemas_dir
 from pipelines.core.settings import Settings, split_table_name
+
+log = logging.getLogger(__name__)
 
 # Every table's logical name, once; schemas/tables.yaml holds their columns (a test keeps
 # the two in step). Modules import these rather than spelling the names.
@@ -161,6 +165,11 @@ def filter_touched_partitions(keys: DataFrame, on: list[str]):
     return transform
 
 
+# Tables whose partitioning this process has checked (ensure_partitioned), by reference.
+_PARTITIONED: set[str] = set()
+_PARTITIONED_LOCK = threading.Lock()
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -218,6 +227,36 @@ class Lake:
         if table.partitioned_by:
             builder = builder.partitionedBy(*table.partitioned_by)
         builder.execute()
+
+    def ensure_partitioned(self, spark: SparkSession, name: str, derived: dict[str, Column] | None = None) -> None:
+        """ensure(), and give a table made before its spec's partitioning that layout: once
+        per process and table (the check reads the table's metadata).
+
+        The table is rewritten whole in one overwrite commit: every row keeps its values, and
+        `derived` computes the columns the old layout lacks from the ones it has. A writer
+        committing to the table at that moment fails on the conflict, so only tables whose
+        writes are idempotent take this path. A table with a change data feed never does: the
+        rewrite would hand every row to its followers again."""
+        self.ensure(spark, name)
+        table = spec(name)
+        ref = self.ref(name)
+        with _PARTITIONED_LOCK:
+            if ref in _PARTITIONED:
+                return
+            partitions = list(self.delta(spark, name).detail().select("partitionColumns").first()[0])
+            if partitions != list(table.partitioned_by):
+                if table.change_data_feed:
+                    raise TableSpecError(f"{name} is partitioned by {partitions}, its spec by "
+                                         f"{list(table.partitioned_by)}; a table with a change data feed is "
+                                         "not rewritten automatically")
+                log.warning("%s is partitioned by %s; rewriting it partitioned by %s (once)", name,
+                            partitions or "nothing", list(table.partitioned_by))
+                rows = self.read(spark, name).withColumns(derived or {}).select(*table.column_names)
+                writer = rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+                if table.partitioned_by:
+                    writer = writer.partitionBy(*table.partitioned_by)
+                self.save(writer, name)
+            _PARTITIONED.add(ref)
 
     def read(self, spark: SparkSession, name: str) -> DataFrame:
         if table := self.table_name(name):

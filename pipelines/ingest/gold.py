@@ -52,8 +52,19 @@ JOB = "gold"
 def merge_daily_usage(spark: SparkSession, lake, recomputed: DataFrame) -> None:
     """Recomputed day totals (with_recomputed_totals) -> gold.daily_usage: a day whose
     events are all gone (event_count null) is deleted, the others upserted. The stream and
-    the backfill both write through here."""
-    on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
+    the backfill both write through here.
+
+    The table is partitioned by day and the MERGE reads only the days it writes: they go
+    into its condition as literals, because Delta skips a MERGE's target files by the part
+    of the condition that names the target alone, never by values from the source. So
+    `recomputed` is read twice (its days, then the MERGE): callers pass it materialised."""
+    lake.ensure_partitioned(spark, DAILY_USAGE)
+    days = recomputed.agg(F.array_sort(F.collect_set("usage_date")).alias("days"),
+                          F.count(F.when(F.col("usage_date").isNull(), 1)).alias("undated")).first()
+    in_days = F.col("t.usage_date").isin(list(days["days"]))
+    if days["undated"]:
+        in_days = in_days | F.col("t.usage_date").isNull()
+    on = in_days & F.expr(" AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS))
     cols = spec(DAILY_USAGE).column_names
     (lake.delta(spark, DAILY_USAGE).alias("t").merge(recomputed.alias("s"), on)
      .whenMatchedDelete(condition="s.event_count IS NULL")

@@ -8,7 +8,10 @@ the same notification twice computes the same id.
 Delivery goes through an outbox, the Delta table gold.notifications:
 
 1. `stage_notifications` MERGEs new notifications in, insert-if-absent on the id: a
-   rerun, a replayed micro-batch or a restart stages nothing twice.
+   rerun, a replayed micro-batch or a restart stages nothing twice. The outbox is partitioned
+   into 16 account shards (the first hex digit of SHA-256 of the account), and the MERGE
+   looks an id up only in the shards of the accounts it stages: a notify micro-batch reads
+   the part of the outbox its accounts can touch, not the whole table (DESIGN section 8).
 2. `publish_pending` sends the rows not yet published and then marks them. A crash between
    the send and the mark must not send them again, so before sending it reads back what is
    already on the topic since the oldest pending row was staged (every record carries its
@@ -56,6 +59,7 @@ READBACK_TIMEOUT_S = 60.0
 # there), so each read is bounded; publish loops until nothing is pending.
 MAX_ROWS_PER_ROUND = 5_000
 TOPIC_PARTITIONS = 3
+SHARD_COLUMN = "account_shard"
 
 
 class NotificationError(ValueError):
@@ -108,6 +112,17 @@ def render_notification(row: dict) -> bytes:
 # --------------------------------------------------------------------------- staging
 
 
+def account_shard_col(account_id: Column | str) -> Column:
+    """The outbox shard of an account: the first hex digit of SHA-256 of its id (16 shards).
+
+    A function of the account alone, and the account is part of what a notification id
+    hashes, so an id lives in one shard forever. SHA-256 and not one of Spark's own hashes:
+    the shard must not change with the engine or version that computes it, or a restaged id
+    would be looked for in the wrong shard and staged twice."""
+    col = F.col(account_id) if isinstance(account_id, str) else account_id
+    return F.substring(F.sha2(col, 256), 1, 1)
+
+
 def with_contract_problem(df: DataFrame) -> DataFrame:
     """+ _problem: why the row cannot become a valid notification (null when it can)."""
     problem = (
@@ -125,12 +140,14 @@ def with_contract_problem(df: DataFrame) -> DataFrame:
 
 
 def summarise_for_staging(df: DataFrame) -> DataFrame:
-    """Staged columns -> one row: rows (how many) and bad (one contract violation as
-    notification_id, type, account_id, _problem; null when there is none)."""
+    """Staged columns -> one row: rows (how many), bad (one contract violation as
+    notification_id, type, account_id, _problem; null when there is none) and shards (the
+    outbox shards of the rows' accounts, at most 16)."""
     checked = df.transform(with_contract_problem)
     offending = F.struct("notification_id", "type", "account_id", "_problem")
     return checked.agg(F.count(F.lit(1)).alias("rows"),
-                       F.first(F.when(F.col("_problem").isNotNull(), offending), ignorenulls=True).alias("bad"))
+                       F.first(F.when(F.col("_problem").isNotNull(), offending), ignorenulls=True).alias("bad"),
+                       F.array_sort(F.collect_set(account_shard_col("account_id"))).alias("shards"))
 
 
 def to_outbox_rows(df: DataFrame) -> DataFrame:
@@ -144,6 +161,7 @@ def to_outbox_rows(df: DataFrame) -> DataFrame:
             "occurred_at": F.col("occurred_at").cast("timestamp"),
             "created_at": F.current_timestamp(),
             "published_at": F.lit(None).cast("timestamp"),
+            SHARD_COLUMN: account_shard_col("account_id"),
         })
         .select(*spec(NOTIFICATIONS).column_names)
     )
@@ -156,7 +174,7 @@ def stage_notifications(spark: SparkSession, lake: Lake, df: DataFrame) -> int:
     missing = [c for c in STAGE_COLUMNS if c not in df.columns]
     if missing:
         raise NotificationError(f"stage_notifications: missing columns {missing} (need {STAGE_COLUMNS})")
-    lake.ensure(spark, NOTIFICATIONS)
+    ensure_outbox(spark, lake)
     rows = df.select(*STAGE_COLUMNS).localCheckpoint()
     try:
         # One job, one row: how many rows, and one offending row to name in the error.
@@ -169,15 +187,25 @@ def stage_notifications(spark: SparkSession, lake: Lake, df: DataFrame) -> int:
         if not summary["rows"]:
             return 0
         source = rows.transform(to_outbox_rows)
+        # The shards as literals: Delta skips a MERGE's target files by the part of its
+        # condition that names the target alone, never by values that come from the source.
+        in_shards = F.col(f"t.{SHARD_COLUMN}").isin(list(summary["shards"]))
         metrics = (
             lake.delta(spark, NOTIFICATIONS).alias("t")
-            .merge(source.alias("s"), "t.notification_id = s.notification_id")
+            .merge(source.alias("s"), in_shards & (F.col("t.notification_id") == F.col("s.notification_id")))
             .whenNotMatchedInsertAll()
             .execute()
         )
         return _inserted(metrics)
     finally:
         rows.unpersist()
+
+
+def ensure_outbox(spark: SparkSession, lake: Lake) -> None:
+    """Create the outbox, or rewrite one made before its account shards into them (once per
+    process and table; Lake.ensure_partitioned). Staging and marking are idempotent, so a
+    writer that fails on the rewrite's commit stages and publishes again on its retry."""
+    lake.ensure_partitioned(spark, NOTIFICATIONS, {SHARD_COLUMN: account_shard_col("account_id")})
 
 
 def _inserted(metrics: DataFrame | None) -> int:

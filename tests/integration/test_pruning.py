@@ -1,9 +1,10 @@
-"""History reads prune silver's event_date partitions (DESIGN section 8: no micro-batch
-reads a whole table)."""
+"""History reads prune silver's event_date partitions, and the outbox's staging its account
+shards (DESIGN section 8: no micro-batch reads a whole table)."""
 from __future__ import annotations
 
 from datetime import date
 
+import pytest
 from pyspark.sql import functions as F
 
 from pipelines.ingest import silver as S
@@ -92,3 +93,170 @@ def test_file_statistics_cover_the_lookup_columns_and_still_skip(spark, tmp_path
     files = ctx.lake.read(spark, S.USAGE).filter(F.col("kafka_offset").between(120, 130)).inputFiles()
     assert len(files) == 1
     assert ctx.lake.read(spark, S.USAGE).filter(F.col("kafka_offset").between(120, 130)).count() == 11
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+def _note(n: int, account: str) -> dict:
+    from datetime import datetime
+
+    from pipelines.rules.notifications import notification_id
+
+    return {"notification_id": notification_id("test.note", account, f"k{n}"), "type": "test.note",
+            "account_id": account, "occurred_at": datetime(2026, 1, 1, 0, 0, n % 60), "trigger_event_ids": [f"e{n}"],
+            "payload": f'{{"n": {n}}}'}
+
+
+def _shard(account: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(account.encode("utf-8")).hexdigest()[0]
+
+
+def test_an_accounts_outbox_shard_is_the_first_hex_digit_of_its_sha256(spark):
+    from pipelines.rules.notifications import account_shard_col
+
+    accounts = ["acct-1", "acct_ünï-名", "a" * 64, "0", None]
+    got = spark.createDataFrame([(a,) for a in accounts], "account_id string").select(
+        "account_id", account_shard_col("account_id").alias("shard")).collect()
+    assert {r.account_id: r.shard for r in got} == {a: (_shard(a) if a is not None else None) for a in accounts}
+
+
+def test_staging_reads_only_the_outbox_shards_of_its_accounts(spark, tmp_path):
+    """A staging's MERGE looks its ids up in the shards of its rows' accounts only: a data
+    file of another shard gone from disk does not stop it, while staging into that shard
+    does read it (and fails on it)."""
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake
+    from pipelines.rules.notifications import stage_notifications, stage_rows
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    accounts = [f"acct-{i}" for i in range(60)]
+    assert stage_notifications(spark, lake, stage_rows(spark, [_note(i, a) for i, a in enumerate(accounts)])) == 60
+    detail = lake.delta(spark, "gold.notifications").detail().select("partitionColumns").first()[0]
+    assert list(detail) == ["account_shard"]
+    stored = {r.account_id: r.account_shard for r in lake.read(spark, "gold.notifications").collect()}
+    assert stored == {a: _shard(a) for a in accounts}
+
+    mine = "acct-0"
+    other = next(a for a in accounts if _shard(a) != _shard(mine))
+    for f in (tmp_path / "lake").rglob(f"account_shard={_shard(other)}/*.parquet"):
+        f.unlink()
+    # acct-0's own id again (not new) and a new one: only acct-0's shard is read.
+    assert stage_notifications(spark, lake, stage_rows(spark, [_note(0, mine), _note(100, mine)])) == 1
+    with pytest.raises(Exception, match="(?i)file.*(not exist|not found)|FileNotFound"):
+        stage_notifications(spark, lake, stage_rows(spark, [_note(101, other)]))
+
+
+def test_an_outbox_made_before_the_shards_is_rewritten_once_with_every_row_kept(spark, tmp_path):
+    from datetime import datetime
+
+    from delta.tables import DeltaTable
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake, spec
+    from pipelines.rules.notifications import stage_notifications, stage_rows, to_outbox_rows
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    old_columns = [c for c in spec("gold.notifications").columns if c.name != "account_shard"]
+    builder = DeltaTable.create(spark).location(lake.path("gold.notifications")).property(
+        "delta.checkpointInterval", "100")
+    for c in old_columns:
+        builder = builder.addColumn(c.name, c.type)
+    builder.execute()
+    published = datetime(2026, 1, 3, 4, 5, 6)
+    old = (stage_rows(spark, [_note(1, "acct-a"), _note(2, "acct-b")]).transform(to_outbox_rows)
+           .withColumn("published_at", F.when(F.col("account_id") == "acct-a", F.lit(published)))
+           .select(*[c.name for c in old_columns]))
+    old.write.format("delta").mode("append").save(lake.path("gold.notifications"))
+
+    # acct-a's notification again (published before the layout) and a new one of acct-b.
+    assert stage_notifications(spark, lake, stage_rows(spark, [_note(1, "acct-a"), _note(3, "acct-b")])) == 1
+    detail = lake.delta(spark, "gold.notifications").detail().select("partitionColumns").first()[0]
+    assert list(detail) == ["account_shard"]
+    assert lake.properties(spark, "gold.notifications")["delta.checkpointInterval"] == "100"
+    rows = {r.notification_id: r for r in lake.read(spark, "gold.notifications").collect()}
+    assert sorted(rows) == sorted(_note(n, a)["notification_id"] for n, a in ((1, "acct-a"), (2, "acct-b"), (3, "acct-b")))
+    assert rows[_note(1, "acct-a")["notification_id"]].published_at == published
+    assert rows[_note(2, "acct-b")["notification_id"]].published_at is None
+    assert {r.account_shard for r in rows.values() if r.account_id == "acct-b"} == {_shard("acct-b")}
+    history = lake.delta(spark, "gold.notifications").history().select("operation").collect()
+    # Created, the old rows, the rewrite, the staging: a second staging rewrites nothing.
+    assert stage_notifications(spark, lake, stage_rows(spark, [_note(4, "acct-a")])) == 1
+    again = lake.delta(spark, "gold.notifications").history().select("operation").collect()
+    assert len(again) == len(history) + 1 and again[0].operation == "MERGE"
+
+
+# --------------------------------------------------------------------------- gold.daily_usage
+
+
+def _daily(spark, rows):
+    return spark.createDataFrame(rows, "account_id string, product string, metric string, usage_date date, "
+                                       "quantity decimal(38,6), event_count bigint, last_ingested_at timestamp")
+
+
+def test_the_daily_usage_merge_reads_only_the_days_it_writes(spark, tmp_path):
+    """gold.daily_usage is partitioned by day and its MERGE names the days it writes: a data
+    file of another day gone from disk does not stop it, while writing that day does read it."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake
+    from pipelines.ingest.gold import merge_daily_usage
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    at = datetime(2026, 1, 5, 12)
+    first = _daily(spark, [("a", "p", "m", date(2026, 1, d), Decimal("1.5"), 1, at) for d in (1, 2, 3)]).localCheckpoint()
+    merge_daily_usage(spark, lake, first)
+    assert list(lake.delta(spark, "gold.daily_usage").detail().select("partitionColumns").first()[0]) == ["usage_date"]
+    for f in (tmp_path / "lake").rglob("usage_date=2026-01-03/*.parquet"):
+        f.unlink()
+    # Day 1 moves, day 2's events are all gone (null totals: deleted), day 4 is new.
+    again = _daily(spark, [("a", "p", "m", date(2026, 1, 1), Decimal("2.25"), 2, at),
+                           ("a", "p", "m", date(2026, 1, 2), None, None, None),
+                           ("a", "p", "m", date(2026, 1, 4), Decimal("0.000001"), 1, at)]).localCheckpoint()
+    merge_daily_usage(spark, lake, again)
+    got = {r.usage_date: (r.quantity, r.event_count) for r in
+           lake.read(spark, "gold.daily_usage").filter(F.col("usage_date") != date(2026, 1, 3)).collect()}
+    assert got == {date(2026, 1, 1): (Decimal("2.250000"), 2), date(2026, 1, 4): (Decimal("0.000001"), 1)}
+    with pytest.raises(Exception, match="(?i)file.*(not exist|not found)|FileNotFound"):
+        merge_daily_usage(spark, lake, _daily(spark, [("a", "p", "m", date(2026, 1, 3), Decimal("1"), 1, at)])
+                          .localCheckpoint())
+
+
+def test_a_daily_usage_table_made_before_its_partitions_is_rewritten_into_them(spark, tmp_path):
+    from datetime import datetime
+    from decimal import Decimal
+
+    from delta.tables import DeltaTable
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake, TableSpecError
+    from pipelines.ingest.gold import merge_daily_usage
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    builder = DeltaTable.create(spark).location(lake.path("gold.daily_usage")).property("delta.checkpointInterval", "100")
+    for c in spec("gold.daily_usage").columns:
+        builder = builder.addColumn(c.name, c.type)
+    builder.execute()
+    at = datetime(2026, 1, 5, 12)
+    _daily(spark, [("a", "p", "m", date(2026, 1, d), Decimal(d), d, at) for d in (1, 2)]).write.format("delta").mode(
+        "append").save(lake.path("gold.daily_usage"))
+
+    merge_daily_usage(spark, lake, _daily(spark, [("a", "p", "m", date(2026, 1, 2), Decimal("7"), 7, at)]).localCheckpoint())
+    assert list(lake.delta(spark, "gold.daily_usage").detail().select("partitionColumns").first()[0]) == ["usage_date"]
+    assert lake.properties(spark, "gold.daily_usage")["delta.checkpointInterval"] == "100"
+    got = sorted((r.usage_date.day, r.quantity, r.event_count) for r in lake.read(spark, "gold.daily_usage").collect())
+    assert got == [(1, Decimal("1.000000"), 1), (2, Decimal("7.000000"), 7)]
+
+    # A table followed through its change feed is never rewritten behind its followers' back.
+    followed = Lake(Settings().with_overrides(lake_root=str(tmp_path / "other")))
+    builder = DeltaTable.create(spark).location(followed.path("silver.usage_events")).property(
+        "delta.enableChangeDataFeed", "true")
+    for c in spec("silver.usage_events").columns:
+        builder = builder.addColumn(c.name, c.type)
+    builder.execute()
+    with pytest.raises(TableSpecError, match="change data feed is not rewritten"):
+        followed.ensure_partitioned(spark, "silver.usage_events")

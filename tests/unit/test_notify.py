@@ -106,9 +106,10 @@ def test_outbox_rows_keep_one_row_per_id_and_start_unpublished(spark):
     ], STAGE)
     out = to_outbox_rows(df)
     expected = local_frame(spark, [
-        (a, 1, "t", "a", datetime(2026, 1, 1), ["e1"], '{"n": 1}', None),
-        (b, 1, "t", "a", datetime(2026, 1, 3), [], "{}", None),
+        # "a": its shard is the first hex digit of SHA-256("a"), ca978112...
+        (a, 1, "t", "a", datetime(2026, 1, 1), ["e1"], '{"n": 1}', None, "c"),
+        (b, 1, "t", "a", datetime(2026, 1, 3), [], "{}", None, "c"),
     ], "notification_id string, schema_version int, type string, account_id string, occurred_at timestamp, "
-       "trigger_event_ids array<string>, payload string, published_at timestamp")
+       "trigger_event_ids array<string>, payload string, published_at timestamp, account_shard string")
     assert_df_equality(out.drop("created_at"), expected, ignore_row_order=True, ignore_nullable=True)
     assert out.filter("created_at IS NULL").count() == 0
