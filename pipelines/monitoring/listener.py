@@ -13,7 +13,7 @@ import logging
 import queue
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from pyspark.sql import DataFrame, SparkSession
@@ -141,6 +141,8 @@ class StreamMonitor:
         self._last_flush = 0.0
         self._held: list[dict] = []   # progress of stopped queries, not written yet
         self._app_id, self._writes = f"stream-monitor-{uuid.uuid4()}", 0
+        # (table, event column, ingestion column) -> the newest (event, ingestion) time seen.
+        self._newest: dict[tuple[str, str, str], tuple] = {}
 
     def __enter__(self) -> "StreamMonitor":
         self.lake.ensure(self.spark, STREAM_METRICS)
@@ -190,19 +192,44 @@ class StreamMonitor:
         return held
 
     def _freshness(self, names: set[str]) -> dict[str, tuple]:
-        # One aggregate per output table: a single small row reaches the driver.
         out: dict[str, tuple] = {}
         for name in names:
             newest_event, newest_ingest = None, None
-            for table, event_col, ingest_col in OUTPUTS.get(name, []):
-                if not self.lake.exists(self.spark, table):
+            for output in OUTPUTS.get(name, []):
+                if not self.lake.exists(self.spark, output[0]):
                     continue
-                row = self.lake.read(self.spark, table).agg(F.max(F.expr(event_col)).alias("e"),
-                                                            F.max(ingest_col).alias("i")).first()
-                newest_event = max(filter(None, [newest_event, row["e"]]), default=None)
-                newest_ingest = max(filter(None, [newest_ingest, row["i"]]), default=None)
+                event, ingest = self._newest_in(output)
+                newest_event = max(filter(None, [newest_event, event]), default=None)
+                newest_ingest = max(filter(None, [newest_ingest, ingest]), default=None)
             out[name] = (newest_event, newest_ingest)
         return out
+
+    def _newest_in(self, output: tuple[str, str, str]) -> tuple:
+        """The newest event and ingestion time written to an output table, as far as this
+        monitor has seen: the newest ever written, even if a correction deleted that row since.
+
+        One aggregate, one small row to the driver. Only the first reads the whole table; the
+        next ones ask only for rows newer than what was seen, so Delta's file statistics (or
+        the table's partitions) skip every file written before, and a flush every few
+        seconds costs what was written since, not the table's history (design section 8)."""
+        table, event_col, ingest_col = output
+        event, ingest = F.expr(event_col), F.col(ingest_col)
+        seen = self._newest.get(output, (None, None))
+        rows = self.lake.read(self.spark, table)
+        if seen[0] is None or seen[1] is None:
+            row = rows.agg(F.max(event).alias("e"), F.max(ingest).alias("i")).first()
+        else:
+            # One filter per column, each a scan of its own: Delta cannot skip by an OR of a
+            # partition expression (gold's day) and a column's statistics. Delta keeps
+            # timestamp statistics to the millisecond and skips with a millisecond of margin,
+            # so only "newer by more than a millisecond" lets it skip the file holding what
+            # was seen; a row newer by less is found with the next one after it.
+            newer = [rows.filter(col > F.lit(at + _STATS_GRAIN)).agg(F.max(col).alias(name))
+                     for col, at, name in ((event, seen[0], "e"), (ingest, seen[1], "i"))]
+            row = newer[0].crossJoin(newer[1]).first()
+        newest = tuple(max(filter(None, [old, new]), default=None) for old, new in zip(seen, (row["e"], row["i"])))
+        self._newest[output] = newest
+        return newest
 
     def _write(self, progress: list[dict]) -> int:
         try:
@@ -230,6 +257,12 @@ class StreamMonitor:
                                            type(schema)(listener_cols))
         batches = (self.lake.read(self.spark, SILVER_BATCHES) if self.lake.exists(self.spark, SILVER_BATCHES)
                    else self.spark.createDataFrame([], spec(SILVER_BATCHES).struct_type()))
+        if silver_keys := [(r["query_id"], r["batch_id"]) for r in rows.values() if r["query_name"] == "silver"]:
+            # As literals, so the file statistics on query_id and batch_id skip every other
+            # batch's record: the join below then reads what this write needs, not the table.
+            ids = [b for _, b in silver_keys]
+            batches = batches.filter(F.col("query_id").isin(sorted({q for q, _ in silver_keys}))
+                                     & F.col("batch_id").between(min(ids), max(ids)))
         silver = frame.filter(F.col("query_name") == "silver").transform(lambda df: with_silver_counts(df, batches))
         others = frame.filter(F.col("query_name") != "silver").withColumns({
             "rule_drops": F.lit(None).cast("map<string,bigint>"), "quarantined": F.lit(None).cast("map<string,bigint>")})
@@ -251,6 +284,7 @@ def _key(p: dict) -> tuple[str, str, int]:
 
 
 _MILLIS = Decimal("0.001")
+_STATS_GRAIN = timedelta(milliseconds=1)
 
 
 def _seconds_or_rate(value) -> Decimal:

@@ -76,6 +76,7 @@ def test_file_statistics_cover_the_lookup_columns_and_still_skip(spark, tmp_path
     assert props["delta.dataSkippingStatsColumns"] == ",".join(spec(S.USAGE).stats_columns)
     assert props["delta.checkpointInterval"] == "100"
     rows = _usage_rows(spark, 300, 1).withColumns({"occurred_at": F.lit("2026-01-01 10:00:00").cast("timestamp"),
+                                                   "ingested_at": F.lit("2026-01-01 10:00:05").cast("timestamp"),
                                                    "metric": F.lit("api_calls")})
     for low in (0, 100, 200):    # one file each, all on one date
         rows.filter(F.col("kafka_offset").between(low, low + 99)).coalesce(1).write.format("delta").mode(
@@ -260,3 +261,55 @@ def test_a_daily_usage_table_made_before_its_partitions_is_rewritten_into_them(s
     builder.execute()
     with pytest.raises(TableSpecError, match="change data feed is not rewritten"):
         followed.ensure_partitioned(spark, "silver.usage_events")
+
+
+# --------------------------------------------------------------------------- the stream monitor
+
+
+def _rows_of(spark, table: str, n: int, values: dict):
+    """n rows of `table`'s columns: `values` (Columns over `id`) where given, nulls elsewhere."""
+    types = {c.name: c.type for c in spec(table).columns}
+    df = spark.range(n).withColumns(values)
+    return df.select(*[F.col(c).cast(t) if c in values else F.lit(None).cast(t).alias(c) for c, t in types.items()])
+
+
+@pytest.mark.parametrize("table, stream", [("bronze.events", "bronze"), ("silver.usage_events", "silver"),
+                                           ("gold.daily_usage", "gold")])
+def test_the_monitors_freshness_reads_only_what_was_written_since_it_last_looked(spark, tmp_path, table, stream):
+    """The monitor's freshness aggregate reads the whole table once; after that only the
+    files that can hold rows at or after the newest times it saw: a file written before,
+    gone from disk, does not stop it, while a monitor that never looked fails on it."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.tables import Lake
+    from pipelines.monitoring.listener import StreamMonitor
+
+    lake = Lake(Settings().with_overrides(lake_root=str(tmp_path / "lake")))
+    lake.ensure(spark, table)
+    t1, t2 = datetime(2026, 3, 1, 10), datetime(2026, 3, 2, 11)
+    ingest = "last_ingested_at" if table == "gold.daily_usage" else "ingested_at"
+    event = {"bronze.events": "kafka_timestamp", "silver.usage_events": "occurred_at",
+             "gold.daily_usage": "usage_date"}[table]
+
+    def write(at: datetime) -> None:
+        values = {ingest: F.lit(at), event: F.lit(at if event != "usage_date" else at.date()),
+                  "account_id": F.concat(F.lit("a"), F.col("id").cast("string")), "event_id": F.col("id").cast("string")}
+        if table == "silver.usage_events":
+            values["event_date"] = F.lit(at.date())
+        values = {c: v for c, v in values.items() if c in spec(table).column_names}
+        lake.save(_rows_of(spark, table, 5, values).coalesce(1).write.format("delta").mode("append"), table)
+
+    write(t1)
+    monitor = StreamMonitor(spark, lake, continuous=True)
+    expected_event = (lambda at: at.replace(hour=0) if event == "usage_date" else at)
+    assert monitor._freshness({stream})[stream] == (expected_event(t1), t1)
+    first_files = set(lake.read(spark, table).inputFiles())
+    write(t2)
+    for f in first_files:
+        Path(f.removeprefix("file:")).unlink()
+    assert monitor._freshness({stream})[stream] == (expected_event(t2), t2)
+    assert monitor._freshness({stream})[stream] == (expected_event(t2), t2)   # nothing new: kept
+    with pytest.raises(Exception, match="(?i)file.*(not exist|not found)|FileNotFound"):
+        StreamMonitor(spark, lake, continuous=True)._freshness({stream})
