@@ -93,6 +93,23 @@ def bronze_frame(spark, records, *, topic: str, first_offset: int, ingested_at):
         "array<struct<key:string,value:binary>>")}).select(*spec("bronze.events").column_names)
 
 
+def alternating(ways: tuple[str, str], rounds: int, timed) -> dict[str, float]:
+    """Run `timed(way, round)` (returns the seconds it measured) for both ways, rounds + 1
+    times, the first way first in even rounds and second in odd ones, so a drifting machine
+    and an order effect fall on both alike; round 0 warms up and is left out. Prints each
+    round; returns each way's median."""
+    import statistics
+
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for r in range(rounds + 1):
+        took = {way: timed(way, r) for way in (ways if r % 2 == 0 else ways[::-1])}
+        if r:
+            for way, seconds in took.items():
+                times[way].append(seconds)
+        say(f"  round {r}: " + ", ".join(f"{way} {took[way]:.2f} s" for way in ways) + ("  (warm-up)" if not r else ""))
+    return {way: statistics.median(t) for way, t in times.items()}
+
+
 def write_outputs(run_dir: Path, result: dict, markdown: str, table: str) -> None:
     """summary.json and results.md in run_dir, then the table and the block for RESULTS.md on stdout."""
     (run_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))

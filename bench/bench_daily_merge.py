@@ -20,14 +20,13 @@ way and their ratio; the first round is warm-up and left out.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from bench.bench_common import machine_info, machine_line, positive_int, say
+from bench.bench_common import alternating, machine_info, machine_line, positive_int, say
 from pipelines.core.session import build_spark
 
 LAST_DAY = date(2026, 12, 1)
@@ -88,24 +87,20 @@ def one_size(spark, root: Path, days: int, per_day: int, rounds: int) -> dict:
         rows = day_totals(spark, LAST_DAY - timedelta(days=days - d), per_day, days=min(CHUNK_DAYS, days - d))
         lake.save(rows.write.format("delta").mode("append"), DAILY_USAGE)
         rows.write.format("delta").mode("append").save(old_path)
-    times: dict[str, list[float]] = {"by_day": [], "whole": []}
-    for r in range(rounds + 1):
-        for way in (("by_day", "whole") if r % 2 == 0 else ("whole", "by_day")):
-            # 25 totals of the newest stored day move, 25 of a new day arrive.
-            batch = (day_totals(spark, LAST_DAY - timedelta(days=1), 25, salt=r)
-                     .unionByName(day_totals(spark, LAST_DAY + timedelta(days=r), 25, salt=r))).localCheckpoint()
-            started = time.perf_counter()
-            merge_daily_usage(spark, lake, batch) if way == "by_day" else merge_old_way(spark, old_path, batch)
-            if r:
-                times[way].append(time.perf_counter() - started)
-        if r:
-            say(f"  round {r}: by day {times['by_day'][-1]:.2f} s, whole {times['whole'][-1]:.2f} s")
+    def timed(way: str, r: int) -> float:
+        # 25 totals of the newest stored day move, 25 of a new day arrive.
+        batch = (day_totals(spark, LAST_DAY - timedelta(days=1), 25, salt=r)
+                 .unionByName(day_totals(spark, LAST_DAY + timedelta(days=r), 25, salt=r))).localCheckpoint()
+        started = time.perf_counter()
+        merge_daily_usage(spark, lake, batch) if way == "by_day" else merge_old_way(spark, old_path, batch)
+        return time.perf_counter() - started
+
+    med = alternating(("by_day", "whole"), rounds, timed)
     new_rows = lake.read(spark, DAILY_USAGE).count()
     old_rows = spark.read.format("delta").load(old_path).count()
     if new_rows != old_rows:
         raise SystemExit(f"the two tables differ: {new_rows} rows by day, {old_rows} whole")
-    med = {way: statistics.median(t) for way, t in times.items()}
-    return {"days": days, "rows": new_rows, "median_s": med, "ratio": med["by_day"] / med["whole"], "times": times}
+    return {"days": days, "rows": new_rows, "median_s": med, "ratio": med["by_day"] / med["whole"]}
 
 
 def main(argv: list[str] | None = None) -> int:

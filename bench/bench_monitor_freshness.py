@@ -11,21 +11,20 @@ the whole output table each time; after its first look it now reads only rows ne
 what it saw, so Delta skips the files written before by their statistics.
 
 This script writes `--rows` rows of silver.usage_events's shape in `--appends` appends (one
-per simulated micro-batch, each a newer ingestion time), then `--rounds` times: appends one
-more small batch and times the look of a monitor that has looked before ("next") and of a
+per simulated micro-batch, each a newer ingestion time), then `--rounds` times (after a
+warm-up round): appends one more small batch and times the look of a monitor that has looked before ("next") and of a
 fresh monitor ("first", what every look cost before), in alternating order. It reports both
 medians and their ratio, and checks that both looks agree.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
 
-from bench.bench_common import machine_info, machine_line, positive_int, say
+from bench.bench_common import alternating, machine_info, machine_line, positive_int, say
 from pipelines.core.session import build_spark
 
 START = datetime(2026, 11, 1)
@@ -78,22 +77,21 @@ def main(argv: list[str] | None = None) -> int:
             files = len(lake.read(spark, USAGE_EVENTS).inputFiles())
             warm = StreamMonitor(spark, lake, continuous=True)
             warm._freshness({"silver"})   # its first look: the whole table
-            times: dict[str, list[float]] = {"next": [], "first": []}
-            for r in range(args.rounds + 1):
-                lake.save(batch(spark, 500, args.appends + r).coalesce(1).write.format("delta").mode("append"),
-                          USAGE_EVENTS)
-                got = {}
-                for way in (("next", "first") if r % 2 == 0 else ("first", "next")):
-                    monitor = warm if way == "next" else StreamMonitor(spark, lake, continuous=True)
-                    started = time.perf_counter()
-                    got[way] = monitor._freshness({"silver"})["silver"]
-                    if r:
-                        times[way].append(time.perf_counter() - started)
-                if got["next"] != got["first"]:
-                    raise SystemExit(f"round {r}: the looks disagree: {got}")
-                if r:
-                    say(f"  round {r}: next {times['next'][-1]:.2f} s, first {times['first'][-1]:.2f} s")
-        med = {way: statistics.median(t) for way, t in times.items()}
+            looks: dict[int, dict] = {}
+
+            def timed(way: str, r: int) -> float:
+                if r not in looks:   # the round's first look: one more small batch before it
+                    lake.save(batch(spark, 500, args.appends + r).coalesce(1).write.format("delta").mode("append"),
+                              USAGE_EVENTS)
+                    looks[r] = {}
+                monitor = warm if way == "next" else StreamMonitor(spark, lake, continuous=True)
+                started = time.perf_counter()
+                looks[r][way] = monitor._freshness({"silver"})["silver"]
+                return time.perf_counter() - started
+
+            med = alternating(("next", "first"), args.rounds, timed)
+            if any(got["next"] != got["first"] for got in looks.values()):
+                raise SystemExit(f"the looks disagree: {looks}")
         print(f"\n{machine_line(machine)}\n")
         print("| stored rows | files | look after a first one | first look (the whole table) | ratio |")
         print("|---:|---:|---:|---:|---:|")

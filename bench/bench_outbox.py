@@ -21,14 +21,13 @@ staging and the ratio, per size; the first round of each is warm-up and left out
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.bench_common import machine_info, machine_line, positive_int, say
+from bench.bench_common import alternating, machine_info, machine_line, positive_int, say
 from pipelines.core.session import build_spark
 
 ACCOUNTS = 400
@@ -105,21 +104,17 @@ def one_size(spark, root: Path, size: int, rounds: int) -> dict:
         rows.drop(SHARD_COLUMN).write.format("delta").mode("append").save(old_path)
     files = {"sharded": len(lake.read(spark, NOTIFICATIONS).inputFiles()),
              "whole": len(spark.read.format("delta").load(old_path).inputFiles())}
-    times: dict[str, list[float]] = {"sharded": [], "whole": []}
-    for r in range(rounds + 1):
-        for way in (("sharded", "whole") if r % 2 == 0 else ("whole", "sharded")):
-            df = stage_rows(spark, batch_notes(r * 2 + (way == "whole")))
-            started = time.perf_counter()
-            new = (stage_notifications(spark, lake, df) if way == "sharded" else stage_old_way(spark, old_path, df))
-            seconds = time.perf_counter() - started
-            if new != 3:
-                raise SystemExit(f"{way}: staged {new} new notifications, expected 3")
-            if r:
-                times[way].append(seconds)
-        say(f"  round {r}: sharded {times['sharded'][-1] if r else 0:.2f} s, whole {times['whole'][-1] if r else 0:.2f} s"
-            + ("  (warm-up)" if not r else ""))
-    med = {way: statistics.median(t) for way, t in times.items()}
-    return {"size": size, "files": files, "median_s": med, "ratio": med["sharded"] / med["whole"], "times": times}
+    def timed(way: str, r: int) -> float:
+        df = stage_rows(spark, batch_notes(r * 2 + (way == "whole")))
+        started = time.perf_counter()
+        new = stage_notifications(spark, lake, df) if way == "sharded" else stage_old_way(spark, old_path, df)
+        seconds = time.perf_counter() - started
+        if new != 3:
+            raise SystemExit(f"{way}: staged {new} new notifications, expected 3")
+        return seconds
+
+    med = alternating(("sharded", "whole"), rounds, timed)
+    return {"size": size, "files": files, "median_s": med, "ratio": med["sharded"] / med["whole"]}
 
 
 def main(argv: list[str] | None = None) -> int:

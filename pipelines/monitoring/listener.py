@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -216,17 +217,20 @@ class StreamMonitor:
         event, ingest = F.expr(event_col), F.col(ingest_col)
         seen = self._newest.get(output, (None, None))
         rows = self.lake.read(self.spark, table)
+        both = [F.max(event).alias("e"), F.max(ingest).alias("i")]
         if seen[0] is None or seen[1] is None:
-            row = rows.agg(F.max(event).alias("e"), F.max(ingest).alias("i")).first()
+            row = rows.agg(*both).first()
         else:
-            # One filter per column, each a scan of its own: Delta cannot skip by an OR of a
-            # partition expression (gold's day) and a column's statistics. Delta keeps
-            # timestamp statistics to the millisecond and skips with a millisecond of margin,
-            # so only "newer by more than a millisecond" lets it skip the file holding what
-            # was seen; a row newer by less is found with the next one after it.
-            newer = [rows.filter(col > F.lit(at + _STATS_GRAIN)).agg(F.max(col).alias(name))
-                     for col, at, name in ((event, seen[0], "e"), (ingest, seen[1], "i"))]
-            row = newer[0].crossJoin(newer[1]).first()
+            # Delta keeps timestamp statistics to the millisecond and skips with a millisecond
+            # of margin, so only "newer by more than a millisecond" lets it skip the file
+            # holding what was seen; a row newer by less is found with the next one after it.
+            newer = [col > F.lit(at + _STATS_GRAIN) for col, at in ((event, seen[0]), (ingest, seen[1]))]
+            if any(re.search(rf"\b{p}\b", event_col) for p in spec(table).partitioned_by):
+                # Delta cannot skip by an OR of a partition expression (gold's day) and a
+                # column's statistics: one filtered scan per column instead.
+                row = (rows.filter(newer[0]).agg(both[0])).crossJoin(rows.filter(newer[1]).agg(both[1])).first()
+            else:
+                row = rows.filter(newer[0] | newer[1]).agg(*both).first()
         newest = tuple(max(filter(None, [old, new]), default=None) for old, new in zip(seen, (row["e"], row["i"])))
         self._newest[output] = newest
         return newest
