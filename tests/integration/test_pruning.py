@@ -277,8 +277,9 @@ def _rows_of(spark, table: str, n: int, values: dict):
                                            ("gold.daily_usage", "gold")])
 def test_the_monitors_freshness_reads_only_what_was_written_since_it_last_looked(spark, tmp_path, table, stream):
     """The monitor's freshness aggregate reads the whole table once; after that only the
-    files that can hold rows at or after the newest times it saw: a file written before,
-    gone from disk, does not stop it, while a monitor that never looked fails on it."""
+    files that can hold rows newer than the newest times it saw: a file written before,
+    gone from disk, does not stop it, while a monitor that never looked fails on it. A late
+    row (older event time, newer ingestion) moves the ingestion time only."""
     from datetime import datetime
     from pathlib import Path
 
@@ -293,8 +294,8 @@ def test_the_monitors_freshness_reads_only_what_was_written_since_it_last_looked
     event = {"bronze.events": "kafka_timestamp", "silver.usage_events": "occurred_at",
              "gold.daily_usage": "usage_date"}[table]
 
-    def write(at: datetime) -> None:
-        values = {ingest: F.lit(at), event: F.lit(at if event != "usage_date" else at.date()),
+    def write(at: datetime, ingested: datetime | None = None) -> None:
+        values = {ingest: F.lit(ingested or at), event: F.lit(at if event != "usage_date" else at.date()),
                   "account_id": F.concat(F.lit("a"), F.col("id").cast("string")), "event_id": F.col("id").cast("string")}
         if table == "silver.usage_events":
             values["event_date"] = F.lit(at.date())
@@ -311,5 +312,8 @@ def test_the_monitors_freshness_reads_only_what_was_written_since_it_last_looked
         Path(f.removeprefix("file:")).unlink()
     assert monitor._freshness({stream})[stream] == (expected_event(t2), t2)
     assert monitor._freshness({stream})[stream] == (expected_event(t2), t2)   # nothing new: kept
+    t3 = datetime(2026, 3, 3, 12)
+    write(t1, ingested=t3)
+    assert monitor._freshness({stream})[stream] == (expected_event(t2), t3)
     with pytest.raises(Exception, match="(?i)file.*(not exist|not found)|FileNotFound"):
         StreamMonitor(spark, lake, continuous=True)._freshness({stream})
