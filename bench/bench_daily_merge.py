@@ -59,19 +59,12 @@ def day_totals(spark, day: date, rows: int, *, salt: int = 0, days: int = 1):
 
 
 def merge_old_way(spark, path: str, recomputed) -> None:
-    """gold's MERGE before the day partitions: the keys alone in the condition."""
+    """gold's MERGE before the day partitions: the same clauses, the keys alone in the condition."""
     from delta.tables import DeltaTable
 
-    from pipelines.core.tables import DAILY_USAGE, spec
-    from pipelines.ingest.gold import DAILY_KEYS
+    from pipelines.ingest.gold import SAME_DAY_TOTAL, upsert_daily_totals
 
-    on = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
-    cols = spec(DAILY_USAGE).column_names
-    (DeltaTable.forPath(spark, path).alias("t").merge(recomputed.alias("s"), on)
-     .whenMatchedDelete(condition="s.event_count IS NULL")
-     .whenMatchedUpdate(set={c: f"s.{c}" for c in cols})
-     .whenNotMatchedInsert(condition="s.event_count IS NOT NULL", values={c: f"s.{c}" for c in cols})
-     .execute())
+    upsert_daily_totals(DeltaTable.forPath(spark, path), recomputed, SAME_DAY_TOTAL)
 
 
 def one_size(spark, root: Path, days: int, per_day: int, rounds: int) -> dict:

@@ -7,7 +7,7 @@ state and merged in. Recomputing from state, not adding deltas, makes replays ha
 """
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -17,6 +17,8 @@ from pipelines.core.tables import DAILY_USAGE, USAGE_EVENTS, filter_touched_part
 # The pure part: silver rows and change-feed rows -> day totals.
 
 DAILY_KEYS = ["account_id", "product", "metric", "usage_date"]
+# A target row t and a source row s (of a MERGE) are the same account, product, metric and day.
+SAME_DAY_TOTAL = " AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS)
 
 
 def aggregate_daily_usage(usage: DataFrame) -> DataFrame:
@@ -64,9 +66,15 @@ def merge_daily_usage(spark: SparkSession, lake, recomputed: DataFrame) -> None:
     in_days = F.col("t.usage_date").isin(list(days["days"]))
     if days["undated"]:
         in_days = in_days | F.col("t.usage_date").isNull()
-    on = in_days & F.expr(" AND ".join(f"t.{k} <=> s.{k}" for k in DAILY_KEYS))
+    upsert_daily_totals(lake.delta(spark, DAILY_USAGE), recomputed, in_days & F.expr(SAME_DAY_TOTAL))
+
+
+def upsert_daily_totals(target, recomputed: DataFrame, on: Column | str) -> None:
+    """The MERGE of merge_daily_usage into a daily-usage Delta table, matching on `on`
+    (t: the table, s: the totals): a day whose events are all gone is deleted, the others
+    upserted."""
     cols = spec(DAILY_USAGE).column_names
-    (lake.delta(spark, DAILY_USAGE).alias("t").merge(recomputed.alias("s"), on)
+    (target.alias("t").merge(recomputed.alias("s"), on)
      .whenMatchedDelete(condition="s.event_count IS NULL")
      .whenMatchedUpdate(set={c: f"s.{c}" for c in cols})
      .whenNotMatchedInsert(condition="s.event_count IS NOT NULL", values={c: f"s.{c}" for c in cols})
