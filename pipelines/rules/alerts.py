@@ -56,6 +56,31 @@ def touched_usage_keys(changes: DataFrame) -> DataFrame:
     return changes.select("account_id", "metric", period_of(F.col("occurred_at")).alias("period")).distinct()
 
 
+def touched_plan_periods(plan_events: DataFrame) -> DataFrame:
+    """New plan events -> account_id, metric (null: every metric), period: each period from
+    the event's up to the current one, whose plan in force the event may have moved."""
+    month = F.date_trunc("month", F.col("occurred_at")).cast("date")
+    # A usage event may lie ahead of the clock by the contract's future tolerance: one more period.
+    until = F.add_months(F.trunc(F.current_date(), "month"), 1)
+    return plan_events.filter(F.col("occurred_at").isNotNull()).select(
+        "account_id", F.lit(None).cast("string").alias("metric"),
+        F.explode(F.sequence(F.least(month, until), until, F.expr("INTERVAL 1 MONTH"))).alias("_month"),
+    ).select("account_id", "metric", F.date_format("_month", "yyyy-MM").alias("period")).distinct()
+
+
+def filter_touched_keys(keys: DataFrame):
+    """Usage rows with period -> those of the touched keys (account_id, metric, period; a null
+    metric stands for every metric of the account's period)."""
+
+    def transform(usage: DataFrame) -> DataFrame:
+        k = keys.select(*[F.col(c).alias(f"_k_{c}") for c in ("account_id", "metric", "period")])
+        on = ((F.col("account_id") == F.col("_k_account_id")) & (F.col("period") == F.col("_k_period"))
+              & (F.col("_k_metric").isNull() | (F.col("metric") == F.col("_k_metric"))))
+        return usage.join(F.broadcast(k), on, how="left_semi")
+
+    return transform
+
+
 def with_plan_at_last_event(segments: DataFrame):
     """rows with account_id and last_at (a period's latest usage event) -> + plan_id: the plan
     in force at that time (null: no subscription then)."""

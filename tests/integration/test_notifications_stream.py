@@ -113,3 +113,39 @@ def test_alerts_and_follow_ups_once_across_a_crash_a_restart_and_a_rerun(spark, 
     assert summary(fourth) == sorted(summary(third) + [("invoice.final_requested", "c", ("x-c",))])
     assert {(v["type"], v["account_id"]): v["payload"] for v in fourth}[("invoice.final_requested", "c")] == {
         "period": "2026-01", "plan_id": "pro", "cancelled_at": "2026-01-25T00:00:00Z"}
+
+
+def test_usage_seen_before_its_late_subscription_is_alerted_when_the_subscription_arrives(spark, settings):
+    """The plan in force comes from the plan timeline as notify has read it so far. A usage
+    event whose account's subscription.started comes later (a late event) finds no plan and
+    no alert in its own batch; the subscription's batch looks at the account's periods again
+    and owes the alert then, once, and the timeline ends up holding silver's plan events."""
+    ctx = context(settings)
+    send(settings, [tickets("e1", "e", "2026-03-05T00:00:00Z", 250),          # 80 % of basic's 300
+                    tickets("f1", "f", "2026-03-05T00:00:00Z", 250)])         # f never subscribes
+    run(spark, ctx, "bronze", "silver", "notify")
+    assert on_topic(settings) == []
+
+    send(settings, [life("s-e", "e", "2026-03-01T00:00:00Z", "subscription.started", plan_id="basic"),
+                    life("pc-f", "f", "2026-03-02T00:00:00Z", "plan.changed", plan_id="pro")])   # no subscription
+    run(spark, ctx, "bronze", "silver", "notify")
+    got = on_topic(settings)
+    assert summary(got) == [("account.welcome", "e", ("s-e",)), ("plan.changed", "f", ("pc-f",)),
+                            ("quota.reset", "f", ("pc-f",)), ("usage.quota_threshold", "e", ("e1",))]
+    assert {v["type"]: v["payload"] for v in got if v["account_id"] == "e"}["usage.quota_threshold"]["plan_id"] == "basic"
+
+    lake = Lake(settings)
+    timeline = lake.read(spark, "gold.plan_timeline")
+    silver = lake.read(spark, "silver.account_events").filter(
+        "event_type IN ('subscription.started', 'plan.changed', 'subscription.cancelled')")
+    columns = ["account_id", "event_id", "event_type", "occurred_at", "plan_id", "kafka_timestamp", "kafka_topic",
+               "kafka_partition", "kafka_offset"]
+    assert sorted(timeline.select(*columns).collect()) == sorted(silver.select(*columns).collect())
+    assert timeline.count() == 2
+
+    # A rerun from a fresh checkpoint stages nothing and leaves the timeline as it is.
+    shutil.rmtree(lake.checkpoint("notify", "notifications"))
+    run(spark, ctx, "notify")
+    assert len(on_topic(settings)) == 4
+    assert sorted(lake.read(spark, "gold.plan_timeline").select(*columns).collect()) == sorted(
+        silver.select(*columns).collect())

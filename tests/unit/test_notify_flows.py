@@ -140,6 +140,9 @@ def test_a_batch_s_counts_say_which_lookups_it_needs(spark):
     def counts(batch):
         return [r.asDict() for r in local_frame(spark, batch, schema).transform(count_changes).collect()]
 
-    assert counts(rows) == [{"rows": 8, "usage": 2, "lifecycle": 3}]
-    assert counts(rows[4:7]) == [{"rows": 3, "usage": 0, "lifecycle": 0}]
-    assert counts([]) == [{"rows": 0, "usage": 0, "lifecycle": 0}]
+    # The outbox's shard of account "a" (SHA-256 "ca97...").
+    assert counts(rows) == [{"rows": 8, "usage": 2, "lifecycle": 3, "plan": 3, "shards": ["c"]}]
+    assert counts(rows[4:7]) == [{"rows": 3, "usage": 0, "lifecycle": 0, "plan": 0, "shards": ["c"]}]
+    assert counts([]) == [{"rows": 0, "usage": 0, "lifecycle": 0, "plan": 0, "shards": []}]
+    purchase = [("account", "b", "buy", "purchase.completed", None, at, "insert")]
+    assert counts(purchase) == [{"rows": 1, "usage": 0, "lifecycle": 1, "plan": 0, "shards": ["3"]}]
