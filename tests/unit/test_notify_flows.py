@@ -146,3 +146,30 @@ def test_a_batch_s_counts_say_which_lookups_it_needs(spark):
     assert counts([]) == [{"rows": 0, "usage": 0, "lifecycle": 0, "plan": 0, "shards": []}]
     purchase = [("account", "b", "buy", "purchase.completed", None, at, "insert")]
     assert counts(purchase) == [{"rows": 1, "usage": 0, "lifecycle": 1, "plan": 0, "shards": ["3"]}]
+
+
+def test_a_plan_event_touches_every_metric_of_its_account_s_periods_from_its_own_on(spark):
+    from datetime import UTC, date
+
+    events = local_frame(spark, [("a", d("2026-01-20T10:00:00")), ("a", d("2026-01-02T00:00:00")),
+                                 ("b", None), (None, d("2026-02-01T00:00:00"))],
+                         "account_id string, occurred_at timestamp")
+    got = sorted((tuple(r) for r in events.transform(A.touched_plan_periods).collect()), key=repr)
+    # Up to the month after the current one (usage may lie ahead of the clock); the session is UTC.
+    today = datetime.now(UTC).date()
+    months, m = [], date(2026, 1, 1)
+    while m <= date(today.year + today.month // 12, today.month % 12 + 1, 1):
+        months.append(m.strftime("%Y-%m"))
+        m = date(m.year + m.month // 12, m.month % 12 + 1, 1)
+    assert got == sorted([("a", None, p) for p in months] + [(None, None, p) for p in months[1:]], key=repr)
+
+
+def test_touched_keys_with_no_metric_keep_every_metric_of_the_period(spark):
+    usage = local_frame(spark, [("a", "u1", T, "2026-01"), ("a", "u2", "sms_segments", "2026-01"),
+                                ("a", "u3", T, "2026-02"), ("b", "u4", T, "2026-01"),
+                                ("b", "u5", "sms_segments", "2026-01"), ("c", "u6", T, "2026-01")],
+                        "account_id string, event_id string, metric string, period string")
+    keys = local_frame(spark, [("a", None, "2026-01"), ("b", T, "2026-01"), ("b", T, "2026-03")],
+                       "account_id string, metric string, period string")
+    got = sorted(r.event_id for r in usage.transform(A.filter_touched_keys(keys)).collect())
+    assert got == ["u1", "u2", "u4"]
