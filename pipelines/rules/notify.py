@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -42,7 +42,8 @@ from pipelines.core.tables import ACCOUNT_EVENTS, KAFKA_ORDER, USAGE_EVENTS, fil
 from pipelines.rules import alerts as A
 from pipelines.rules.config import load_plan_rules
 from pipelines.rules.notifications import account_shard_col, publish_pending, stage_notifications
-from pipelines.rules.timeline import SHARDS, ensure_plan_timeline, merge_plan_timeline, read_plan_timeline
+from pipelines.rules.timeline import (SHARDS, ensure_plan_timeline, filter_earliest_copy, merge_plan_timeline,
+                                      read_plan_timeline)
 
 JOB = "notify"
 _NEW = ("insert", "update_postimage")
@@ -120,7 +121,7 @@ class NotifyWriter:
         keys = batch.filter(_is_usage()).transform(A.touched_usage_keys)
         if plan:
             keys = keys.unionByName(batch.filter(_is_plan_change()).transform(A.touched_plan_periods)).distinct()
-        new_events = batch.filter(_is_new_lifecycle()).transform(_earliest_copy)
+        new_events = batch.filter(_is_new_lifecycle()).transform(filter_earliest_copy)
         touched = ([keys] if usage else []) + ([new_events] if lifecycle else [])
         accounts = reduce(DataFrame.unionByName, [t.select("account_id") for t in touched]).distinct()
         history = read_plan_timeline(spark, lake, accounts, shards).localCheckpoint()
@@ -144,13 +145,6 @@ class NotifyWriter:
             parts.append(new_events.transform(A.with_previous_plan(history))
                          .transform(A.reactive_notifications(plans, prices)))
         return reduce(DataFrame.unionByName, parts)
-
-
-def _earliest_copy(events: DataFrame) -> DataFrame:
-    """One row per event: the earliest copy in Kafka order, the one silver keeps (a batch can
-    hold an event's insert and the earlier copy that replaced it)."""
-    first = Window.partitionBy("account_id", "event_id").orderBy(*KAFKA_ORDER)
-    return events.withColumn("_n", F.row_number().over(first)).filter(F.col("_n") == 1).drop("_n")
 
 
 def _is_usage() -> Column:

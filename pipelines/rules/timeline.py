@@ -39,14 +39,18 @@ _SEEDED: set[str] = set()
 _SEEDED_LOCK = threading.Lock()
 
 
+def filter_earliest_copy(events: DataFrame) -> DataFrame:
+    """Events -> one row per (account_id, event_id): the earliest copy in Kafka order, the one
+    silver keeps (a change feed can hold an event's insert and the earlier copy replacing it)."""
+    earliest = Window.partitionBy(*IDENTITY).orderBy(*KAFKA_ORDER)
+    return events.withColumn("_n", F.row_number().over(earliest)).filter(F.col("_n") == 1).drop("_n")
+
+
 def to_timeline_rows(events: DataFrame) -> DataFrame:
     """Account events (any columns of silver.account_events that the timeline keeps) ->
-    gold.plan_timeline rows: the plan events, one per (account_id, event_id), the earliest
-    copy in Kafka order (a change feed can hold an event's insert and its replacement)."""
-    earliest = Window.partitionBy(*IDENTITY).orderBy(*KAFKA_ORDER)
+    gold.plan_timeline rows: the plan events, one per (account_id, event_id), the earliest copy."""
     return (
-        events.filter(F.col("event_type").isin(*LIFECYCLE))
-        .withColumn("_n", F.row_number().over(earliest)).filter(F.col("_n") == 1)
+        events.filter(F.col("event_type").isin(*LIFECYCLE)).transform(filter_earliest_copy)
         .withColumn(SHARD_COLUMN, account_shard_col("account_id"))
         .select(*spec(PLAN_TIMELINE).column_names)
     )
