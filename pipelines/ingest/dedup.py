@@ -49,6 +49,13 @@ def filter_first_copies(df: DataFrame) -> DataFrame:
     return df.filter(F.col("_copy_rank") == 1).drop("_copy_rank", "_kept_payload")
 
 
+def filter_earliest_copy(df: DataFrame) -> DataFrame:
+    """Rows of stored events -> one row per identity, the first copy in Kafka order: the copy
+    silver keeps (a change feed can hold an event's insert and the earlier copy replacing it)."""
+    w = Window.partitionBy(*IDENTITY).orderBy(kafka_order())
+    return df.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") == 1).drop("_n")
+
+
 def filter_repeated_copies(df: DataFrame) -> DataFrame:
     """Second and later copies, marked as identity duplicates of the first."""
     return (

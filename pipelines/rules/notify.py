@@ -42,8 +42,8 @@ from pipelines.core.tables import ACCOUNT_EVENTS, KAFKA_ORDER, USAGE_EVENTS, fil
 from pipelines.rules import alerts as A
 from pipelines.rules.config import load_plan_rules
 from pipelines.rules.notifications import account_shard_col, publish_pending, stage_notifications
-from pipelines.rules.timeline import (SHARDS, ensure_plan_timeline, filter_earliest_copy, merge_plan_timeline,
-                                      read_plan_timeline)
+from pipelines.ingest.dedup import filter_earliest_copy
+from pipelines.rules.timeline import SHARDS, ensure_plan_timeline, merge_plan_timeline, read_plan_timeline
 
 JOB = "notify"
 _NEW = ("insert", "update_postimage")

@@ -20,16 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.billing.periods import LIFECYCLE
-from pipelines.core.tables import ACCOUNT_EVENTS, KAFKA_ORDER, PLAN_TIMELINE, Lake, spec
+from pipelines.billing.periods import filter_plan_events
+from pipelines.core.tables import ACCOUNT_EVENTS, PLAN_TIMELINE, Lake, spec
+from pipelines.ingest.dedup import filter_earliest_copy, kafka_order
 from pipelines.rules.notifications import SHARD_COLUMN, account_shard_col
 
 log = logging.getLogger(__name__)
 
-IDENTITY = ["account_id", "event_id"]
 SHARDS = tuple("0123456789abcdef")
 # Set once the table holds silver's plan events as of its creation: a process that dies
 # between creating the table and seeding it seeds it again on its next start.
@@ -39,25 +39,14 @@ _SEEDED: set[str] = set()
 _SEEDED_LOCK = threading.Lock()
 
 
-def filter_earliest_copy(events: DataFrame) -> DataFrame:
-    """Events -> one row per (account_id, event_id): the earliest copy in Kafka order, the one
-    silver keeps (a change feed can hold an event's insert and the earlier copy replacing it)."""
-    earliest = Window.partitionBy(*IDENTITY).orderBy(*KAFKA_ORDER)
-    return events.withColumn("_n", F.row_number().over(earliest)).filter(F.col("_n") == 1).drop("_n")
-
-
 def to_timeline_rows(events: DataFrame) -> DataFrame:
     """Account events (any columns of silver.account_events that the timeline keeps) ->
     gold.plan_timeline rows: the plan events, one per (account_id, event_id), the earliest copy."""
     return (
-        events.filter(F.col("event_type").isin(*LIFECYCLE)).transform(filter_earliest_copy)
+        events.transform(filter_plan_events).transform(filter_earliest_copy)
         .withColumn(SHARD_COLUMN, account_shard_col("account_id"))
         .select(*spec(PLAN_TIMELINE).column_names)
     )
-
-
-def _order(alias: str) -> Column:
-    return F.struct(*[F.col(f"{alias}.{c}") for c in KAFKA_ORDER])
 
 
 def merge_plan_timeline(spark: SparkSession, lake: Lake, events: DataFrame, shards: list[str] | tuple[str, ...]) -> None:
@@ -68,7 +57,7 @@ def merge_plan_timeline(spark: SparkSession, lake: Lake, events: DataFrame, shar
     same = (F.col(f"t.{SHARD_COLUMN}").isin(list(shards))
             & (F.col("t.account_id") == F.col("s.account_id")) & (F.col("t.event_id") == F.col("s.event_id")))
     (lake.delta(spark, PLAN_TIMELINE).alias("t").merge(events.transform(to_timeline_rows).alias("s"), same)
-     .whenMatchedUpdateAll(condition=_order("s") < _order("t"))
+     .whenMatchedUpdateAll(condition=kafka_order("s.") < kafka_order("t."))
      .whenNotMatchedInsertAll()
      .execute())
 
