@@ -12,9 +12,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines.core.config import DedupRule
+from pipelines.core.identity import IDENTITY, kafka_order
 from pipelines.core.tables import KAFKA_ORDER
 
-IDENTITY = ["account_id", "event_id"]
 # A custom rule decides per (rule, account, dedup_key): the events one fold sees together.
 RULE_KEY = ["_rule", "account_id", "dedup_key"]
 IDENTITY_RULE = "identity"
@@ -25,10 +25,6 @@ DROPPED = "dropped"
 # offsets; partition and offset break ties and order copies that landed in different
 # partitions (a producer that keyed a record by something other than account_id).
 ORDER_COLUMNS = KAFKA_ORDER
-
-
-def kafka_order(prefix: str = "") -> Column:
-    return F.struct(*[F.col(f"{prefix}{c}").alias(c) for c in ORDER_COLUMNS])
 
 
 def with_kafka_order(df: DataFrame) -> DataFrame:
@@ -47,13 +43,6 @@ def with_copy_rank(df: DataFrame) -> DataFrame:
 
 def filter_first_copies(df: DataFrame) -> DataFrame:
     return df.filter(F.col("_copy_rank") == 1).drop("_copy_rank", "_kept_payload")
-
-
-def filter_earliest_copy(df: DataFrame) -> DataFrame:
-    """Rows of stored events -> one row per identity, the first copy in Kafka order: the copy
-    silver keeps (a change feed can hold an event's insert and the earlier copy replacing it)."""
-    w = Window.partitionBy(*IDENTITY).orderBy(kafka_order())
-    return df.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") == 1).drop("_n")
 
 
 def filter_repeated_copies(df: DataFrame) -> DataFrame:

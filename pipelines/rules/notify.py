@@ -38,11 +38,11 @@ from pipelines.billing.catalog import load_catalog, plans_frame, prices_frame
 from pipelines.billing.periods import LIFECYCLE, period_of, plan_changes, plan_segments, with_plan_rank
 from pipelines.core import batch_expressions
 from pipelines.core.context import JobContext, apply_trigger
+from pipelines.core.identity import filter_earliest_copy
 from pipelines.core.tables import ACCOUNT_EVENTS, KAFKA_ORDER, USAGE_EVENTS, filter_touched_partitions, spec
 from pipelines.rules import alerts as A
 from pipelines.rules.config import load_plan_rules
 from pipelines.rules.notifications import account_shard_col, publish_pending, stage_notifications
-from pipelines.ingest.dedup import filter_earliest_copy
 from pipelines.rules.timeline import SHARDS, ensure_plan_timeline, merge_plan_timeline, read_plan_timeline
 
 JOB = "notify"

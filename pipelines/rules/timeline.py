@@ -24,8 +24,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.billing.periods import filter_plan_events
+from pipelines.core.identity import filter_earliest_copy, kafka_order
 from pipelines.core.tables import ACCOUNT_EVENTS, PLAN_TIMELINE, Lake, spec
-from pipelines.ingest.dedup import filter_earliest_copy, kafka_order
 from pipelines.rules.notifications import SHARD_COLUMN, account_shard_col
 
 log = logging.getLogger(__name__)
