@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
@@ -98,18 +99,66 @@ def progress_row(p: dict, *, mode: str) -> dict:
     }
 
 
-class _Listener(StreamingQueryListener):
+def _queue_progress(sink: "queue.Queue[dict]", progress_json: str) -> None:
+    try:
+        sink.put(json.loads(progress_json))
+    except Exception:  # noqa: BLE001 - a monitoring hiccup must never fail the stream
+        log.exception("stream monitor: could not read a progress event")
+
+
+class _ProgressBridge:
+    """What Spark's listener bus calls through Py4J: each progress event's JSON, queued.
+
+    Why not PySpark's own bridge: it turns every event into Python objects field by field
+    before a listener sees it, a JVM round trip per field, and every Java collection it
+    walks ends in a Java exception that PySpark (and Delta's hook) convert to a Python one,
+    the exception's stack trace rendered as text included: about 300 round trips and ten
+    exceptions per progress event, on the two cores the streams share (bench/RESULTS.md,
+    "The stream monitor's progress events"). The monitor reads only the JSON: two calls."""
+
     def __init__(self, sink: "queue.Queue[dict]"):
         self.sink = sink
+
+    def onQueryStarted(self, jevent) -> None:
+        pass
+
+    def onQueryProgress(self, jevent) -> None:
+        try:
+            progress_json = jevent.progress().json()
+        except Exception:  # noqa: BLE001 - a monitoring hiccup must never fail the stream
+            log.exception("stream monitor: could not read a progress event")
+            return
+        _queue_progress(self.sink, progress_json)
+
+    def onQueryIdle(self, jevent) -> None:
+        pass
+
+    def onQueryTerminated(self, jevent) -> None:
+        pass
+
+    class Java:
+        implements = ["org.apache.spark.sql.streaming.PythonStreamingQueryListener"]
+
+
+class _Listener(StreamingQueryListener):
+    """Registered with `spark.streams.addListener`. On a classic session Spark calls the
+    light `_ProgressBridge` (`_jlistener`, the object addListener hands the JVM); a Spark
+    Connect session never asks for `_jlistener` and calls these methods with PySpark's events."""
+
+    def __init__(self, sink: "queue.Queue[dict]"):
+        self.sink = sink
+
+    @property
+    def _jlistener(self):
+        if "_jbridge" not in self.__dict__:
+            self._jbridge = SparkContext._jvm.PythonStreamingQueryListenerWrapper(_ProgressBridge(self.sink))
+        return self._jbridge
 
     def onQueryStarted(self, event) -> None:
         pass
 
     def onQueryProgress(self, event) -> None:
-        try:
-            self.sink.put(json.loads(event.progress.json))
-        except Exception:  # noqa: BLE001 - a monitoring hiccup must never fail the stream
-            log.exception("stream monitor: could not read a progress event")
+        _queue_progress(self.sink, event.progress.json)
 
     def onQueryIdle(self, event) -> None:
         pass

@@ -2,12 +2,14 @@
 evaluation, the status table and the plot."""
 from __future__ import annotations
 
+import json
+import queue
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pipelines.core.config import ConfigError
-from pipelines.monitoring.listener import kafka_lag, progress_row
+from pipelines.monitoring.listener import _ProgressBridge, kafka_lag, progress_row
 from pipelines.monitoring.slo import Slos, StreamSlo, load_slos, parse_slos
 from pipelines.monitoring.status import evaluate, lag_is_growing, plot_metrics, render_status
 
@@ -46,6 +48,33 @@ def test_progress_row_reads_rates_duration_lag_and_state():
     assert (silver["state_rows"], silver["state_memory_bytes"], silver["hot_path_duplicates"]) == (42, 1024, 3)
     # Spark's "no watermark yet" is epoch 0
     assert progress_row(progress(eventTime={"watermark": "1970-01-01T00:00:00.000Z"}), mode="x")["watermark"] is None
+
+
+class _JavaEvent:
+    """Stands in for the JVM's QueryProgressEvent: only `progress().json()` is asked for."""
+
+    def __init__(self, progress_json):
+        self._json = progress_json
+
+    def progress(self):
+        return self
+
+    def json(self):
+        if isinstance(self._json, Exception):
+            raise self._json
+        return self._json
+
+
+def test_the_listener_bridge_queues_each_progress_event_as_parsed_json_and_never_raises(caplog):
+    sink: queue.Queue = queue.Queue()
+    bridge = _ProgressBridge(sink)
+    bridge.onQueryProgress(_JavaEvent(json.dumps(progress(batchId=7))))
+    bridge.onQueryProgress(_JavaEvent(RuntimeError("py4j: connection reset")))   # the JVM call fails
+    bridge.onQueryProgress(_JavaEvent("{not json"))
+    bridge.onQueryStarted(object()), bridge.onQueryIdle(object()), bridge.onQueryTerminated(object())
+    assert sink.get_nowait() == progress(batchId=7)
+    assert sink.empty()
+    assert sum("could not read a progress event" in r.message for r in caplog.records) == 2
 
 
 def test_kafka_lag_handles_offsets_as_json_text_and_partitions_not_read_yet():
