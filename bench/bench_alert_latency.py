@@ -10,7 +10,9 @@ One process, one SparkSession:
 
 1. setup    fresh topics and a lake under --out; the bronze, silver and notify streams start
             in continuous mode (processingTime --processing-time) exactly as
-            `lakehouse run bronze silver notify --continuous` starts them; each of the
+            `lakehouse run bronze silver notify --continuous` starts them (with --monitor,
+            also with that command's stream monitor: its listener on every stream and its
+            write to ops.stream_metrics every few seconds); each of the
             --crossings accounts gets a subscription.started (basic: 300 tickets included);
             the bench waits for every welcome notification, so the pipeline is warm and
             every account's plan is in silver before anything is timed;
@@ -58,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="give up waiting for notifications after this (s)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out", help="output folder")
     p.add_argument("--keep", action="store_true", help="keep the lake")
+    p.add_argument("--monitor", action="store_true",
+                   help="run the stream monitor beside the streams, as `lakehouse run --continuous` does")
     return p.parse_args(argv)
 
 
@@ -95,9 +99,12 @@ class Arrivals(threading.Thread):
             return [(t, v) for t, v in self.seen if v["type"] == type_]
 
 
-def wait_for(arrivals: Arrivals, type_: str, count: int, timeout: float, queries) -> None:
+def wait_for(arrivals: Arrivals, type_: str, count: int, timeout: float, queries, tick=lambda: None) -> None:
+    """Until `count` notifications of `type_` arrived; `tick` runs on every poll (the
+    monitor's flush, as the runner's loop calls it)."""
     deadline = time.monotonic() + timeout
     while len(arrivals.of_type(type_)) < count:
+        tick()
         for q in queries:
             if q.exception():
                 raise RuntimeError(f"stream {q.name} failed: {q.exception()}")
@@ -116,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.core import kafka_topics
     from pipelines.core.exact_json import dumps
     from pipelines.core.context import JobContext, RunOptions
+    from pipelines.monitoring.listener import StreamMonitor
     from pipelines.runner import JOBS
     from pipelines.core.session import build_spark
 
@@ -143,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         producer.send(settings.events_topic, key=event["account_id"].encode(), value=dumps(event).encode()).get(30)
         return time.time()
 
+    monitor = StreamMonitor(spark, ctx.lake, continuous=True) if args.monitor else None
+    tick = monitor.flush if monitor else (lambda: None)
+    if monitor:
+        monitor.__enter__()
     try:
         queries = [JOBS[name](spark, ctx) for name in ("bronze", "silver", "notify")]
         say(f"streams started (processingTime {args.processing_time}); subscribing {len(accounts)} accounts")
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                   "occurred_at": format_ts(to_ms(month_start)), "schema_version": 1, "plan_id": "basic"})
         producer.flush()
         warm_started = time.monotonic()
-        wait_for(arrivals, "account.welcome", len(accounts), args.timeout, queries)
+        wait_for(arrivals, "account.welcome", len(accounts), args.timeout, queries, tick)
         say(f"all {len(accounts)} welcome notifications arrived in {time.monotonic() - warm_started:.1f} s; timing")
 
         sent_at: dict[str, float] = {}
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "occurred_at": format_ts(to_ms(datetime.now(UTC))), "schema_version": 1,
                 "product": "helpdesk", "metric": "billable_tickets", "quantity": QUOTA_SHARE_USAGE})
             time.sleep(args.interval)
-        wait_for(arrivals, "usage.quota_threshold", len(accounts), args.timeout, queries)
+        wait_for(arrivals, "usage.quota_threshold", len(accounts), args.timeout, queries, tick)
         time.sleep(max(3.0, 2 * args.interval))   # let any duplicate show up before counting
         alerts = arrivals.of_type("usage.quota_threshold")
         # Where the time goes: each stream's micro-batches with input (Spark keeps the last 100).
@@ -170,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for q in queries:
             q.stop()
+        if monitor:
+            monitor.__exit__(None, None, None)
         arrivals.stopping.set()
         producer.close()
 
@@ -186,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": command_line(), "machine": machine, "started_utc": stamp,
         "crossings": len(accounts), "interval_s": args.interval, "processing_time": args.processing_time,
+        "monitor": args.monitor,
         "alerts": len(alerts), "duplicates": duplicates, "missing": len(set(sent_at) - set(per_trigger)),
         "latency_s": {"median": statistics.median(latencies), "p95": percentile(latencies, 95),
                       "min": min(latencies), "max": max(latencies), "mean": statistics.fmean(latencies)},
@@ -269,7 +284,8 @@ def results_markdown(r: dict) -> str:
         *command_block(r["command"], where="broker running"),
         machine_line(m, load_at_end=r["load_average_at_end"]) + " Shared machine: other work may have run meanwhile.",
         "",
-        f"Streams bronze -> silver -> notify in continuous mode, processingTime {r['processing_time']}; one "
+        f"Streams bronze -> silver -> notify in continuous mode, processingTime {r['processing_time']}"
+        f"{', with the stream monitor' if r.get('monitor') else ', without the stream monitor'}; one "
         f"usage event every {r['interval_s']} s, each reaching 80 % of an included quota.",
         "",
         "| crossings | alerts on the topic | duplicates | missing | median (s) | p95 (s) | min (s) | max (s) |",
