@@ -13,19 +13,20 @@ the event's JSON. In one session, this script runs a rate stream into the `noop`
 --trigger-ms trigger for --seconds, once with each listener registered, alternating, and
 counts what the listener made the driver do per event: Py4J commands sent from threads other
 than the main one (the stream itself makes none: no foreachBatch), Java exceptions converted
-to Python (Py4J iteration over a Java collection ends in one), wall time inside the callback,
-and the CPU seconds of the Python process and of the JVM over the window (the JVM's include
+to Python (Py4J iteration over a Java collection ends in one), and the CPU seconds of the Python process and of the JVM over the window (the JVM's include
 the stream's own work, the same both ways). Round 0 warms up and is left out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
 from bench.bench_common import machine_info, machine_line, positive_int, say
 from pipelines.core.session import build_spark
@@ -66,7 +67,7 @@ class Counting:
         return out
 
 
-def listeners(sink: "queue.Queue[dict]", timings: list[float]):
+def listeners(sink: "queue.Queue[dict]"):
     """name -> a StreamingQueryListener that queues each progress event's JSON: PySpark's
     bridge (the monitor's listener before) and the monitor's own."""
     from pyspark.sql.streaming import StreamingQueryListener
@@ -78,9 +79,7 @@ def listeners(sink: "queue.Queue[dict]", timings: list[float]):
             pass
 
         def onQueryProgress(self, event):
-            started = time.perf_counter()
             sink.put(json.loads(event.progress.json))
-            timings.append(time.perf_counter() - started)
 
         def onQueryIdle(self, event):
             pass
@@ -88,26 +87,17 @@ def listeners(sink: "queue.Queue[dict]", timings: list[float]):
         def onQueryTerminated(self, event):
             pass
 
-    class Timed(monitor._ProgressBridge):
-        def onQueryProgress(self, jevent):
-            started = time.perf_counter()
-            super().onQueryProgress(jevent)
-            timings.append(time.perf_counter() - started)
-
-    class Ours(monitor._Listener):
-        @property
-        def _jlistener(self):
-            from pyspark import SparkContext
-
-            if "_jbridge" not in self.__dict__:
-                self._jbridge = SparkContext._jvm.PythonStreamingQueryListenerWrapper(Timed(self.sink))
-            return self._jbridge
-
-    return {"pyspark bridge": PySparks(), "monitor bridge": Ours(sink)}
+    return {"pyspark bridge": PySparks(), "monitor bridge": monitor._Listener(sink)}
 
 
-def one_window(spark, listener, counting: Counting, sink, timings: list[float], seconds: int, trigger_ms: int) -> dict:
-    jvm_os = spark._jvm.java.lang.management.ManagementFactory.getOperatingSystemMXBean()
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_window(spark, listener, counting: Counting, sink, seconds: int, trigger_ms: int) -> dict:
+    jvm_pid = int(spark._jvm.java.lang.ProcessHandle.current().pid())
     spark.streams.addListener(listener)
     try:
         query = (spark.readStream.format("rate").option("rowsPerSecond", 200).load()
@@ -115,21 +105,19 @@ def one_window(spark, listener, counting: Counting, sink, timings: list[float], 
         time.sleep(2)   # the stream's start and first batches are not counted
         while not sink.empty():
             sink.get_nowait()
-        timings.clear()
         counting.take()
-        py0, jvm0, wall0 = time.process_time(), jvm_os.getProcessCpuTime(), time.monotonic()
+        py0, jvm0, wall0 = time.process_time(), process_cpu_seconds(jvm_pid), time.monotonic()
         time.sleep(seconds)
-        py1, jvm1, wall1 = time.process_time(), jvm_os.getProcessCpuTime(), time.monotonic()
+        py1, jvm1, wall1 = time.process_time(), process_cpu_seconds(jvm_pid), time.monotonic()
         commands, exceptions = counting.take()
-        events = len(timings)
+        events = sink.qsize()
         query.stop()
     finally:
         spark.streams.removeListener(listener)
     time.sleep(1)
     per = max(events, 1)
     return {"events": events, "commands_per_event": commands / per, "exceptions_per_event": exceptions / per,
-            "callback_ms": 1000 * statistics.median(timings) if timings else None,
-            "python_cpu_ms_per_event": 1000 * (py1 - py0) / per, "jvm_cpu_ms_per_event": (jvm1 - jvm0) / 1e6 / per,
+            "python_cpu_ms_per_event": 1000 * (py1 - py0) / per, "jvm_cpu_ms_per_event": 1000 * (jvm1 - jvm0) / per,
             "wall_s": wall1 - wall0}
 
 
@@ -139,17 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(spark)
     counting = Counting()
     sink: queue.Queue = queue.Queue()
-    timings: list[float] = []
-    ways = listeners(sink, timings)
+    ways = listeners(sink)
     names = tuple(ways)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds + 1):
         for name in (names if r % 2 == 0 else names[::-1]):
-            got = one_window(spark, ways[name], counting, sink, timings, args.seconds, args.trigger_ms)
+            got = one_window(spark, ways[name], counting, sink, args.seconds, args.trigger_ms)
             if r:
                 runs[name].append(got)
             say(f"  round {r} {name}: {got['events']} events, {got['commands_per_event']:.0f} Py4J commands and "
-                f"{got['exceptions_per_event']:.1f} exceptions an event, callback {got['callback_ms'] or 0:.1f} ms, "
+                f"{got['exceptions_per_event']:.1f} exceptions an event, "
                 f"Python CPU {got['python_cpu_ms_per_event']:.1f} ms, JVM CPU {got['jvm_cpu_ms_per_event']:.1f} ms an event"
                 + ("  (warm-up)" if not r else ""))
     spark.stop()
@@ -158,14 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rate stream into noop, trigger {args.trigger_ms} ms, {args.seconds} s a round, {args.rounds} rounds "
           "after a warm-up, alternating; medians over the rounds:")
     print()
-    print("| listener | events a round | Py4J commands an event | Java exceptions an event | callback (ms) "
+    print("| listener | events a round | Py4J commands an event | Java exceptions an event "
           "| driver Python CPU an event (ms) | JVM CPU an event (ms) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in names:
-        med = {k: statistics.median(run[k] for run in runs[name]) for k in runs[name][0] if k != "callback_ms"}
-        cb = statistics.median(run["callback_ms"] for run in runs[name] if run["callback_ms"] is not None)
+        med = {k: statistics.median(run[k] for run in runs[name]) for k in runs[name][0]}
         print(f"| {name} | {med['events']:.0f} | {med['commands_per_event']:.0f} | {med['exceptions_per_event']:.1f} "
-              f"| {cb:.1f} | {med['python_cpu_ms_per_event']:.1f} | {med['jvm_cpu_ms_per_event']:.1f} |")
+              f"| {med['python_cpu_ms_per_event']:.1f} | {med['jvm_cpu_ms_per_event']:.1f} |")
     return 0
 
 
