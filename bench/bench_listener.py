@@ -49,7 +49,7 @@ class Counting:
 
         self.commands = self.exceptions = 0
         self._lock = threading.Lock()
-        self._module, self._send = clientserver, clientserver.ClientServerConnection.send_command
+        self._send = clientserver.ClientServerConnection.send_command
         counting = self
 
         def send_command(conn, command):
