@@ -14,6 +14,7 @@ import queue
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -99,9 +100,11 @@ def progress_row(p: dict, *, mode: str) -> dict:
     }
 
 
-def _queue_progress(sink: "queue.Queue[dict]", progress_json: str) -> None:
+def _queue_progress(sink: "queue.Queue[dict]", read_json: Callable[[], str]) -> None:
+    """Queue the parsed progress JSON that `read_json` returns; reading it (a JVM call) and
+    parsing it are both guarded."""
     try:
-        sink.put(json.loads(progress_json))
+        sink.put(json.loads(read_json()))
     except Exception:  # noqa: BLE001 - a monitoring hiccup must never fail the stream
         log.exception("stream monitor: could not read a progress event")
 
@@ -124,12 +127,7 @@ class _ProgressBridge:
         pass
 
     def onQueryProgress(self, jevent) -> None:
-        try:
-            progress_json = jevent.progress().json()
-        except Exception:  # noqa: BLE001 - a monitoring hiccup must never fail the stream
-            log.exception("stream monitor: could not read a progress event")
-            return
-        _queue_progress(self.sink, progress_json)
+        _queue_progress(self.sink, lambda: jevent.progress().json())
 
     def onQueryIdle(self, jevent) -> None:
         pass
@@ -161,7 +159,7 @@ class _Listener(StreamingQueryListener):
         pass
 
     def onQueryProgress(self, event) -> None:
-        _queue_progress(self.sink, event.progress.json)
+        _queue_progress(self.sink, lambda: event.progress.json)
 
     def onQueryIdle(self, event) -> None:
         pass

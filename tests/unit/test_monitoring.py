@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipelines.core.config import ConfigError
-from pipelines.monitoring.listener import _ProgressBridge, kafka_lag, progress_row
+from pipelines.monitoring.listener import _Listener, _ProgressBridge, kafka_lag, progress_row
 from pipelines.monitoring.slo import Slos, StreamSlo, load_slos, parse_slos
 from pipelines.monitoring.status import evaluate, lag_is_growing, plot_metrics, render_status
 
@@ -75,6 +75,33 @@ def test_the_listener_bridge_queues_each_progress_event_as_parsed_json_and_never
     assert sink.get_nowait() == progress(batchId=7)
     assert sink.empty()
     assert sum("could not read a progress event" in r.message for r in caplog.records) == 2
+
+
+class _PySparkEvent:
+    """Stands in for PySpark's QueryProgressEvent (the path a Spark Connect session takes)."""
+
+    def __init__(self, progress_json):
+        self._json = progress_json
+
+    @property
+    def progress(self):
+        return self
+
+    @property
+    def json(self):
+        if isinstance(self._json, Exception):
+            raise self._json
+        return self._json
+
+
+def test_the_listener_s_own_callback_queues_the_same_json_and_never_raises(caplog):
+    sink: queue.Queue = queue.Queue()
+    listener = _Listener(sink)
+    listener.onQueryProgress(_PySparkEvent(json.dumps(progress(batchId=8))))
+    listener.onQueryProgress(_PySparkEvent(RuntimeError("connect: stream closed")))
+    assert sink.get_nowait() == progress(batchId=8)
+    assert sink.empty()
+    assert sum("could not read a progress event" in r.message for r in caplog.records) == 1
 
 
 def test_kafka_lag_handles_offsets_as_json_text_and_partitions_not_read_yet():
