@@ -20,6 +20,10 @@ from pipelines.core.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# CreateTopics' "the brokers' default.replication.factor" (KIP-464, Kafka 2.4).
+CLUSTER_DEFAULT = -1
+
+
 class TopicAdminError(RuntimeError):
     """No Kafka broker answered the admin client."""
 
@@ -50,7 +54,11 @@ def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[s
     devtools.kafka_local.RETAIN_EVERYTHING for a topic that must hold more than the
     broker's per-partition cap. Existing topics are left alone, even with another
     partition count: adding partitions would silently move keys to other partitions.
-    Topics are created with one replica, as the local single-node broker needs.
+    Partitions are named here; replicas are the cluster's own policy: a topic gets the
+    brokers' `default.replication.factor` (Kafka 2.4 or later), three on a production
+    cluster and one on the local single-node broker (devtools/kafka_local.py). A fixed
+    count here would either fail locally or leave a production topic on one broker, where
+    losing that broker loses the notifications not yet consumed.
     """
     with admin(settings) as client:
         existing = set(client.list_topics())
@@ -60,7 +68,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[s
             if name in existing:
                 continue
             try:
-                client.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
+                client.create_topics({name: {"num_partitions": partitions, "replication_factor": CLUSTER_DEFAULT,
                                              "configs": dict(configs or {})}})
                 created.append(name)
             except TopicAlreadyExistsError:
