@@ -288,7 +288,10 @@ def plan_rules(rule_new: DataFrame, read: Reader, rules: tuple[DedupRule, ...], 
     conflicts = anchors.filter(F.col("_conflict")).select(*D.RULE_KEY).distinct()
     exact_keys = conflicts.count() if claims else None
     stored_cols = [*usage_cols, "_rule", "_in", "duplicate_of"]
-    stored = (select_for(anchors.join(F.broadcast(conflicts), on=D.RULE_KEY, how="left_anti"), USAGE, "_rule")
+    # No conflicting key (the steady state): every anchor stands as stored, and the decisions
+    # below do not carry an anti-join whose broadcast each of their branches ran again.
+    unconflicted = anchors if exact_keys == 0 else anchors.join(F.broadcast(conflicts), on=D.RULE_KEY, how="left_anti")
+    stored = (select_for(unconflicted, USAGE, "_rule")
               .withColumns({"_in": F.lit(IN_USAGE), "duplicate_of": F.lit(None).cast("string")})
               .select(*stored_cols))
     if exact_keys != 0:
@@ -314,9 +317,13 @@ def plan_rules(rule_new: DataFrame, read: Reader, rules: tuple[DedupRule, ...], 
         F.max(F.col("_in") == IN_USAGE).alias("_in_usage"),
         F.max(F.col("_in") == IN_DUPLICATES).alias("_in_duplicates"),
         F.max_by("duplicate_of", F.col("_in") == IN_DUPLICATES).alias("_stored_duplicate_of"))
+    # A stream batch's placements and new rule events are its keys' few rows: broadcast, not
+    # a shuffle and sort of each side (a checkpoint keeps the size estimate of the plan that
+    # made it, which hid that). A backfill slice's can be a month of events: Spark chooses.
+    small = F.broadcast if claims else (lambda df: df)
     placed_decisions = (
-        decided.join(placed, on=COORDINATES, how="left")
-        .join(rule_new.select(*COORDINATES, "_replaces"), on=COORDINATES, how="left")
+        decided.join(small(placed), on=COORDINATES, how="left")
+        .join(small(rule_new.select(*COORDINATES, "_replaces")), on=COORDINATES, how="left")
         .withColumns({"_in_usage": F.coalesce("_in_usage", F.lit(False)),
                       "_in_duplicates": F.coalesce("_in_duplicates", F.lit(False)),
                       "_replaces": F.coalesce("_replaces", F.lit(False))})
