@@ -238,27 +238,33 @@ class SilverBatchWriter:
             return self.lake.read(spark, RULE_STATE)
         return copy.frame
 
-    def _state_version(self, spark: SparkSession, tag: str | None = None) -> int | None:
-        """silver.rule_state's latest version, or the version of the commit tagged `tag`."""
-        history = self.lake.delta(spark, RULE_STATE).history(1 if tag is None else 8)
-        if tag is not None:
-            history = history.filter(F.col("userMetadata") == tag)
-        row = history.select("version").first()
-        return None if row is None else row[0]
+    def _state_version(self, spark: SparkSession) -> int | None:
+        """silver.rule_state's latest version."""
+        latest = self._latest_state_commit(spark)
+        return None if latest is None else latest[0]
+
+    def _latest_state_commit(self, spark: SparkSession) -> tuple[int, str | None] | None:
+        """silver.rule_state's latest commit: its version and userMetadata (one commit file read)."""
+        row = self.lake.delta(spark, RULE_STATE).history(1).select("version", "userMetadata").first()
+        return None if row is None else (row[0], row[1])
 
     def _appended_state(self, spark: SparkSession, rows: DataFrame, who: BatchWrite) -> None:
         """After the batch appended `rows` to silver.rule_state: the copy gains them, stays
-        as it is (no rows, so Delta committed nothing), or is dropped (StateCopy)."""
+        as it is (no rows, so Delta committed nothing), or is dropped (StateCopy).
+
+        One look at the latest commit decides: the batch's own (its tag) right after the
+        copy's version, or still the copy's version (nothing appended). Anything else, such
+        as another writer's commit before or after the batch's own, drops the copy."""
         copy = self._state
         if copy is None:
             return
         if who.may_replay:
             self._state = None
             return
-        mine = self._state_version(spark, _state_tag(who))
-        if mine is None and self._state_version(spark) == copy.version:
+        latest = self._latest_state_commit(spark)
+        if latest is not None and latest[0] == copy.version:
             return
-        if mine != copy.version + 1:
+        if latest != (copy.version + 1, _state_tag(who)):
             self._state = None
             return
         frame, parts = copy.frame.unionByName(without_size_estimate(rows)), copy.parts + 1
