@@ -153,6 +153,10 @@ class BatchWrite:
     batch_id: int
     may_replay: bool = True
     txn: bool = False
+    # A small batch writes one file per table: each extra task (the batch's rows sit in one
+    # partition per shuffle partition, and unions add theirs up) costs more than its rows,
+    # mostly in shipping the write's plan and Hadoop settings to it, and leaves a file to read.
+    one_file: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,18 +210,22 @@ class SilverBatchWriter:
             spark.conf.set("spark.sql.optimizer.runtime.bloomFilter.enabled", "false")
         # Materialised once; every frame below derives from it.
         batch = batch_df.localCheckpoint(eager=True)
-        who = BatchWrite(query_id, batch_id, may_replay=not self._started, txn=not self.claims)
-        self._started = True
+        may_replay, self._started = not self._started, True
         try:
             rows = batch.count()
             if self.claims:   # the stream's own session; a backfill leaves its caller's alone
                 batch_expressions.set_for_batch(spark, rows)
             if rows:   # stateful streams run empty batches to move the watermark
+                small = rows < batch_expressions.SMALL_BATCH_ROWS
+                who = BatchWrite(query_id, batch_id, may_replay=may_replay, txn=not self.claims, one_file=small)
+                # A small batch's rows in one partition: every job below then runs one task
+                # per stage instead of one per partition the stream's shuffle left (BatchWrite).
+                rows_in = batch.coalesce(1) if small else batch
                 # Lazy reads: the plan prunes each one to what the batch's keys can touch.
-                plan = plan_batch(batch, lambda table: self.lake.read(spark, table), self.ctx.rules,
+                plan = plan_batch(rows_in, lambda table: self.lake.read(spark, table), self.ctx.rules,
                                   self.ctx.silver, claims=self.claims,
                                   read_state=(lambda earliest: self._read_state(spark, earliest)) if self.claims else None)
-                self._write(spark, plan, batch, who)
+                self._write(spark, plan, rows_in, who)
         except BaseException:
             self._state = None    # what the failed batch committed is unknown: read the table again
             raise
@@ -407,7 +415,10 @@ class SilverBatchWriter:
                 key, mine = COORDINATES, inside_ranges(own)
             # File statistics on the coordinates skip every file but the batch's own.
             rows = rows.join(self.lake.read(spark, table).filter(mine).select(*key), on=key, how="left_anti")
-        writer = rows.select(*spec(table).column_names).write.format("delta").mode("append")
+        rows = rows.select(*spec(table).column_names)
+        if who.one_file:
+            rows = rows.coalesce(1)
+        writer = rows.write.format("delta").mode("append")
         if who.txn:
             writer = writer.option("txnAppId", who.query_id).option("txnVersion", who.batch_id)
         if table == BATCHES:   # a lake made before a count was added gains its column
