@@ -200,3 +200,34 @@ def test_the_copy_is_dropped_when_a_batch_fails(spark, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         writer.write_batch(_batch(spark, ctx, [(0, 2, _ticket("t2", "2024-07-03T10:00:00Z"), LATER)]), 2, "query-1")
     assert writer._state is None        # what the failed batch committed is unknown
+
+
+def test_a_small_batch_writes_one_file_to_each_table_however_its_rows_are_partitioned(spark, tmp_path):
+    """A batch under SMALL_BATCH_ROWS runs in one partition and appends one file per table:
+    the stream's shuffle leaves its rows in several partitions, and a file per partition
+    per table cost a task each and left small files for every later read."""
+    from tests.unit.test_silver_plan import _batch
+
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
+    silver.ensure_rule_state(spark, ctx)
+    for table in silver.TABLES:
+        ctx.lake.ensure(spark, table)
+    writer = silver.SilverBatchWriter(ctx)
+    rows = []
+    for i in range(6):
+        rows.append((0, 3 * i, _sms(f"m{i}", f"2024-06-20T1{i}:00:00Z", key=f"msg-{i}"), LATER))
+        # A copy of the same event with other bytes: kept out of usage as a conflicting copy.
+        rows.append((0, 3 * i + 1, _sms(f"m{i}", f"2024-06-20T1{i}:01:00Z", key=f"msg-{i}"), LATER))
+        rows.append((0, 3 * i + 2, b"{not json", LATER))
+    batch = _batch(spark, ctx, rows).repartition(3)
+    assert batch.rdd.getNumPartitions() == 3
+
+    writer.write_batch(batch, 0, "query-1")
+
+    # The batch's append to each table (with a file per partition, the quarantine's three
+    # small files also set off an auto compaction: an OPTIMIZE commit after the write).
+    written = {t: ctx.lake.delta(spark, t).history(5).filter("operation = 'WRITE'").first() for t in
+               (silver.USAGE, silver.DUPLICATES, silver.QUARANTINE, silver.RULE_STATE, silver.BATCHES)}
+    assert {t: c["operationMetrics"]["numFiles"] for t, c in written.items()} == dict.fromkeys(written, "1")
+    assert {t: ctx.lake.read(spark, t).count() for t in written} == {
+        silver.USAGE: 6, silver.DUPLICATES: 6, silver.QUARANTINE: 6, silver.RULE_STATE: 6, silver.BATCHES: 1}
