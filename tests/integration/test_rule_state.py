@@ -43,6 +43,15 @@ def _state(spark, ctx):
     return sorted(tuple(r) for r in folded.select("_rule", "dedup_key", "event_id", "_seq").collect())
 
 
+def _stream_writer(spark, tmp_path):
+    """A lake with silver's tables, and the stream's writer of it."""
+    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
+    silver.ensure_rule_state(spark, ctx)
+    for table in silver.TABLES:
+        ctx.lake.ensure(spark, table)
+    return ctx, silver.SilverBatchWriter(ctx)
+
+
 def _version(spark, ctx) -> int:
     return ctx.lake.delta(spark, silver.RULE_STATE).history(1).first()["version"]
 
@@ -95,11 +104,7 @@ def test_the_stream_writer_s_copy_of_the_state_follows_its_own_appends_and_no_on
     next batch's decision: the copy is dropped and the table read again."""
     from tests.unit.test_silver_plan import _batch
 
-    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
-    silver.ensure_rule_state(spark, ctx)
-    for table in silver.TABLES:
-        ctx.lake.ensure(spark, table)
-    writer = silver.SilverBatchWriter(ctx)
+    ctx, writer = _stream_writer(spark, tmp_path)
 
     def stream_batch(batch_id, rows):
         writer.write_batch(_batch(spark, ctx, rows), batch_id, "query-1")
@@ -145,11 +150,7 @@ def test_an_appends_only_batch_is_counted_by_its_record_and_keeps_the_copy(spark
     still counts what the rule dropped."""
     from tests.unit.test_silver_plan import _batch
 
-    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
-    silver.ensure_rule_state(spark, ctx)
-    for table in silver.TABLES:
-        ctx.lake.ensure(spark, table)
-    writer = silver.SilverBatchWriter(ctx)
+    ctx, writer = _stream_writer(spark, tmp_path)
     plans = []
 
     def spy(*args, **kwargs):
@@ -183,11 +184,7 @@ def test_an_appends_only_batch_is_counted_by_its_record_and_keeps_the_copy(spark
 def test_the_copy_is_dropped_when_a_batch_fails(spark, tmp_path, monkeypatch):
     from tests.unit.test_silver_plan import _batch
 
-    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
-    silver.ensure_rule_state(spark, ctx)
-    for table in silver.TABLES:
-        ctx.lake.ensure(spark, table)
-    writer = silver.SilverBatchWriter(ctx)
+    ctx, writer = _stream_writer(spark, tmp_path)
     for batch_id, day in ((0, "2024-05-01"), (1, "2024-06-01")):
         writer.write_batch(_batch(spark, ctx, [(0, batch_id, _ticket(f"t{batch_id}", f"{day}T10:00:00Z"), LATER)]),
                            batch_id, "query-1")
@@ -208,11 +205,7 @@ def test_a_small_batch_writes_one_file_to_each_table_however_its_rows_are_partit
     per table cost a task each and left small files for every later read."""
     from tests.unit.test_silver_plan import _batch
 
-    ctx = JobContext.from_settings(Settings().with_overrides(lake_root=str(tmp_path)))
-    silver.ensure_rule_state(spark, ctx)
-    for table in silver.TABLES:
-        ctx.lake.ensure(spark, table)
-    writer = silver.SilverBatchWriter(ctx)
+    ctx, writer = _stream_writer(spark, tmp_path)
     rows = []
     for i in range(6):
         rows.append((0, 3 * i, _sms(f"m{i}", f"2024-06-20T1{i}:00:00Z", key=f"msg-{i}"), LATER))
