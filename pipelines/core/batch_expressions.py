@@ -40,12 +40,18 @@ FACTORY_MODE = "spark.sql.codegen.factoryMode"
 SMALL_BATCH_ROWS = 10_000
 
 
+def is_small(rows: int) -> bool:
+    """A batch of fewer than SMALL_BATCH_ROWS rows: interpreted here, and in one partition
+    for silver's writer (pipelines/ingest/silver.py)."""
+    return rows < SMALL_BATCH_ROWS
+
+
 def expression_mode(rows: int) -> str:
     """`NO_CODEGEN` (interpreted) for a batch of fewer than SMALL_BATCH_ROWS rows, else
     Spark's default `FALLBACK` (generated, interpreted only where compiling fails)."""
     if env_flag("LAKEHOUSE_EXPRESSION_CODEGEN", False):
         return "FALLBACK"
-    return "NO_CODEGEN" if rows < SMALL_BATCH_ROWS else "FALLBACK"
+    return "NO_CODEGEN" if is_small(rows) else "FALLBACK"
 
 
 def set_for_batch(spark: SparkSession, rows: int) -> None:

@@ -216,7 +216,7 @@ class SilverBatchWriter:
             if self.claims:   # the stream's own session; a backfill leaves its caller's alone
                 batch_expressions.set_for_batch(spark, rows)
             if rows:   # stateful streams run empty batches to move the watermark
-                small = rows < batch_expressions.SMALL_BATCH_ROWS
+                small = batch_expressions.is_small(rows)
                 who = BatchWrite(query_id, batch_id, may_replay=may_replay, txn=not self.claims, one_file=small)
                 # A small batch's rows in one partition: every job below then runs one task
                 # per stage instead of one per partition the stream's shuffle left (BatchWrite).
