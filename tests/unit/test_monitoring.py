@@ -77,21 +77,11 @@ def test_the_listener_bridge_queues_each_progress_event_as_parsed_json_and_never
     assert sum("could not read a progress event" in r.message for r in caplog.records) == 2
 
 
-class _PySparkEvent:
-    """Stands in for PySpark's QueryProgressEvent (the path a Spark Connect session takes)."""
-
-    def __init__(self, progress_json):
-        self._json = progress_json
-
-    @property
-    def progress(self):
-        return self
-
-    @property
-    def json(self):
-        if isinstance(self._json, Exception):
-            raise self._json
-        return self._json
+class _PySparkEvent(_JavaEvent):
+    """Stands in for PySpark's QueryProgressEvent (the path a Spark Connect session takes):
+    the same answers, as attributes."""
+    progress = property(_JavaEvent.progress)
+    json = property(_JavaEvent.json)
 
 
 def test_the_listener_s_own_callback_queues_the_same_json_and_never_raises(caplog):
